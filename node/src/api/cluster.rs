@@ -1,0 +1,124 @@
+//! Cluster endpoints: status (members, leader, term, indexes, snapshot, tuning) and the admin
+//! operations the operator uses: add learner, promote, remove, transfer leadership, snapshot.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::Path;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::entries::read_json_body;
+use super::problem::Problem;
+use super::{AppContext, Ctx};
+use crate::auth::{Principal, Role};
+use crate::raft::NodeId;
+
+/// Cluster administration needs an admin key that is not limited to some namespaces.
+fn admin(ctx: &AppContext, headers: &HeaderMap) -> Result<Principal, Problem> {
+    let p = ctx.authorize(headers, Role::Admin, None)?;
+    if !p.is_unscoped() {
+        return Err(crate::auth::AuthError::Forbidden(format!(
+            "key {:?} is limited to some namespaces; cluster administration needs namespaces [\"*\"]",
+            p.name
+        ))
+        .into());
+    }
+    Ok(p)
+}
+
+fn parse_id(raw: &str) -> Result<NodeId, Problem> {
+    raw.parse()
+        .map_err(|_| Problem::bad_request("invalid-parameter", format!("node id must be an integer, got {raw:?}")))
+}
+
+/// `GET /api/v1/cluster`.
+pub async fn info(ctx: Ctx, headers: HeaderMap) -> Result<Response, Problem> {
+    ctx.authorize(&headers, Role::Viewer, None)?;
+    let status = ctx.node.status();
+    let mut body = serde_json::to_value(&status).map_err(Problem::internal)?;
+    if let serde_json::Value::Object(m) = &mut body {
+        m.insert("tuning".into(), serde_json::to_value(ctx.tuning).map_err(Problem::internal)?);
+        m.insert("historyDepth".into(), ctx.history_depth.into());
+    }
+    Ok(Json(body).into_response())
+}
+
+/// Body of an add-learner request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    id: NodeId,
+    address: String,
+}
+
+/// `POST /api/v1/cluster/members` `{id, address}`: add a learner; returns once it caught up.
+pub async fn add_learner(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
+    admin(&ctx, &headers)?;
+    let Some(m): Option<AddMember> = read_json_body(&ctx, &headers, body, false).await? else {
+        return Err(Problem::bad_request("malformed-json", "a body {\"id\": N, \"address\": URL} is required"));
+    };
+    if !(m.address.starts_with("http://") || m.address.starts_with("https://")) {
+        return Err(Problem::bad_request(
+            "invalid-address",
+            format!("address must be an http(s) URL, got {:?}", m.address),
+        ));
+    }
+    if ctx.node.status().members.iter().any(|x| x.id == m.id) {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "member-exists",
+            "Member exists",
+            format!("node {} is already a member", m.id),
+        ));
+    }
+    ctx.node.add_learner(m.id, m.address.trim_end_matches('/').to_string()).await?;
+    Ok((StatusCode::CREATED, Json(ctx.node.status())).into_response())
+}
+
+/// `POST /api/v1/cluster/members/{id}`: promote a learner to voter.
+pub async fn promote(ctx: Ctx, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, Problem> {
+    admin(&ctx, &headers)?;
+    let id = parse_id(&id)?;
+    if !ctx.node.status().members.iter().any(|x| x.id == id) {
+        return Err(Problem::not_found(
+            "member-not-found",
+            format!("node {id} is not a member; add it as a learner first"),
+        ));
+    }
+    ctx.node.promote(id).await?;
+    Ok(Json(ctx.node.status()).into_response())
+}
+
+/// `DELETE /api/v1/cluster/members/{id}`: remove a voter or learner.
+pub async fn remove(ctx: Ctx, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, Problem> {
+    admin(&ctx, &headers)?;
+    let id = parse_id(&id)?;
+    if !ctx.node.status().members.iter().any(|x| x.id == id) {
+        return Err(Problem::not_found("member-not-found", format!("node {id} is not a member")));
+    }
+    ctx.node.remove(id).await?;
+    Ok(Json(ctx.node.status()).into_response())
+}
+
+/// Body of a leadership transfer.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferLeader {
+    to: Option<NodeId>,
+}
+
+/// `POST /api/v1/cluster/leader` `{to?}`: hand leadership over and wait until it moved.
+pub async fn transfer_leader(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
+    admin(&ctx, &headers)?;
+    let req: TransferLeader = read_json_body(&ctx, &headers, body, true).await?.unwrap_or_default();
+    let to = ctx.node.transfer_leader(req.to).await?;
+    Ok(Json(serde_json::json!({ "transferredTo": to })).into_response())
+}
+
+/// `POST /api/v1/cluster/snapshot`: build a snapshot on this node now.
+pub async fn snapshot(ctx: Ctx, headers: HeaderMap) -> Result<Response, Problem> {
+    admin(&ctx, &headers)?;
+    let index = ctx.node.snapshot_now().await?;
+    Ok(Json(serde_json::json!({ "snapshotIndex": index })).into_response())
+}

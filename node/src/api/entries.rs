@@ -1,0 +1,399 @@
+//! Config entry endpoints: get (JSON or raw bytes), put (raw or JSON body, with `If-Match` /
+//! `If-None-Match` compare-and-set), delete, list with paging, and history. Keys may contain
+//! `/`; `GET …/config/{key}/history` reads history (a key whose last segment is literally
+//! `history` is addressed with `%2F`).
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{OriginalUri, Path};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::namespaces::parse_limit;
+use super::problem::Problem;
+use super::{AppContext, Ctx, HEADER_REVISION, HEADER_VERSION, Q};
+use crate::auth::Role;
+use crate::command::{Command, CommandOutcome, Operation, Precondition};
+use crate::model::{EntryRecord, format_time_ms, now_ms, validate_key, validate_namespace};
+use crate::store::state::EntryMeta;
+use crate::store::{blocking, state};
+
+/// Reads the whole request body, refusing more than the configured body limit with 413.
+pub async fn read_body(ctx: &AppContext, headers: &HeaderMap, body: Body) -> Result<Bytes, Problem> {
+    let limit = ctx.tuning.body_limit_bytes;
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Problem::too_large("request body", limit));
+    }
+    axum::body::to_bytes(body, limit as usize).await.map_err(|_| Problem::too_large("request body", limit))
+}
+
+fn content_type(headers: &HeaderMap) -> Option<String> {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string())
+}
+
+fn is_json(ct: &str) -> bool {
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || essence.ends_with("+json")
+}
+
+/// Reads a JSON body (`Content-Type: application/json`, unknown fields refused). An empty
+/// body gives `None` when `allow_empty`.
+pub async fn read_json_body<T: DeserializeOwned>(
+    ctx: &AppContext,
+    headers: &HeaderMap,
+    body: Body,
+    allow_empty: bool,
+) -> Result<Option<T>, Problem> {
+    let bytes = read_body(ctx, headers, body).await?;
+    if bytes.is_empty() && allow_empty {
+        return Ok(None);
+    }
+    match content_type(headers) {
+        Some(ct) if is_json(&ct) => {}
+        other => {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+                format!("expected Content-Type: application/json, got {}", other.as_deref().unwrap_or("none")),
+            ));
+        }
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Problem::bad_request("malformed-json", format!("invalid JSON body: {e}")))
+}
+
+/// JSON form of a PUT body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct EntryBody {
+    value: serde_json::Value,
+    content_type: Option<String>,
+    encoding: Option<String>,
+}
+
+/// Decodes a PUT body into value bytes and content type.
+fn decode_value(headers: &HeaderMap, bytes: Bytes) -> Result<(Vec<u8>, String), Problem> {
+    let ct = content_type(headers).unwrap_or_default();
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if is_json(&ct) {
+        let b: EntryBody = serde_json::from_slice(&bytes)
+            .map_err(|e| Problem::bad_request("malformed-json", format!("invalid JSON body: {e}")))?;
+        return match (b.value, b.encoding.as_deref()) {
+            (serde_json::Value::String(s), Some("base64")) => {
+                let v = STANDARD
+                    .decode(s.as_bytes())
+                    .map_err(|e| Problem::bad_request("invalid-value", format!("value is not valid base64: {e}")))?;
+                Ok((v, b.content_type.unwrap_or_else(|| "application/octet-stream".into())))
+            }
+            (serde_json::Value::String(s), None | Some("utf-8")) => {
+                Ok((s.into_bytes(), b.content_type.unwrap_or_else(|| "text/plain; charset=utf-8".into())))
+            }
+            (_, Some(enc)) if enc != "base64" && enc != "utf-8" => {
+                Err(Problem::bad_request("invalid-value", format!("encoding must be 'base64' or 'utf-8', got {enc:?}")))
+            }
+            (serde_json::Value::String(_), Some(_)) => {
+                Err(Problem::bad_request("invalid-value", "unsupported encoding"))
+            }
+            (other, None) => {
+                let v = serde_json::to_vec(&other).map_err(Problem::internal)?;
+                Ok((v, b.content_type.unwrap_or_else(|| "application/json".into())))
+            }
+            (_, Some(_)) => Err(Problem::bad_request("invalid-value", "encoding applies only to a string value")),
+        };
+    }
+    if essence == "application/octet-stream" || essence.starts_with("text/") {
+        return Ok((bytes.to_vec(), ct));
+    }
+    Err(Problem::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported-media-type",
+        "Unsupported media type",
+        format!(
+            "PUT a raw value as application/octet-stream or text/*, or JSON {{\"value\": ...}} as application/json; got {}",
+            if ct.is_empty() { "no Content-Type" } else { ct.as_str() }
+        ),
+    ))
+}
+
+/// Parses `If-Match` / `If-None-Match` into a precondition.
+fn precondition(headers: &HeaderMap) -> Result<Precondition, Problem> {
+    let get = |h| headers.get(h).map(|v: &HeaderValue| v.to_str().unwrap_or("\u{0}").trim().to_string());
+    match (get(header::IF_MATCH), get(header::IF_NONE_MATCH)) {
+        (Some(_), Some(_)) => {
+            Err(Problem::bad_request("invalid-precondition", "send If-Match or If-None-Match, not both"))
+        }
+        (None, Some(v)) if v == "*" => Ok(Precondition::Absent),
+        (None, Some(v)) => {
+            Err(Problem::bad_request("invalid-precondition", format!("If-None-Match supports only *, got {v:?}")))
+        }
+        (Some(v), None) if v == "*" => Ok(Precondition::Exists),
+        (Some(v), None) => {
+            v.trim_start_matches("W/").trim_matches('"').parse::<u64>().map(Precondition::Version).map_err(|_| {
+                Problem::bad_request(
+                    "invalid-precondition",
+                    format!("If-Match must be * or a version ETag like \"3\", got {v:?}"),
+                )
+            })
+        }
+        (None, None) => Ok(Precondition::None),
+    }
+}
+
+fn check_names(ns: &str, key: &str) -> Result<(), Problem> {
+    validate_namespace(ns).map_err(|e| Problem::bad_request("invalid-name", e.to_string()))?;
+    validate_key(key).map_err(|e| Problem::bad_request("invalid-key", e.to_string()))
+}
+
+fn etag(version: u64) -> String {
+    format!("\"{version}\"")
+}
+
+/// Entry as shown by the API.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EntryView {
+    namespace: String,
+    key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encoding: Option<&'static str>,
+    content_type: String,
+    version: u64,
+    revision: u64,
+    size: u64,
+    updated_at: String,
+    updated_by: String,
+}
+
+impl EntryView {
+    fn new(ns: &str, key: &str, meta: &EntryMeta, value: Option<Vec<u8>>) -> Self {
+        let (value, encoding) = match value {
+            None => (None, None),
+            Some(v) => match String::from_utf8(v) {
+                Ok(s) => (Some(s), None),
+                Err(e) => (Some(STANDARD.encode(e.as_bytes())), Some("base64")),
+            },
+        };
+        Self {
+            namespace: ns.to_string(),
+            key: key.to_string(),
+            value,
+            encoding,
+            content_type: meta.content_type.clone(),
+            version: meta.version,
+            revision: meta.revision,
+            size: meta.size,
+            updated_at: format_time_ms(meta.updated_at_ms),
+            updated_by: meta.updated_by.clone(),
+        }
+    }
+}
+
+/// Query of an entry GET.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetQuery {
+    consistency: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET …/config/{key}` (or `…/{key}/history`).
+pub async fn get(
+    ctx: Ctx,
+    Path((ns, key)): Path<(String, String)>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    Q(q): Q<GetQuery>,
+) -> Result<Response, Problem> {
+    ctx.authorize(&headers, Role::Viewer, Some(&ns))?;
+    if uri.path().ends_with("/history")
+        && let Some(base) = key.strip_suffix("/history")
+    {
+        return history(&ctx, ns, base.to_string(), q).await;
+    }
+    if q.limit.is_some() {
+        return Err(Problem::bad_request("invalid-parameter", "limit applies only to history"));
+    }
+    check_names(&ns, &key)?;
+    ctx.read_barrier(q.consistency.as_deref()).await?;
+    let db = ctx.node.db().clone();
+    let (n, k) = (ns.clone(), key.clone());
+    let Some((meta, value)) = blocking(move || state::get_entry(&db, &n, &k)).await? else {
+        return Err(Problem::not_found("key-not-found", format!("key {key:?} does not exist in namespace {ns:?}")));
+    };
+    let raw = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/octet-stream"));
+    let common = [(header::ETAG.as_str(), etag(meta.version)), (HEADER_VERSION, meta.version.to_string())];
+    if raw {
+        let ct =
+            HeaderValue::from_str(&meta.content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
+        let mut resp = (common, value).into_response();
+        resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+        return Ok(resp);
+    }
+    Ok((common, Json(EntryView::new(&ns, &key, &meta, Some(value)))).into_response())
+}
+
+async fn history(ctx: &AppContext, ns: String, key: String, q: GetQuery) -> Result<Response, Problem> {
+    check_names(&ns, &key)?;
+    let max = ctx.history_depth as usize + 1;
+    let limit = parse_limit(q.limit.as_deref(), max, max)?;
+    ctx.read_barrier(q.consistency.as_deref()).await?;
+    let db = ctx.node.db().clone();
+    let (n, k) = (ns.clone(), key.clone());
+    let versions: Vec<EntryRecord> = blocking(move || state::history(&db, &n, &k, limit)).await?;
+    if versions.is_empty() {
+        return Err(Problem::not_found("key-not-found", format!("key {key:?} does not exist in namespace {ns:?}")));
+    }
+    let items: Vec<EntryView> = versions
+        .into_iter()
+        .map(|r| {
+            let meta = EntryMeta {
+                version: r.version,
+                revision: r.revision,
+                content_type: r.content_type,
+                updated_at_ms: r.updated_at_ms,
+                updated_by: r.updated_by,
+                size: r.value.len() as u64,
+            };
+            EntryView::new(&ns, &key, &meta, Some(r.value))
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "items": items })).into_response())
+}
+
+/// `PUT …/config/{key}`: 201 on create, 200 on update; 412 when the precondition fails.
+pub async fn put(
+    ctx: Ctx,
+    Path((ns, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let p = ctx.authorize(&headers, Role::Editor, Some(&ns))?;
+    check_names(&ns, &key)?;
+    let pre = precondition(&headers)?;
+    let bytes = read_body(&ctx, &headers, body).await?;
+    let (value, content_type) = decode_value(&headers, bytes)?;
+    let max = ctx.tuning.max_value_bytes;
+    if value.len() as u64 > max {
+        return Err(Problem::too_large("value", max));
+    }
+    let cmd = Command {
+        actor: p.name,
+        at_ms: now_ms(),
+        op: Operation::PutEntry { namespace: ns.clone(), key: key.clone(), content_type, value, precondition: pre },
+    };
+    match ctx.node.write(cmd).await? {
+        (CommandOutcome::EntryWritten { created, version, revision }, _) => {
+            let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+            let body = serde_json::json!({ "namespace": ns, "key": key, "version": version, "revision": revision });
+            Ok((
+                status,
+                [
+                    (header::ETAG.as_str(), etag(version)),
+                    (HEADER_VERSION, version.to_string()),
+                    (HEADER_REVISION, revision.to_string()),
+                ],
+                Json(body),
+            )
+                .into_response())
+        }
+        (CommandOutcome::PreconditionFailed { current_version }, _) => {
+            Err(Problem::precondition_failed(current_version))
+        }
+        (CommandOutcome::NamespaceNotFound, _) => {
+            Err(Problem::not_found("namespace-not-found", format!("namespace {ns:?} does not exist")))
+        }
+        (other, _) => Err(Problem::internal(format!("unexpected outcome {other:?}"))),
+    }
+}
+
+/// `DELETE …/config/{key}`.
+pub async fn delete(
+    ctx: Ctx,
+    Path((ns, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let p = ctx.authorize(&headers, Role::Editor, Some(&ns))?;
+    check_names(&ns, &key)?;
+    let pre = precondition(&headers)?;
+    let cmd = Command {
+        actor: p.name,
+        at_ms: now_ms(),
+        op: Operation::DeleteEntry { namespace: ns.clone(), key: key.clone(), precondition: pre },
+    };
+    match ctx.node.write(cmd).await? {
+        (CommandOutcome::EntryDeleted { version, revision }, _) => Ok((
+            [(HEADER_REVISION, revision.to_string())],
+            Json(serde_json::json!({ "namespace": ns, "key": key, "deletedVersion": version, "revision": revision })),
+        )
+            .into_response()),
+        (CommandOutcome::PreconditionFailed { current_version }, _) => {
+            Err(Problem::precondition_failed(current_version))
+        }
+        (CommandOutcome::EntryNotFound, _) => {
+            Err(Problem::not_found("key-not-found", format!("key {key:?} does not exist in namespace {ns:?}")))
+        }
+        (CommandOutcome::NamespaceNotFound, _) => {
+            Err(Problem::not_found("namespace-not-found", format!("namespace {ns:?} does not exist")))
+        }
+        (other, _) => Err(Problem::internal(format!("unexpected outcome {other:?}"))),
+    }
+}
+
+/// Query of a listing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ListQuery {
+    prefix: Option<String>,
+    limit: Option<String>,
+    #[serde(rename = "continue")]
+    continue_token: Option<String>,
+    include_values: Option<bool>,
+    consistency: Option<String>,
+}
+
+/// `GET …/config?prefix=&limit=&continue=&includeValues=`.
+pub async fn list(
+    ctx: Ctx,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+    Q(q): Q<ListQuery>,
+) -> Result<Response, Problem> {
+    ctx.authorize(&headers, Role::Viewer, Some(&ns))?;
+    validate_namespace(&ns).map_err(|e| Problem::bad_request("invalid-name", e.to_string()))?;
+    let limit = parse_limit(q.limit.as_deref(), 100, 1000)?;
+    let prefix = q.prefix.unwrap_or_default();
+    if prefix.bytes().any(|b| b == 0) || prefix.len() > crate::model::MAX_KEY_LEN {
+        return Err(Problem::bad_request("invalid-parameter", "prefix must be at most 256 characters without NUL"));
+    }
+    let after = match q.continue_token {
+        None => None,
+        Some(t) => {
+            let invalid = || Problem::bad_request("invalid-continue", "the continue token is not one this API issued");
+            let bytes = URL_SAFE_NO_PAD.decode(t.as_bytes()).map_err(|_| invalid())?;
+            let key = String::from_utf8(bytes).map_err(|_| invalid())?;
+            validate_key(&key).map_err(|_| invalid())?;
+            Some(key)
+        }
+    };
+    ctx.read_barrier(q.consistency.as_deref()).await?;
+    let include = q.include_values.unwrap_or(false);
+    let db = ctx.node.db().clone();
+    let n = ns.clone();
+    let page = blocking(move || state::list_entries(&db, &n, &prefix, after.as_deref(), limit, include)).await?;
+    let items: Vec<EntryView> = page.items.into_iter().map(|(k, m, v)| EntryView::new(&ns, &k, &m, v)).collect();
+    let next = page.next_after.map(|k| URL_SAFE_NO_PAD.encode(k.as_bytes()));
+    Ok(Json(serde_json::json!({ "items": items, "continue": next })).into_response())
+}

@@ -1,0 +1,198 @@
+//! The replicated commands (what a Raft log entry carries) and their outcomes. A command holds
+//! everything apply needs (actor, timestamp chosen by the proposer), so applying it is
+//! deterministic on every node and on every replay.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Namespace;
+
+/// A client change proposed through Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// API key name recorded as the actor in audit and metadata.
+    pub actor: String,
+    /// Proposal time (proposer's clock), milliseconds since the epoch.
+    pub at_ms: u64,
+    /// The change.
+    pub op: Operation,
+}
+
+/// The changes a client can make.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Operation {
+    /// Create a namespace or update its description/owner.
+    PutNamespace {
+        /// Namespace name (validated before proposing).
+        name: String,
+        /// Description.
+        description: String,
+        /// Owner.
+        owner: String,
+    },
+    /// Delete a namespace and every entry in it.
+    DeleteNamespace {
+        /// Namespace name.
+        name: String,
+    },
+    /// Write a new version of a key.
+    PutEntry {
+        /// Namespace (must exist).
+        namespace: String,
+        /// Key.
+        key: String,
+        /// Declared content type.
+        content_type: String,
+        /// Value bytes.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// Compare-and-set condition checked at apply time.
+        precondition: Precondition,
+    },
+    /// Delete a key and its history.
+    DeleteEntry {
+        /// Namespace.
+        namespace: String,
+        /// Key.
+        key: String,
+        /// Compare-and-set condition checked at apply time.
+        precondition: Precondition,
+    },
+}
+
+/// A condition on the current version of a key, evaluated when the command is applied, so
+/// compare-and-set is linearizable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Precondition {
+    /// No condition.
+    None,
+    /// The key must not exist (`If-None-Match: *`).
+    Absent,
+    /// The key must exist (`If-Match: *`).
+    Exists,
+    /// The key must be at exactly this version (`If-Match: "<version>"`).
+    Version(u64),
+}
+
+impl Precondition {
+    /// Whether the condition holds for a key whose current version is `current`.
+    pub fn holds(self, current: Option<u64>) -> bool {
+        match self {
+            Precondition::None => true,
+            Precondition::Absent => current.is_none(),
+            Precondition::Exists => current.is_some(),
+            Precondition::Version(v) => current == Some(v),
+        }
+    }
+}
+
+/// What applying a log entry produced; returned to the proposer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandOutcome {
+    /// A blank or membership entry (no client command).
+    Nothing,
+    /// Namespace created or updated.
+    NamespaceWritten {
+        /// True when it did not exist before.
+        created: bool,
+        /// The stored namespace.
+        namespace: Namespace,
+    },
+    /// Namespace deleted, with this many entries.
+    NamespaceDeleted {
+        /// Entries removed with it.
+        entries_deleted: u64,
+    },
+    /// Entry written.
+    EntryWritten {
+        /// True when the key did not exist before.
+        created: bool,
+        /// The new version.
+        version: u64,
+        /// The revision (log index) of the write.
+        revision: u64,
+    },
+    /// Entry deleted.
+    EntryDeleted {
+        /// The version that was deleted.
+        version: u64,
+        /// The revision (log index) of the delete.
+        revision: u64,
+    },
+    /// The precondition did not hold; nothing changed.
+    PreconditionFailed {
+        /// The key's version at apply time.
+        current_version: Option<u64>,
+    },
+    /// The namespace does not exist; nothing changed.
+    NamespaceNotFound,
+    /// The key does not exist; nothing changed.
+    EntryNotFound,
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.op {
+            Operation::PutNamespace { name, .. } => write!(f, "put-namespace {name} by {}", self.actor),
+            Operation::DeleteNamespace { name } => write!(f, "delete-namespace {name} by {}", self.actor),
+            Operation::PutEntry { namespace, key, value, .. } => {
+                write!(f, "put {namespace}/{key} ({} bytes) by {}", value.len(), self.actor)
+            }
+            Operation::DeleteEntry { namespace, key, .. } => write!(f, "delete {namespace}/{key} by {}", self.actor),
+        }
+    }
+}
+
+impl Command {
+    /// Bytes this command occupies in the log, approximately (for byte budgets).
+    pub fn approx_size(&self) -> usize {
+        let op = match &self.op {
+            Operation::PutNamespace { name, description, owner } => name.len() + description.len() + owner.len(),
+            Operation::DeleteNamespace { name } => name.len(),
+            Operation::PutEntry { namespace, key, content_type, value, .. } => {
+                namespace.len() + key.len() + content_type.len() + value.len()
+            }
+            Operation::DeleteEntry { namespace, key, .. } => namespace.len() + key.len(),
+        };
+        op + self.actor.len() + 32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preconditions() {
+        assert!(Precondition::None.holds(None));
+        assert!(Precondition::None.holds(Some(3)));
+        assert!(Precondition::Absent.holds(None));
+        assert!(!Precondition::Absent.holds(Some(1)));
+        assert!(Precondition::Exists.holds(Some(1)));
+        assert!(!Precondition::Exists.holds(None));
+        assert!(Precondition::Version(2).holds(Some(2)));
+        assert!(!Precondition::Version(2).holds(Some(3)));
+        assert!(!Precondition::Version(2).holds(None));
+    }
+
+    #[test]
+    fn value_is_encoded_compactly() -> Result<(), postcard::Error> {
+        let cmd = Command {
+            actor: "a".into(),
+            at_ms: 1,
+            op: Operation::PutEntry {
+                namespace: "n".into(),
+                key: "k".into(),
+                content_type: "application/octet-stream".into(),
+                value: vec![0xAB; 10_000],
+                precondition: Precondition::None,
+            },
+        };
+        let bytes = postcard::to_stdvec(&cmd)?;
+        assert!(bytes.len() < 10_100, "encoded {} bytes for a 10000-byte value", bytes.len());
+        let back: Command = postcard::from_bytes(&bytes)?;
+        assert_eq!(back, cmd);
+        Ok(())
+    }
+}

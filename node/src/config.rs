@@ -1,0 +1,416 @@
+//! Node settings from a config file, `CONFMAN_*` environment variables and flags, in rising
+//! precedence (SPEC §2.4). Loading is pure apart from reading the config file, and every
+//! error names the setting at fault.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::raft::{NodeId, RaftSettings};
+use crate::tuning::{Tuning, Violation};
+
+/// Command-line flags; each is also a `CONFMAN_*` variable and a config-file key (snake_case).
+/// Unset values fall back to the config file, then to built-in defaults.
+#[derive(Debug, Default, Clone, Parser, Deserialize)]
+#[command(name = "confman-node", version, about = "Confman node: a Raft-replicated configuration store")]
+#[serde(deny_unknown_fields)]
+pub struct Overrides {
+    /// Config file (TOML, or YAML when it ends in .yaml/.yml) with any of these settings.
+    #[arg(long, env = "CONFMAN_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Raft node id (unique, never reused). [default: 1]
+    #[arg(long, env = "CONFMAN_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Address to listen on for the client API and Raft RPC. [default: 127.0.0.1:8080]
+    #[arg(long, env = "CONFMAN_LISTEN")]
+    pub listen: Option<String>,
+    /// Base URL peers and clients use to reach this node. [default: http://<listen>]
+    #[arg(long, env = "CONFMAN_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Data directory. [default: ./data]
+    #[arg(long, env = "CONFMAN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Initial members for bootstrap, `ID=URL,...`; must include this node. Ignored once the
+    /// data directory holds a cluster (membership then comes from the log).
+    #[arg(long, env = "CONFMAN_PEERS")]
+    pub peers: Option<String>,
+    /// Never initialise a cluster: wait to be added as a learner through the admin API.
+    #[arg(long, env = "CONFMAN_JOIN", num_args = 0..=1, default_missing_value = "true")]
+    pub join: Option<bool>,
+    /// API keys file (YAML or JSON). Without it a development admin key is generated.
+    #[arg(long, env = "CONFMAN_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// File holding the shared cluster token for `/raft/*`. Required with --peers.
+    #[arg(long, env = "CONFMAN_CLUSTER_TOKEN_FILE")]
+    pub cluster_token_file: Option<PathBuf>,
+    /// Superseded versions kept per key. [default: 10]
+    #[arg(long, env = "CONFMAN_HISTORY_DEPTH")]
+    pub history_depth: Option<u64>,
+    /// Heartbeat interval, ms. [default: 100]
+    #[arg(long, env = "CONFMAN_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Minimum election timeout, ms. [default: 1000]
+    #[arg(long, env = "CONFMAN_ELECTION_MIN_MS")]
+    pub election_min_ms: Option<u64>,
+    /// Maximum election timeout, ms. [default: 2000]
+    #[arg(long, env = "CONFMAN_ELECTION_MAX_MS")]
+    pub election_max_ms: Option<u64>,
+    /// Client request timeout inside the node, ms. [default: 10000]
+    #[arg(long, env = "CONFMAN_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Timeout of one AppendEntries carrying entries, ms. [default: 5000]
+    #[arg(long, env = "CONFMAN_APPEND_TIMEOUT_MS")]
+    pub append_timeout_ms: Option<u64>,
+    /// Base allowance of a snapshot transfer, ms. [default: 30000]
+    #[arg(long, env = "CONFMAN_SNAPSHOT_TIMEOUT_MS")]
+    pub snapshot_timeout_ms: Option<u64>,
+    /// Largest value a client may write, bytes. [default: 16777216]
+    #[arg(long, env = "CONFMAN_MAX_VALUE_BYTES")]
+    pub max_value_bytes: Option<u64>,
+    /// Largest client request body, bytes. [default: 25165824]
+    #[arg(long, env = "CONFMAN_BODY_LIMIT_BYTES")]
+    pub body_limit_bytes: Option<u64>,
+    /// Byte cap of one AppendEntries payload. [default: 8388608]
+    #[arg(long, env = "CONFMAN_MAX_APPEND_BYTES")]
+    pub max_append_bytes: Option<u64>,
+    /// Entry cap of one AppendEntries payload. [default: 256]
+    #[arg(long, env = "CONFMAN_MAX_APPEND_ENTRIES")]
+    pub max_append_entries: Option<u64>,
+    /// Snapshot after this many log bytes since the last one. [default: 67108864]
+    #[arg(long, env = "CONFMAN_COMPACTION_BYTES")]
+    pub compaction_bytes: Option<u64>,
+    /// Snapshot after this many log entries since the last one. [default: 10000]
+    #[arg(long, env = "CONFMAN_COMPACTION_ENTRIES")]
+    pub compaction_entries: Option<u64>,
+    /// Log entries kept after a snapshot for lagging followers. [default: 200]
+    #[arg(long, env = "CONFMAN_LOGS_TO_KEEP")]
+    pub logs_to_keep: Option<u64>,
+    /// Log format: `text` or `json`. [default: text]
+    #[arg(long, env = "CONFMAN_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// A configuration error naming the setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read or parsed.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// File path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A setting has an unusable value.
+    #[error("invalid setting {setting}: {reason}")]
+    Invalid {
+        /// Setting name as a flag (without `--`).
+        setting: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// Timing or size settings are inconsistent.
+    #[error("inconsistent timing settings:\n  {}", .0.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n  "))]
+    Tuning(Vec<Violation>),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Fully resolved node settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Raft node id.
+    pub node_id: NodeId,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Advertised base URL.
+    pub advertise: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Bootstrap members (empty: single node).
+    pub peers: BTreeMap<NodeId, String>,
+    /// Wait to be added instead of bootstrapping.
+    pub join: bool,
+    /// API keys file, if any.
+    pub api_keys_file: Option<PathBuf>,
+    /// Cluster token file, if any.
+    pub cluster_token_file: Option<PathBuf>,
+    /// Superseded versions kept per key.
+    pub history_depth: u64,
+    /// Timing and sizes.
+    pub tuning: Tuning,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+macro_rules! merge_fields {
+    ($hi:expr, $lo:expr, $($f:ident),* $(,)?) => {
+        Overrides { config: $hi.config.or($lo.config), $($f: $hi.$f.or($lo.$f)),* }
+    };
+}
+
+impl Overrides {
+    /// Values of `self`, falling back to `lower` where unset.
+    pub fn or(self, lower: Overrides) -> Overrides {
+        merge_fields!(
+            self,
+            lower,
+            node_id,
+            listen,
+            advertise,
+            data_dir,
+            peers,
+            join,
+            api_keys_file,
+            cluster_token_file,
+            history_depth,
+            heartbeat_ms,
+            election_min_ms,
+            election_max_ms,
+            request_timeout_ms,
+            append_timeout_ms,
+            snapshot_timeout_ms,
+            max_value_bytes,
+            body_limit_bytes,
+            max_append_bytes,
+            max_append_entries,
+            compaction_bytes,
+            compaction_entries,
+            logs_to_keep,
+            log_format,
+        )
+    }
+}
+
+/// Reads a config file (TOML, or YAML by extension).
+pub fn read_file(path: &Path) -> Result<Overrides, ConfigError> {
+    let fail = |reason: String| ConfigError::File { path: path.to_path_buf(), reason };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+    if yaml {
+        serde_yaml_ng::from_str(&text).map_err(|e| fail(e.to_string()))
+    } else {
+        toml::from_str(&text).map_err(|e| fail(e.to_string()))
+    }
+}
+
+/// Parses `ID=URL,ID=URL,...`.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid { setting: "peers", reason };
+    let mut peers = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, url) = part.split_once('=').ok_or_else(|| invalid(format!("{part:?} is not ID=URL")))?;
+        let id: NodeId = id.trim().parse().map_err(|_| invalid(format!("{id:?} is not a numeric node id")))?;
+        let url = url.trim();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(invalid(format!("{url:?} must be an http:// or https:// URL")));
+        }
+        if peers.insert(id, url.trim_end_matches('/').to_string()).is_some() {
+            return Err(invalid(format!("node id {id} is listed twice")));
+        }
+    }
+    Ok(peers)
+}
+
+impl Settings {
+    /// Resolves flags/environment (`cli`) over the config file over defaults, and validates.
+    pub fn resolve(cli: Overrides) -> Result<Settings, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => Overrides::default(),
+        };
+        Self::from_overrides(cli.or(file))
+    }
+
+    /// Applies defaults and validates merged overrides.
+    pub fn from_overrides(o: Overrides) -> Result<Settings, ConfigError> {
+        let d = Tuning::default();
+        let tuning = Tuning {
+            heartbeat_ms: o.heartbeat_ms.unwrap_or(d.heartbeat_ms),
+            election_min_ms: o.election_min_ms.unwrap_or(d.election_min_ms),
+            election_max_ms: o.election_max_ms.unwrap_or(d.election_max_ms),
+            request_timeout_ms: o.request_timeout_ms.unwrap_or(d.request_timeout_ms),
+            append_timeout_ms: o.append_timeout_ms.unwrap_or(d.append_timeout_ms),
+            snapshot_timeout_ms: o.snapshot_timeout_ms.unwrap_or(d.snapshot_timeout_ms),
+            max_value_bytes: o.max_value_bytes.unwrap_or(d.max_value_bytes),
+            body_limit_bytes: o.body_limit_bytes.unwrap_or(d.body_limit_bytes),
+            max_append_bytes: o.max_append_bytes.unwrap_or(d.max_append_bytes),
+            max_append_entries: o.max_append_entries.unwrap_or(d.max_append_entries),
+            compaction_bytes: o.compaction_bytes.unwrap_or(d.compaction_bytes),
+            compaction_entries: o.compaction_entries.unwrap_or(d.compaction_entries),
+            logs_to_keep: o.logs_to_keep.unwrap_or(d.logs_to_keep),
+        };
+        let violations = tuning.violations();
+        if !violations.is_empty() {
+            return Err(ConfigError::Tuning(violations));
+        }
+
+        let listen_s = o.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen: SocketAddr = listen_s.parse().map_err(|e| ConfigError::Invalid {
+            setting: "listen",
+            reason: format!("{listen_s:?} is not an IP:port address ({e})"),
+        })?;
+        let advertise = o.advertise.unwrap_or_else(|| format!("http://{listen}")).trim_end_matches('/').to_string();
+        if !(advertise.starts_with("http://") || advertise.starts_with("https://")) {
+            return Err(ConfigError::Invalid {
+                setting: "advertise",
+                reason: format!("{advertise:?} must be an http(s) URL"),
+            });
+        }
+        let node_id = o.node_id.unwrap_or(1);
+        let peers = match &o.peers {
+            Some(p) => parse_peers(p)?,
+            None => BTreeMap::new(),
+        };
+        if !peers.is_empty() {
+            match peers.get(&node_id) {
+                None => {
+                    return Err(ConfigError::Invalid {
+                        setting: "peers",
+                        reason: format!("must list this node (node-id {node_id})"),
+                    });
+                }
+                Some(url) if *url != advertise => {
+                    return Err(ConfigError::Invalid {
+                        setting: "peers",
+                        reason: format!("entry {node_id}={url} differs from --advertise {advertise}"),
+                    });
+                }
+                Some(_) => {}
+            }
+            if peers.len() > 1 && o.cluster_token_file.is_none() {
+                return Err(ConfigError::Invalid {
+                    setting: "cluster-token-file",
+                    reason: "is required when --peers lists more than one node (every node needs the same token)"
+                        .into(),
+                });
+            }
+        }
+        let log_format = match o.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    setting: "log-format",
+                    reason: format!("{other:?} is not text or json"),
+                });
+            }
+        };
+        Ok(Settings {
+            node_id,
+            listen,
+            advertise,
+            data_dir: o.data_dir.unwrap_or_else(|| PathBuf::from("./data")),
+            peers,
+            join: o.join.unwrap_or(false),
+            api_keys_file: o.api_keys_file,
+            cluster_token_file: o.cluster_token_file,
+            history_depth: o.history_depth.unwrap_or(10),
+            tuning,
+            log_format,
+        })
+    }
+
+    /// The Raft part of the settings.
+    pub fn raft(&self) -> RaftSettings {
+        let t = &self.tuning;
+        RaftSettings {
+            node_id: self.node_id,
+            advertise: self.advertise.clone(),
+            peers: self.peers.clone(),
+            join: self.join,
+            heartbeat: Duration::from_millis(t.heartbeat_ms),
+            election_min: Duration::from_millis(t.election_min_ms),
+            election_max: Duration::from_millis(t.election_max_ms),
+            request_timeout: Duration::from_millis(t.request_timeout_ms),
+            append_timeout: Duration::from_millis(t.append_timeout_ms),
+            snapshot_timeout: Duration::from_millis(t.snapshot_timeout_ms),
+            max_append_bytes: t.max_append_bytes,
+            max_append_entries: t.max_append_entries,
+            compaction_bytes: t.compaction_bytes,
+            compaction_entries: t.compaction_entries,
+            logs_to_keep: t.logs_to_keep,
+            history_depth: self.history_depth,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Overrides {
+        let mut v = vec!["confman-node"];
+        v.extend_from_slice(args);
+        Overrides::parse_from(v)
+    }
+
+    #[test]
+    fn defaults_give_a_single_local_node() -> Result<(), ConfigError> {
+        let s = Settings::from_overrides(Overrides::default())?;
+        assert_eq!(s.node_id, 1);
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.advertise, "http://127.0.0.1:8080");
+        assert_eq!(s.data_dir, PathBuf::from("./data"));
+        assert!(s.peers.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn flags_override_file() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "node_id = 7\nheartbeat_ms = 150\nlisten = \"127.0.0.1:9000\"\n")?;
+        let cli = parse(&["--config", path.to_str().ok_or("path")?, "--node-id", "3"]);
+        let s = Settings::resolve(cli)?;
+        assert_eq!(s.node_id, 3, "flag wins over file");
+        assert_eq!(s.tuning.heartbeat_ms, 150, "file wins over default");
+        assert_eq!(s.listen.port(), 9000);
+        Ok(())
+    }
+
+    #[test]
+    fn yaml_file_and_unknown_keys() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let ok = dir.path().join("node.yaml");
+        std::fs::write(&ok, "node_id: 4\nmax_value_bytes: 1048576\n")?;
+        assert_eq!(read_file(&ok)?.node_id, Some(4));
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "node_idd = 4\n")?;
+        let err = read_file(&bad).err().ok_or("expected an error")?.to_string();
+        assert!(err.contains("node_idd"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn inconsistent_timing_names_the_setting() {
+        let o = Overrides { heartbeat_ms: Some(800), ..Default::default() };
+        let err = Settings::from_overrides(o).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("heartbeat-ms") && err.contains("800"), "{err}");
+    }
+
+    #[test]
+    fn peers_are_checked() {
+        assert!(parse_peers("1=http://a:1,2=http://b:2").is_ok_and(|p| p.len() == 2));
+        for bad in ["1", "x=http://a", "1=ftp://a", "1=http://a,1=http://b"] {
+            assert!(parse_peers(bad).is_err(), "{bad}");
+        }
+        let o = Overrides { peers: Some("2=http://127.0.0.1:8080".into()), ..Default::default() };
+        assert!(matches!(Settings::from_overrides(o), Err(ConfigError::Invalid { setting: "peers", .. })));
+        let o =
+            Overrides { peers: Some("1=http://127.0.0.1:8080,2=http://127.0.0.1:8081".into()), ..Default::default() };
+        assert!(matches!(Settings::from_overrides(o), Err(ConfigError::Invalid { setting: "cluster-token-file", .. })));
+    }
+}

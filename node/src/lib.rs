@@ -1,0 +1,16 @@
+//! Confman node: a Raft-replicated configuration store on openraft and RocksDB with an HTTP
+//! API. Modules by job: `model` (data types and name rules), `command` (replicated
+//! operations), `store` (RocksDB layout, reads, apply), `raft` (everything openraft-facing),
+//! `api` (HTTP), `auth`, `config` and `tuning` (settings and their invariants), `metrics`,
+//! `server` (startup and ordered shutdown).
+
+pub mod api;
+pub mod auth;
+pub mod command;
+pub mod config;
+pub mod metrics;
+pub mod model;
+pub mod raft;
+pub mod server;
+pub mod store;
+pub mod tuning;

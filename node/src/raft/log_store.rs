@@ -1,0 +1,309 @@
+//! The Raft log in RocksDB (`RaftLogStorage`). Entries are readable as soon as `append` returns
+//! and durable once their `IOFlushed` callback fires. Durability comes from one syncer thread:
+//! it takes every callback queued since its last fsync and covers them with a single
+//! `flush_wal(true)`: a lone writer waits for exactly one fsync, concurrent writers share one,
+//! and there is no timer (seed lesson 5).
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
+use tokio::sync::Notify;
+
+use super::types::{Entry, LogId, TypeConfig, Vote};
+use crate::store::codec::{be_u64, decode, encode};
+use crate::store::{CF_LOG, CF_RAFT_META, RocksDb, StoreError, blocking, cf};
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+/// Counts log bytes appended since the last snapshot and wakes the compaction watcher when a
+/// byte threshold is crossed (seed lesson 4: compaction by bytes, not only entries).
+#[derive(Debug)]
+pub struct LogBytes {
+    since_snapshot: AtomicU64,
+    threshold: u64,
+    crossed: Notify,
+}
+
+impl LogBytes {
+    /// A counter that signals after `threshold` bytes.
+    pub fn new(threshold: u64) -> Self {
+        Self { since_snapshot: AtomicU64::new(0), threshold, crossed: Notify::new() }
+    }
+
+    fn add(&self, n: u64) {
+        let before = self.since_snapshot.fetch_add(n, Ordering::Relaxed);
+        if before < self.threshold && before + n >= self.threshold {
+            self.crossed.notify_one();
+        }
+    }
+
+    /// Called when a snapshot covering the log has been built.
+    pub fn reset(&self) {
+        self.since_snapshot.store(0, Ordering::Relaxed);
+    }
+
+    /// Bytes appended since the last snapshot.
+    pub fn current(&self) -> u64 {
+        self.since_snapshot.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the threshold is crossed.
+    pub async fn wait_crossed(&self) {
+        self.crossed.notified().await
+    }
+}
+
+/// The log store handed to openraft.
+pub struct LogStore {
+    db: Arc<RocksDb>,
+    reader: LogReader,
+    syncer: mpsc::Sender<IOFlushed<TypeConfig>>,
+    log_bytes: Arc<LogBytes>,
+}
+
+/// A reader of the log, cloned for each replication stream.
+#[derive(Clone)]
+pub struct LogReader {
+    db: Arc<RocksDb>,
+    /// Byte budget of one `limited_get_log_entries` call (AppendEntries payload cap).
+    max_batch_bytes: u64,
+    /// Entry cap of one `limited_get_log_entries` call.
+    max_batch_entries: u64,
+}
+
+/// Joins the syncer thread at shutdown, after openraft dropped the log store.
+pub struct SyncerHandle(Option<JoinHandle<()>>);
+
+impl SyncerHandle {
+    /// Waits for the syncer to finish its last fsync and exit.
+    pub fn join(mut self) {
+        if let Some(h) = self.0.take()
+            && h.join().is_err()
+        {
+            tracing::error!("log syncer thread panicked");
+        }
+    }
+}
+
+impl LogStore {
+    /// Creates the store and starts its syncer thread.
+    pub fn new(
+        db: Arc<RocksDb>,
+        max_batch_bytes: u64,
+        max_batch_entries: u64,
+        log_bytes: Arc<LogBytes>,
+    ) -> Result<(Self, SyncerHandle), StoreError> {
+        let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
+        let sync_db = db.clone();
+        let handle =
+            std::thread::Builder::new().name("confman-log-sync".into()).spawn(move || sync_loop(&sync_db, &rx))?;
+        let reader = LogReader { db: db.clone(), max_batch_bytes, max_batch_entries };
+        Ok((Self { db, reader, syncer: tx, log_bytes }, SyncerHandle(Some(handle))))
+    }
+}
+
+/// Group commit: block for the first waiting callback, take every other one already queued,
+/// fsync the WAL once, complete them all.
+fn sync_loop(db: &RocksDb, rx: &mpsc::Receiver<IOFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut waiting = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let result = db.flush_wal(true);
+        for cb in waiting {
+            cb.io_completed(result.clone().map_err(|e| io::Error::other(format!("fsync of the WAL failed: {e}"))));
+        }
+    }
+    tracing::debug!("log syncer stopped");
+}
+
+fn range_start_end<RB: RangeBounds<u64>>(range: &RB) -> (u64, Option<u64>) {
+    let start = match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(e) => Some(e.saturating_add(1)),
+        Bound::Excluded(e) => Some(*e),
+        Bound::Unbounded => None,
+    };
+    (start, end)
+}
+
+impl LogReader {
+    /// Reads entries in `[start, end)`, stopping after `max_bytes` (always at least one entry)
+    /// and `max_entries`.
+    fn read_range(
+        &self,
+        start: u64,
+        end: Option<u64>,
+        max_bytes: u64,
+        max_entries: u64,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let cf = cf(&self.db, CF_LOG)?;
+        let mut opts = ReadOptions::default();
+        if let Some(end) = end {
+            opts.set_iterate_upper_bound(be_u64(end).to_vec());
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        for item in self.db.iterator_cf_opt(&cf, opts, IteratorMode::From(&be_u64(start), Direction::Forward)) {
+            let (_, v) = item?;
+            if !out.is_empty() && (bytes + v.len() as u64 > max_bytes || out.len() as u64 >= max_entries) {
+                break;
+            }
+            bytes += v.len() as u64;
+            out.push(decode::<Entry>(&v)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let (start, end) = range_start_end(&range);
+        let this = self.clone();
+        Ok(blocking(move || this.read_range(start, end, u64::MAX, u64::MAX)).await?)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        let db = self.db.clone();
+        Ok(blocking(move || read_meta(&db, KEY_VOTE)).await?)
+    }
+
+    /// Replication reads: bounded by bytes as well as entries so no AppendEntries request
+    /// carries more than the budget plus one entry.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+        let this = self.clone();
+        let (bytes, entries) = (self.max_batch_bytes, self.max_batch_entries);
+        Ok(blocking(move || this.read_range(start, Some(end), bytes, entries)).await?)
+    }
+}
+
+fn read_meta<T: serde::de::DeserializeOwned>(db: &RocksDb, key: &[u8]) -> Result<Option<T>, StoreError> {
+    let cf = cf(db, CF_RAFT_META)?;
+    db.get_cf(&cf, key)?.map(|b| decode(&b)).transpose()
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let db = self.db.clone();
+        Ok(blocking(move || {
+            let last_purged: Option<LogId> = read_meta(&db, KEY_LAST_PURGED)?;
+            let cf = cf(&db, CF_LOG)?;
+            let last = match db.iterator_cf(&cf, IteratorMode::End).next() {
+                Some(item) => {
+                    let (_, v) = item?;
+                    Some(decode::<Entry>(&v)?.log_id)
+                }
+                None => None,
+            };
+            let last_log_id = last.or(last_purged);
+            Ok(LogState { last_purged_log_id: last_purged, last_log_id })
+        })
+        .await?)
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.reader.clone()
+    }
+
+    /// Durable before returning: the vote is written and the WAL fsynced.
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let db = self.db.clone();
+        let bytes = encode(vote)?;
+        Ok(blocking(move || {
+            let cf = cf(&db, CF_RAFT_META)?;
+            db.put_cf(&cf, KEY_VOTE, bytes)?;
+            db.flush_wal(true)?;
+            Ok(())
+        })
+        .await?)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        let db = self.db.clone();
+        Ok(blocking(move || {
+            let cf = cf(&db, CF_RAFT_META)?;
+            match committed {
+                Some(c) => db.put_cf(&cf, KEY_COMMITTED, encode(&c)?)?,
+                None => db.delete_cf(&cf, KEY_COMMITTED)?,
+            }
+            Ok(())
+        })
+        .await?)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        let db = self.db.clone();
+        Ok(blocking(move || read_meta(&db, KEY_COMMITTED)).await?)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let db = self.db.clone();
+        let written = blocking(move || {
+            let cf = cf(&db, CF_LOG)?;
+            let mut batch = WriteBatch::default();
+            let mut bytes = 0u64;
+            for e in &entries {
+                let v = encode(e)?;
+                bytes += v.len() as u64;
+                batch.put_cf(&cf, be_u64(e.log_id.index), v);
+            }
+            let mut opts = WriteOptions::default();
+            opts.set_sync(false);
+            db.write_opt(batch, &opts)?;
+            Ok(bytes)
+        })
+        .await?;
+        self.log_bytes.add(written);
+        self.syncer.send(callback).map_err(|_| io::Error::other("log syncer thread has stopped"))?;
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.map_or(0, |l| l.index + 1);
+        let db = self.db.clone();
+        Ok(blocking(move || {
+            let cf = cf(&db, CF_LOG)?;
+            db.delete_range_cf(&cf, be_u64(from), be_u64(u64::MAX))?;
+            Ok(())
+        })
+        .await?)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let db = self.db.clone();
+        Ok(blocking(move || {
+            let log = cf(&db, CF_LOG)?;
+            let meta = cf(&db, CF_RAFT_META)?;
+            let mut batch = WriteBatch::default();
+            batch.put_cf(&meta, KEY_LAST_PURGED, encode(&log_id)?);
+            batch.delete_range_cf(&log, be_u64(0), be_u64(log_id.index + 1));
+            db.write(batch)?;
+            Ok(())
+        })
+        .await?)
+    }
+}

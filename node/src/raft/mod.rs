@@ -1,0 +1,549 @@
+//! Everything that touches openraft lives under this module, so a library upgrade stays local.
+//! The rest of the node sees `RaftNode`: propose a command, wait for a linearizable read
+//! point, inspect and change the cluster, and the `/raft/*` router.
+//!
+//! Roles are split like openraft's examples: `log_store` (log + group commit),
+//! `state_machine` (apply), `snapshot` (file snapshots), `network` / `rpc_server` (HTTP
+//! transport, both halves), `types` (type configuration).
+
+pub mod log_store;
+pub mod network;
+pub mod rpc_server;
+pub mod snapshot;
+pub mod state_machine;
+pub mod types;
+mod wire;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use self::log_store::{LogBytes, LogStore, SyncerHandle};
+use self::network::{NetworkFactory, NetworkTimeouts};
+use self::snapshot::SnapshotStore;
+use self::state_machine::StateMachine;
+pub use self::types::NodeId;
+use self::types::{Raft, TypeConfig};
+use crate::command::{Command, CommandOutcome};
+use crate::store::{RocksDb, StoreError};
+
+/// Raft settings of a node (from `config::Settings`, already validated).
+#[derive(Debug, Clone)]
+pub struct RaftSettings {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// URL peers and clients use to reach this node.
+    pub advertise: String,
+    /// Initial members for bootstrap (empty: a single-node cluster of this node).
+    pub peers: BTreeMap<NodeId, String>,
+    /// Never initialise a cluster; wait to be added through the admin API.
+    pub join: bool,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Election timeout lower bound.
+    pub election_min: Duration,
+    /// Election timeout upper bound.
+    pub election_max: Duration,
+    /// Deadline of a client request inside the node (commit wait, read wait, forwarding).
+    pub request_timeout: Duration,
+    /// Deadline of an AppendEntries carrying entries.
+    pub append_timeout: Duration,
+    /// Base allowance of a snapshot transfer.
+    pub snapshot_timeout: Duration,
+    /// Byte cap of one AppendEntries payload.
+    pub max_append_bytes: u64,
+    /// Entry cap of one AppendEntries payload.
+    pub max_append_entries: u64,
+    /// Snapshot after this many log bytes since the last snapshot.
+    pub compaction_bytes: u64,
+    /// Snapshot after this many log entries since the last snapshot.
+    pub compaction_entries: u64,
+    /// Log entries kept after a snapshot for lagging followers.
+    pub logs_to_keep: u64,
+    /// Superseded versions kept per key.
+    pub history_depth: u64,
+}
+
+/// Errors of Raft operations, mapped to HTTP statuses by the API layer.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftNodeError {
+    /// No leader is known right now (election in progress or quorum lost).
+    #[error("no leader is currently known")]
+    NoLeader,
+    /// Another node leads; the request belongs there.
+    #[error("node {leader_id} at {leader_addr} is the leader")]
+    NotLeader {
+        /// Leader id.
+        leader_id: NodeId,
+        /// Leader's advertised URL.
+        leader_addr: String,
+    },
+    /// The operation did not finish in time.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The request is invalid for the current membership.
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    /// Raft has stopped (shutdown or fatal storage error).
+    #[error("raft has stopped: {0}")]
+    Stopped(String),
+    /// Talking to the leader failed.
+    #[error("could not reach the leader: {0}")]
+    Network(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The settings are unusable.
+    #[error("invalid raft settings: {0}")]
+    Config(String),
+}
+
+/// Node and cluster state for `/api/v1/cluster` and `/health/ready`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// leader, follower, candidate, learner or shutdown.
+    pub role: String,
+    /// Current leader, if known.
+    pub leader_id: Option<NodeId>,
+    /// Current leader's URL, if known.
+    pub leader_addr: Option<String>,
+    /// Current term.
+    pub term: u64,
+    /// Last log index on this node.
+    pub last_log_index: Option<u64>,
+    /// Committed index known to this node.
+    pub commit_index: Option<u64>,
+    /// Applied index of this node.
+    pub applied_index: Option<u64>,
+    /// Index covered by this node's last snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Highest purged log index.
+    pub purged_index: Option<u64>,
+    /// Log bytes appended since the last snapshot.
+    pub log_bytes_since_snapshot: u64,
+    /// Members of the effective membership.
+    pub members: Vec<MemberStatus>,
+}
+
+/// One member of the cluster.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// Node id.
+    pub id: NodeId,
+    /// Advertised URL.
+    pub address: String,
+    /// `voter` or `learner`.
+    pub role: &'static str,
+}
+
+/// A running Raft node with its storage.
+pub struct RaftNode {
+    raft: Raft,
+    id: NodeId,
+    db: Arc<RocksDb>,
+    snapshots: Arc<SnapshotStore>,
+    token: Arc<str>,
+    http: reqwest::Client,
+    applied_rx: watch::Receiver<u64>,
+    log_bytes: Arc<LogBytes>,
+    syncer: Mutex<Option<SyncerHandle>>,
+    compaction: tokio::task::JoinHandle<()>,
+    request_timeout: Duration,
+}
+
+fn stopped<E: std::fmt::Display>(e: E) -> RaftNodeError {
+    RaftNodeError::Stopped(e.to_string())
+}
+
+impl RaftNode {
+    /// Opens storage, starts Raft and, on a pristine data directory, bootstraps the cluster
+    /// (SPEC §2.4: the lowest listed id initialises it; the others wait to be contacted).
+    pub async fn start(
+        settings: &RaftSettings,
+        db: Arc<RocksDb>,
+        data_dir: &Path,
+        token: Arc<str>,
+    ) -> Result<Arc<Self>, RaftNodeError> {
+        let config = openraft::Config {
+            cluster_name: "confman".into(),
+            heartbeat_interval: settings.heartbeat.as_millis() as u64,
+            election_timeout_min: settings.election_min.as_millis() as u64,
+            election_timeout_max: settings.election_max.as_millis() as u64,
+            install_snapshot_timeout: settings.snapshot_timeout.as_millis() as u64,
+            max_payload_entries: settings.max_append_entries,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.compaction_entries),
+            max_in_snapshot_log_to_keep: settings.logs_to_keep,
+            replication_lag_threshold: settings.compaction_entries.saturating_mul(2),
+            purge_batch_size: 16,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| RaftNodeError::Config(e.to_string()))?;
+
+        let snapshots = SnapshotStore::open(data_dir)?;
+        let log_bytes = Arc::new(LogBytes::new(settings.compaction_bytes));
+        let (log_store, syncer) =
+            LogStore::new(db.clone(), settings.max_append_bytes, settings.max_append_entries, log_bytes.clone())?;
+        let (applied_tx, applied_rx) = watch::channel(0u64);
+        let sm = StateMachine::new(
+            db.clone(),
+            snapshots.clone(),
+            settings.history_depth,
+            log_bytes.clone(),
+            Arc::new(applied_tx),
+        )?;
+        let timeouts = NetworkTimeouts {
+            append: settings.append_timeout,
+            snapshot_idle: settings.snapshot_timeout,
+            snapshot_min_rate: 5 << 20,
+        };
+        let network =
+            NetworkFactory::new(token.clone(), timeouts).map_err(|e| RaftNodeError::Network(e.to_string()))?;
+        let raft = Raft::new(settings.node_id, Arc::new(config), network, log_store, sm).await.map_err(stopped)?;
+
+        if !raft.is_initialized().await.map_err(stopped)? && !settings.join {
+            let lowest = settings.peers.keys().next().copied().unwrap_or(settings.node_id);
+            if settings.peers.is_empty() {
+                let mut members = BTreeMap::new();
+                members.insert(settings.node_id, BasicNode::new(&settings.advertise));
+                tracing::info!(node_id = settings.node_id, "initialising a single-node cluster");
+                raft.initialize(members).await.map_err(|e| RaftNodeError::Membership(e.to_string()))?;
+            } else if lowest == settings.node_id {
+                let members: BTreeMap<NodeId, BasicNode> =
+                    settings.peers.iter().map(|(id, url)| (*id, BasicNode::new(url))).collect();
+                tracing::info!(?members, "initialising the cluster with the listed peers");
+                raft.initialize(members).await.map_err(|e| RaftNodeError::Membership(e.to_string()))?;
+            } else {
+                tracing::info!(lowest, "waiting for node {lowest} to initialise the cluster");
+            }
+        }
+
+        let compaction = {
+            let (raft, log_bytes) = (raft.clone(), log_bytes.clone());
+            tokio::spawn(async move {
+                loop {
+                    log_bytes.wait_crossed().await;
+                    tracing::info!(bytes = log_bytes.current(), "log byte threshold crossed; building a snapshot");
+                    if raft.trigger().snapshot().await.is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+
+        Ok(Arc::new(Self {
+            raft,
+            id: settings.node_id,
+            db,
+            snapshots,
+            token,
+            http: network::http_client().map_err(|e| RaftNodeError::Network(e.to_string()))?,
+            applied_rx,
+            log_bytes,
+            syncer: Mutex::new(Some(syncer)),
+            compaction,
+            request_timeout: settings.request_timeout,
+        }))
+    }
+
+    /// The internal `/raft/*` routes.
+    pub fn router(&self) -> axum::Router {
+        rpc_server::router(self.raft.clone(), self.token.clone(), self.snapshots.clone())
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The node database (for state reads).
+    pub fn db(&self) -> &Arc<RocksDb> {
+        &self.db
+    }
+
+    /// Whether this node currently believes it is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.raft.is_leader()
+    }
+
+    /// The current leader and its URL, if known.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())?;
+        Some((id, addr))
+    }
+
+    /// The last applied revision on this node.
+    pub fn applied_revision(&self) -> u64 {
+        *self.applied_rx.borrow()
+    }
+
+    fn not_leader(&self) -> RaftNodeError {
+        match self.leader() {
+            Some((leader_id, leader_addr)) if leader_id != self.id => {
+                RaftNodeError::NotLeader { leader_id, leader_addr }
+            }
+            _ => RaftNodeError::NoLeader,
+        }
+    }
+
+    /// Proposes a command on this node, which must be the leader; returns the outcome and the
+    /// revision (log index) it was applied at.
+    pub async fn write(&self, cmd: Command) -> Result<(CommandOutcome, u64), RaftNodeError> {
+        let fut = self.raft.client_write(cmd);
+        match tokio::time::timeout(self.request_timeout, fut).await {
+            Err(_) => Err(RaftNodeError::Timeout(self.request_timeout)),
+            Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
+            Ok(Err(e)) => Err(self.map_write_error(e)),
+        }
+    }
+
+    fn map_write_error(&self, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> RaftNodeError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match (f.leader_id, f.leader_node) {
+                (Some(id), Some(node)) if id != self.id => {
+                    RaftNodeError::NotLeader { leader_id: id, leader_addr: node.addr }
+                }
+                _ => RaftNodeError::NoLeader,
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => RaftNodeError::Membership(e.to_string()),
+            RaftError::APIError(ClientWriteError::PreconditionFailed(e)) => RaftNodeError::Membership(e.to_string()),
+            // The entry was overwritten by a new leader before commit: not applied; the client retries.
+            RaftError::APIError(ClientWriteError::LogEntryDiscarded(e)) => {
+                tracing::info!("proposal discarded by a leader change: {e}");
+                RaftNodeError::NoLeader
+            }
+            RaftError::Fatal(f) => RaftNodeError::Stopped(f.to_string()),
+        }
+    }
+
+    /// Waits until this node may serve a linearizable read: the leader confirms its leadership
+    /// with a quorum (read index); a follower asks the leader for the read index and waits
+    /// until it has applied it. Returns the applied revision the read will see at least.
+    pub async fn linearizable_barrier(&self) -> Result<u64, RaftNodeError> {
+        let index = if self.raft.is_leader() {
+            let fut = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
+            match tokio::time::timeout(self.request_timeout, fut).await {
+                Err(_) => return Err(RaftNodeError::Timeout(self.request_timeout)),
+                Ok(Ok(read_log_id)) => read_log_id.index(),
+                Ok(Err(RaftError::APIError(e))) => {
+                    tracing::debug!("read index refused: {e}");
+                    return Err(self.not_leader());
+                }
+                Ok(Err(RaftError::Fatal(f))) => return Err(stopped(f)),
+            }
+        } else {
+            self.remote_read_index().await?
+        };
+        let mut rx = self.applied_rx.clone();
+        let wait = rx.wait_for(|applied| *applied >= index);
+        match tokio::time::timeout(self.request_timeout, wait).await {
+            Err(_) => Err(RaftNodeError::Timeout(self.request_timeout)),
+            Ok(Err(_)) => Err(RaftNodeError::Stopped("state machine closed".into())),
+            Ok(Ok(applied)) => Ok(*applied),
+        }
+    }
+
+    async fn remote_read_index(&self) -> Result<u64, RaftNodeError> {
+        let Some((leader_id, addr)) = self.leader() else {
+            return Err(RaftNodeError::NoLeader);
+        };
+        if leader_id == self.id {
+            return Err(RaftNodeError::NoLeader);
+        }
+        let resp = self
+            .http
+            .post(format!("{}{}", addr.trim_end_matches('/'), wire::PATH_READ_INDEX))
+            .bearer_auth(&*self.token)
+            .timeout(self.request_timeout)
+            .send()
+            .await
+            .map_err(|e| RaftNodeError::Network(e.to_string()))?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| RaftNodeError::Network(e.to_string()))?;
+        if !status.is_success() {
+            return Err(RaftNodeError::Network(format!("read index: HTTP {status}")));
+        }
+        let reply: Result<wire::ReadIndex, String> =
+            wire::decode(&body).map_err(|e| RaftNodeError::Network(e.to_string()))?;
+        // The leader may have lost leadership meanwhile: report no leader, clients retry.
+        reply.map(|r| r.index).map_err(|_| RaftNodeError::NoLeader)
+    }
+
+    /// A snapshot of this node's view of the cluster.
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| MemberStatus {
+                id: *id,
+                address: node.addr.clone(),
+                role: if voters.contains(id) { "voter" } else { "learner" },
+            })
+            .collect();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let leader_addr = m.current_leader.and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()));
+        ClusterStatus {
+            node_id: self.id,
+            role: role.to_string(),
+            leader_id: m.current_leader,
+            leader_addr,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            commit_index: m.local_committed.as_ref().map(|l| l.index),
+            applied_index: m.last_applied.as_ref().map(|l| l.index),
+            snapshot_index: m.snapshot.as_ref().map(|l| l.index),
+            purged_index: m.purged.as_ref().map(|l| l.index),
+            log_bytes_since_snapshot: self.log_bytes.current(),
+            members,
+        }
+    }
+
+    fn require_leader(&self) -> Result<(), RaftNodeError> {
+        if self.raft.is_leader() { Ok(()) } else { Err(self.not_leader()) }
+    }
+
+    /// Adds a learner and waits until it has caught up with the log.
+    pub async fn add_learner(&self, id: NodeId, addr: String) -> Result<(), RaftNodeError> {
+        self.require_leader()?;
+        self.raft.add_learner(id, BasicNode::new(addr), true).await.map_err(|e| self.map_write_error(e))?;
+        Ok(())
+    }
+
+    /// Promotes a learner to voter (joint consensus, committed when this returns).
+    pub async fn promote(&self, id: NodeId) -> Result<(), RaftNodeError> {
+        self.require_leader()?;
+        let ids = BTreeSet::from([id]);
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(ids), false)
+            .await
+            .map_err(|e| self.map_write_error(e))?;
+        Ok(())
+    }
+
+    /// Removes a voter or learner from the membership (committed when this returns).
+    pub async fn remove(&self, id: NodeId) -> Result<(), RaftNodeError> {
+        self.require_leader()?;
+        let status = self.status();
+        let Some(member) = status.members.iter().find(|m| m.id == id) else {
+            return Err(RaftNodeError::Membership(format!("node {id} is not a member")));
+        };
+        let ids = BTreeSet::from([id]);
+        let change =
+            if member.role == "voter" { ChangeMembers::RemoveVoters(ids) } else { ChangeMembers::RemoveNodes(ids) };
+        self.raft.change_membership(change, false).await.map_err(|e| self.map_write_error(e))?;
+        Ok(())
+    }
+
+    /// Hands leadership to `to` (or to another voter) and waits until this node is no longer
+    /// the leader.
+    pub async fn transfer_leader(&self, to: Option<NodeId>) -> Result<NodeId, RaftNodeError> {
+        self.require_leader()?;
+        let status = self.status();
+        let target = match to {
+            Some(t) => t,
+            None => status
+                .members
+                .iter()
+                .find(|m| m.role == "voter" && m.id != self.id)
+                .map(|m| m.id)
+                .ok_or_else(|| RaftNodeError::Membership("no other voter to transfer leadership to".into()))?,
+        };
+        if !status.members.iter().any(|m| m.id == target && m.role == "voter") {
+            return Err(RaftNodeError::Membership(format!("node {target} is not a voter")));
+        }
+        if target == self.id {
+            return Ok(target);
+        }
+        self.raft.trigger().transfer_leader(target).await.map_err(stopped)?;
+        let me = self.id;
+        self.raft
+            .wait(Some(self.request_timeout))
+            .metrics(|m| m.current_leader.is_some_and(|l| l != me), "leadership transferred")
+            .await
+            .map_err(|_| RaftNodeError::Timeout(self.request_timeout))?;
+        Ok(target)
+    }
+
+    /// Builds a snapshot now and waits until it covers what was applied when asked.
+    pub async fn snapshot_now(&self) -> Result<u64, RaftNodeError> {
+        let target = self.applied_revision();
+        self.raft.trigger().snapshot().await.map_err(stopped)?;
+        let m = self
+            .raft
+            .wait(Some(self.request_timeout.max(Duration::from_secs(60))))
+            .metrics(|m| m.snapshot.as_ref().is_some_and(|s| s.index >= target), "snapshot built")
+            .await
+            .map_err(|_| RaftNodeError::Timeout(self.request_timeout))?;
+        Ok(m.snapshot.map_or(0, |s| s.index))
+    }
+
+    /// Waits until a leader is known (used at startup and by tests).
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, RaftNodeError> {
+        let m = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "leader known")
+            .await
+            .map_err(|_| RaftNodeError::Timeout(timeout))?;
+        m.current_leader.ok_or(RaftNodeError::NoLeader)
+    }
+
+    /// Whether the node is ready to serve: a leader is known and everything this node knows
+    /// to be committed is applied.
+    pub fn is_ready(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.current_leader.is_some()
+            && m.last_applied.as_ref().map(|l| l.index) >= m.local_committed.as_ref().map(|l| l.index)
+    }
+
+    /// Stops Raft (pending applies finish first), stops the log syncer after its last fsync,
+    /// and flushes RocksDB. The database closes when the last handle is dropped.
+    pub async fn shutdown(&self) -> Result<(), RaftNodeError> {
+        self.compaction.abort();
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+        let syncer = self.syncer.lock().map(|mut s| s.take()).unwrap_or(None);
+        if let Some(s) = syncer {
+            // openraft drops the log store when its core stops, which ends the syncer; do not
+            // hang shutdown if a task still holds it.
+            let join = tokio::task::spawn_blocking(move || s.join());
+            if tokio::time::timeout(Duration::from_secs(5), join).await.is_err() {
+                tracing::warn!("log syncer still running at shutdown; flushing anyway");
+            }
+        }
+        let db = self.db.clone();
+        crate::store::blocking(move || {
+            db.flush_wal(true)?;
+            db.flush()?;
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+}

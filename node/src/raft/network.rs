@@ -1,0 +1,266 @@
+//! The client half of the Raft network (`RaftNetworkV2`) over HTTP. Heartbeats, appends and
+//! snapshots each use their own `reqwest::Client` (own connection pool), so a multi-MB append
+//! or a snapshot body never delays a heartbeat behind it (seed lesson 6).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{AnyError, OptionalSend, RaftNetworkFactory, RaftNetworkV2};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::snapshot::SnapshotFile;
+use super::types::{FileSnapshot, Node, NodeId, TypeConfig, Vote};
+use super::wire;
+
+/// Timeouts of the Raft network, derived from the node's timing settings.
+#[derive(Debug, Clone, Copy)]
+pub struct NetworkTimeouts {
+    /// Deadline of one AppendEntries carrying entries (replication connection).
+    pub append: Duration,
+    /// Base allowance of a snapshot transfer, on top of its size-based allowance.
+    pub snapshot_idle: Duration,
+    /// Slowest accepted snapshot transfer rate, bytes per second.
+    pub snapshot_min_rate: u64,
+}
+
+/// Creates per-peer clients for openraft.
+pub struct NetworkFactory {
+    token: Arc<str>,
+    replication: reqwest::Client,
+    heartbeat: reqwest::Client,
+    snapshot: reqwest::Client,
+    timeouts: NetworkTimeouts,
+}
+
+/// Which connection pool a peer client uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Channel {
+    Replication,
+    Heartbeat,
+    Snapshot,
+}
+
+/// A connection to one peer.
+pub struct PeerClient {
+    target: NodeId,
+    base: String,
+    token: Arc<str>,
+    client: reqwest::Client,
+    channel: Channel,
+    timeouts: NetworkTimeouts,
+}
+
+/// Builds an HTTP client for intra-cluster traffic (no proxies, TCP_NODELAY).
+pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(2))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+}
+
+impl NetworkFactory {
+    /// A factory authenticating with `token`.
+    pub fn new(token: Arc<str>, timeouts: NetworkTimeouts) -> Result<Self, reqwest::Error> {
+        Ok(Self { token, replication: http_client()?, heartbeat: http_client()?, snapshot: http_client()?, timeouts })
+    }
+
+    fn client(&self, target: NodeId, node: &Node, channel: Channel) -> PeerClient {
+        let client = match channel {
+            Channel::Replication => self.replication.clone(),
+            Channel::Heartbeat => self.heartbeat.clone(),
+            Channel::Snapshot => self.snapshot.clone(),
+        };
+        PeerClient {
+            target,
+            base: node.addr.trim_end_matches('/').to_string(),
+            token: self.token.clone(),
+            client,
+            channel,
+            timeouts: self.timeouts,
+        }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+        self.client(target, node, Channel::Replication)
+    }
+
+    async fn new_heartbeat_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+        self.client(target, node, Channel::Heartbeat)
+    }
+
+    async fn new_snapshot_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+        self.client(target, node, Channel::Snapshot)
+    }
+}
+
+/// Why an RPC failed below the Raft layer.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error("peer unreachable: {0}")]
+    Unreachable(reqwest::Error),
+    #[error("transport: {0}")]
+    Transport(String),
+    #[error("peer refused: {0}")]
+    Remote(String),
+}
+
+impl CallError {
+    fn into_rpc(self) -> RPCError<TypeConfig> {
+        match self {
+            CallError::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&e)),
+            // A remote error here means the peer's Raft has stopped: back off like unreachable.
+            CallError::Remote(m) => RPCError::Unreachable(Unreachable::new(&AnyError::error(m))),
+            CallError::Transport(m) => RPCError::Network(NetworkError::new(&AnyError::error(m))),
+        }
+    }
+
+    fn into_streaming(self) -> StreamingError<TypeConfig> {
+        match self {
+            CallError::Unreachable(e) => StreamingError::Unreachable(Unreachable::new(&e)),
+            CallError::Remote(m) => StreamingError::Unreachable(Unreachable::new(&AnyError::error(m))),
+            CallError::Transport(m) => StreamingError::Network(NetworkError::new(&AnyError::error(m))),
+        }
+    }
+}
+
+fn classify(e: reqwest::Error) -> CallError {
+    if e.is_connect() || e.is_timeout() { CallError::Unreachable(e) } else { CallError::Transport(e.to_string()) }
+}
+
+/// Reads a postcard `Result<T, String>` reply.
+async fn read_reply<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, CallError> {
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(classify)?;
+    if !status.is_success() {
+        return Err(CallError::Remote(format!("HTTP {status}: {}", String::from_utf8_lossy(&body))));
+    }
+    let reply: Result<T, String> = wire::decode(&body).map_err(|e| CallError::Transport(e.to_string()))?;
+    reply.map_err(CallError::Remote)
+}
+
+impl PeerClient {
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        let body = wire::encode(req).map_err(|e| CallError::Transport(e.to_string()))?;
+        let resp = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&*self.token)
+            .header(reqwest::header::CONTENT_TYPE, wire::CONTENT_TYPE)
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(classify)?;
+        read_reply(resp).await.inspect_err(|e| tracing::debug!(peer = self.target, path, "raft rpc failed: {e}"))
+    }
+
+    /// Heartbeats and votes must answer within openraft's TTL; appends carrying entries get
+    /// the configured append timeout instead, so a large batch is not cut off and resent.
+    fn append_timeout(&self, option: &RPCOption) -> Duration {
+        match self.channel {
+            Channel::Heartbeat => option.hard_ttl(),
+            _ => self.timeouts.append.max(option.hard_ttl()),
+        }
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let timeout = self.append_timeout(&option);
+        self.call(wire::PATH_APPEND, &rpc, timeout).await.map_err(CallError::into_rpc)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(wire::PATH_VOTE, &rpc, option.hard_ttl()).await.map_err(CallError::into_rpc)
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(wire::PATH_PRE_VOTE, &rpc, option.hard_ttl()).await.map_err(CallError::into_rpc)
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(wire::PATH_TRANSFER_LEADER, &req, option.hard_ttl()).await.map_err(CallError::into_rpc)
+    }
+
+    /// Streams the snapshot file as the request body (memory O(chunk)); stops when openraft
+    /// cancels the replication.
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: FileSnapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let file = snapshot.snapshot;
+        let size = file.manifest.data_size;
+        let send = async {
+            let body = if size > 0 {
+                let f = tokio::fs::File::open(file.data_path())
+                    .await
+                    .map_err(|e| CallError::Transport(format!("open snapshot: {e}")))?;
+                reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20))
+            } else {
+                reqwest::Body::from(Vec::new())
+            };
+            let vote_h =
+                wire::header_encode(wire::HEADER_VOTE, &vote).map_err(|e| CallError::Transport(e.to_string()))?;
+            let manifest_h = wire::header_encode(wire::HEADER_MANIFEST, &file.manifest)
+                .map_err(|e| CallError::Transport(e.to_string()))?;
+            let allowance = Duration::from_secs(size / self.timeouts.snapshot_min_rate.max(1));
+            let resp = self
+                .client
+                .post(format!("{}{}", self.base, wire::PATH_SNAPSHOT))
+                .bearer_auth(&*self.token)
+                .header(wire::HEADER_VOTE, vote_h)
+                .header(wire::HEADER_MANIFEST, manifest_h)
+                .header(reqwest::header::CONTENT_LENGTH, size)
+                .timeout(self.timeouts.snapshot_idle + allowance)
+                .body(body)
+                .send()
+                .await
+                .map_err(classify)?;
+            read_reply::<SnapshotResponse<TypeConfig>>(resp).await
+        };
+        tokio::select! {
+            r = send => r.map_err(CallError::into_streaming),
+            closed = cancel => Err(StreamingError::Closed(closed)),
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! The server half of the Raft network: axum routes under `/raft/*`. They require the cluster
+//! token (constant-time compare), never accept a client API key, and have no body-size limit
+//! (seed lesson 3). Snapshot bodies stream to a staging file, are verified, and only then
+//! handed to openraft.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures::StreamExt;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::{ReadPolicy, Snapshot};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
+
+use super::snapshot::{Manifest, SnapshotFile, SnapshotStore};
+use super::types::{Raft, Vote};
+use super::wire;
+use crate::auth::constant_time_eq;
+
+/// State shared by the Raft RPC handlers.
+#[derive(Clone)]
+pub struct RpcState {
+    raft: Raft,
+    token: Arc<str>,
+    snapshots: Arc<SnapshotStore>,
+    inbound_snapshot: Arc<Semaphore>,
+}
+
+/// Builds the `/raft/*` router.
+pub fn router(raft: Raft, token: Arc<str>, snapshots: Arc<SnapshotStore>) -> Router {
+    let state = RpcState { raft, token, snapshots, inbound_snapshot: Arc::new(Semaphore::new(1)) };
+    Router::new()
+        .route(wire::PATH_APPEND, post(append))
+        .route(wire::PATH_VOTE, post(vote))
+        .route(wire::PATH_PRE_VOTE, post(pre_vote))
+        .route(wire::PATH_TRANSFER_LEADER, post(transfer_leader))
+        .route(wire::PATH_SNAPSHOT, post(snapshot))
+        .route(wire::PATH_READ_INDEX, post(read_index))
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(state.clone(), require_cluster_token))
+        .with_state(state)
+}
+
+async fn require_cluster_token(State(s): State<RpcState>, req: Request, next: Next) -> Response {
+    let presented =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(t) if constant_time_eq(t.as_bytes(), s.token.as_bytes()) => next.run(req).await,
+        _ => crate::api::problem::Problem::unauthorized("a valid cluster token is required on /raft/*").into_response(),
+    }
+}
+
+/// Encodes `Result<T, String>` as a postcard reply.
+fn reply<T: Serialize>(r: Result<T, String>) -> Response {
+    match wire::encode(&r) {
+        Ok(b) => ([(header::CONTENT_TYPE, wire::CONTENT_TYPE)], b).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Decodes a request body; bodies over 1 MiB are decoded on a blocking thread.
+async fn decode_body<T: DeserializeOwned + Send + 'static>(body: Bytes) -> Result<T, Response> {
+    let r = if body.len() > (1 << 20) {
+        tokio::task::spawn_blocking(move || wire::decode::<T>(&body))
+            .await
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())?
+    } else {
+        wire::decode::<T>(&body)
+    };
+    r.map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()).into_response())
+}
+
+async fn append(State(s): State<RpcState>, body: Bytes) -> Response {
+    match decode_body(body).await {
+        Ok(req) => reply(s.raft.append_entries(req).await.map_err(|e| e.to_string())),
+        Err(r) => r,
+    }
+}
+
+async fn vote(State(s): State<RpcState>, body: Bytes) -> Response {
+    match decode_body(body).await {
+        Ok(req) => reply(s.raft.vote(req).await.map_err(|e| e.to_string())),
+        Err(r) => r,
+    }
+}
+
+async fn pre_vote(State(s): State<RpcState>, body: Bytes) -> Response {
+    match decode_body(body).await {
+        Ok(req) => reply(s.raft.pre_vote(req).await.map_err(|e| e.to_string())),
+        Err(r) => r,
+    }
+}
+
+async fn transfer_leader(State(s): State<RpcState>, body: Bytes) -> Response {
+    match decode_body(body).await {
+        Ok(req) => reply(s.raft.handle_transfer_leader(req).await.map_err(|e| e.to_string())),
+        Err(r) => r,
+    }
+}
+
+/// Leader side of a follower's linearizable read: confirms leadership with a quorum and
+/// returns the index the follower must apply before reading.
+async fn read_index(State(s): State<RpcState>) -> Response {
+    match s.raft.get_read_log_id(ReadPolicy::ReadIndex).await {
+        Ok((read_log_id, _applied)) => reply(Ok::<_, String>(wire::ReadIndex { index: read_log_id.index() })),
+        Err(e) => reply::<wire::ReadIndex>(Err(e.to_string())),
+    }
+}
+
+fn header_value<T: DeserializeOwned>(headers: &HeaderMap, name: &'static str) -> Result<T, String> {
+    let v = headers.get(name).and_then(|v| v.to_str().ok()).ok_or_else(|| format!("missing header {name}"))?;
+    wire::header_decode(name, v).map_err(|e| e.to_string())
+}
+
+async fn snapshot(State(s): State<RpcState>, headers: HeaderMap, body: Body) -> Response {
+    let Ok(_permit) = s.inbound_snapshot.clone().try_acquire_owned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "another snapshot is being received").into_response();
+    };
+    let vote: Vote = match header_value(&headers, wire::HEADER_VOTE) {
+        Ok(v) => v,
+        Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    let manifest: Manifest = match header_value(&headers, wire::HEADER_MANIFEST) {
+        Ok(v) => v,
+        Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    // Refuse, before downloading, what openraft would reject by panicking.
+    let (committed, current_vote) = {
+        let m = s.raft.metrics();
+        let m = m.borrow_watched();
+        (m.local_committed, m.vote)
+    };
+    if let Some(snap_last) = &manifest.meta.last_log_id {
+        if snap_last.leader_id.term > vote.leader_id.term {
+            return reply::<()>(Err(format!("snapshot at {snap_last} is beyond the sender's vote {vote}")));
+        }
+        if committed.as_ref().is_some_and(|c| snap_last.index <= c.index) {
+            tracing::info!(%snap_last, "snapshot not newer than the local committed log; not installing");
+            return reply(Ok::<_, String>(openraft::raft::SnapshotResponse::<super::types::TypeConfig>::new(
+                current_vote,
+            )));
+        }
+    }
+    let staging = match s.snapshots.staging_dir() {
+        Ok(d) => d,
+        Err(e) => return reply::<()>(Err(format!("cannot stage snapshot: {e}"))),
+    };
+    let result = receive(&s, &staging, vote, manifest, body).await;
+    if result.is_err()
+        && let Err(e) = tokio::fs::remove_dir_all(&staging).await
+    {
+        tracing::warn!(dir = %staging.display(), "could not remove staging dir: {e}");
+    }
+    reply(result)
+}
+
+/// Streams the body into the staging directory, checks size and CRC, then installs.
+async fn receive(
+    s: &RpcState,
+    staging: &std::path::Path,
+    vote: Vote,
+    manifest: Manifest,
+    body: Body,
+) -> Result<openraft::raft::SnapshotResponse<super::types::TypeConfig>, String> {
+    let path = SnapshotStore::staged_data_path(staging);
+    let mut hasher = crc32fast::Hasher::new();
+    let mut size = 0u64;
+    let mut file = tokio::fs::File::create(&path).await.map_err(|e| e.to_string())?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| format!("snapshot body interrupted: {e}"))?;
+        hasher.update(&chunk);
+        size += chunk.len() as u64;
+        file.write_all(&chunk).await.map_err(|e| e.to_string())?;
+    }
+    file.sync_all().await.map_err(|e| e.to_string())?;
+    drop(file);
+    let crc = hasher.finalize();
+    if size != manifest.data_size || (size > 0 && crc != manifest.data_crc32) {
+        tracing::warn!(
+            size,
+            expected_size = manifest.data_size,
+            crc,
+            expected_crc = manifest.data_crc32,
+            "snapshot rejected: checksum mismatch"
+        );
+        return Err(format!(
+            "snapshot rejected: received {size} bytes with crc32 {crc:08x}, manifest says {} bytes with crc32 {:08x}",
+            manifest.data_size, manifest.data_crc32
+        ));
+    }
+    if size == 0 {
+        tokio::fs::remove_file(&path).await.map_err(|e| e.to_string())?;
+    }
+    let snapshot =
+        Snapshot { meta: manifest.meta.clone(), snapshot: SnapshotFile { dir: staging.to_path_buf(), manifest } };
+    s.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())
+}

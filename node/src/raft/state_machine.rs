@@ -1,0 +1,178 @@
+//! The state machine (`RaftStateMachine`): applies committed commands to RocksDB, one
+//! `WriteBatch` per entry carrying data, history, audit, last-applied and membership together,
+//! so a crash or restart never applies a command twice. All RocksDB work runs on blocking
+//! threads. Snapshots are delegated to `snapshot::SnapshotStore`.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot};
+use rocksdb::{WriteBatch, WriteOptions};
+use tokio::sync::watch;
+
+use super::log_store::LogBytes;
+use super::snapshot::{KEY_LAST_APPLIED, KEY_MEMBERSHIP, SnapshotFile, SnapshotStore};
+use super::types::{FileSnapshot, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::command::CommandOutcome;
+use crate::store::apply::apply_command;
+use crate::store::codec::{decode, encode};
+use crate::store::{CF_SM_META, RocksDb, StoreError, blocking, cf};
+
+/// Confman's state machine over the node database.
+pub struct StateMachine {
+    db: Arc<RocksDb>,
+    snapshots: Arc<SnapshotStore>,
+    history_depth: u64,
+    building: Arc<AtomicBool>,
+    log_bytes: Arc<LogBytes>,
+    /// Last applied revision, published after each apply (readers wait on it).
+    applied_tx: Arc<watch::Sender<u64>>,
+}
+
+impl StateMachine {
+    /// Opens the state machine, finishing an interrupted snapshot install first.
+    pub fn new(
+        db: Arc<RocksDb>,
+        snapshots: Arc<SnapshotStore>,
+        history_depth: u64,
+        log_bytes: Arc<LogBytes>,
+        applied_tx: Arc<watch::Sender<u64>>,
+    ) -> Result<Self, StoreError> {
+        snapshots.resume_install(&db)?;
+        let last = read_applied(&db)?.0.map_or(0, |l| l.index);
+        applied_tx.send_replace(last);
+        Ok(Self { db, snapshots, history_depth, building: Arc::new(AtomicBool::new(false)), log_bytes, applied_tx })
+    }
+}
+
+fn read_applied(db: &RocksDb) -> Result<(Option<LogId>, StoredMembership), StoreError> {
+    let cf = cf(db, CF_SM_META)?;
+    let last: Option<LogId> = db.get_cf(&cf, KEY_LAST_APPLIED)?.map(|b| decode(&b)).transpose()?;
+    let membership: StoredMembership =
+        db.get_cf(&cf, KEY_MEMBERSHIP)?.map(|b| decode(&b)).transpose()?.unwrap_or_default();
+    Ok((last, membership))
+}
+
+/// Builds one snapshot on a blocking thread; at most one runs at a time.
+pub struct SnapshotBuilder {
+    db: Arc<RocksDb>,
+    snapshots: Arc<SnapshotStore>,
+    building: Arc<AtomicBool>,
+    log_bytes: Arc<LogBytes>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> Result<FileSnapshot, io::Error> {
+        let (db, store) = (self.db.clone(), self.snapshots.clone());
+        let result = blocking(move || store.build(&db)).await;
+        self.building.store(false, Ordering::Release);
+        let file = result?;
+        self.log_bytes.reset();
+        Ok(Snapshot { meta: file.manifest.meta.clone(), snapshot: file })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let db = self.db.clone();
+        Ok(blocking(move || read_applied(&db)).await?)
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        while let Some(item) = entries.next().await {
+            batch.push(item?);
+        }
+        let db = self.db.clone();
+        let depth = self.history_depth;
+        let (entries, responders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let (outcomes, last) = blocking(move || {
+            let sm_cf = cf(&db, CF_SM_META)?;
+            let mut outcomes = Vec::with_capacity(entries.len());
+            let mut last = 0;
+            let opts = WriteOptions::default();
+            for entry in &entries {
+                let mut wb = WriteBatch::default();
+                let index = entry.log_id.index;
+                let outcome = match &entry.payload {
+                    EntryPayload::Blank => CommandOutcome::Nothing,
+                    EntryPayload::Normal(cmd) => apply_command(&db, &mut wb, index, cmd, depth)?,
+                    EntryPayload::Membership(m) => {
+                        let stored = StoredMembership::new(Some(entry.log_id), m.clone());
+                        wb.put_cf(&sm_cf, KEY_MEMBERSHIP, encode(&stored)?);
+                        CommandOutcome::Nothing
+                    }
+                };
+                wb.put_cf(&sm_cf, KEY_LAST_APPLIED, encode(&entry.log_id)?);
+                // Unsynced: the log is the durable record; a lost apply is re-applied on
+                // restart because last-applied is lost with it.
+                db.write_opt(wb, &opts)?;
+                outcomes.push(outcome);
+                last = index;
+            }
+            Ok((outcomes, last))
+        })
+        .await?;
+        if last > 0 {
+            self.applied_tx.send_replace(last);
+        }
+        for (responder, outcome) in responders.into_iter().zip(outcomes) {
+            if let Some(r) = responder {
+                r.send(outcome);
+            }
+        }
+        Ok(())
+    }
+
+    /// O(1): hands out a builder unless one is already running.
+    async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<SnapshotBuilder> {
+        if self.building.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        Some(self.get_snapshot_builder().await)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            db: self.db.clone(),
+            snapshots: self.snapshots.clone(),
+            building: self.building.clone(),
+            log_bytes: self.log_bytes.clone(),
+        }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
+        let (db, store) = (self.db.clone(), self.snapshots.clone());
+        let index = meta.last_log_id.as_ref().map_or(0, |l| l.index);
+        // The received snapshot becomes this node's current snapshot: publish, then install.
+        blocking(move || {
+            let dir = if snapshot.dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with("tmp-")) {
+                store.publish(&snapshot.dir, &snapshot.manifest, index)?
+            } else {
+                snapshot.dir.clone()
+            };
+            store.install(&db, &SnapshotFile { dir, manifest: snapshot.manifest })
+        })
+        .await?;
+        self.log_bytes.reset();
+        self.applied_tx.send_replace(index);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<FileSnapshot>, io::Error> {
+        let store = self.snapshots.clone();
+        let current = blocking(move || store.current()).await?;
+        Ok(current.map(|f| Snapshot { meta: f.manifest.meta.clone(), snapshot: f }))
+    }
+}

@@ -1,0 +1,180 @@
+//! Node startup and ordered shutdown (seed lesson 9). Startup: data dir → RocksDB → keys and
+//! cluster token → Raft → HTTP listener. Shutdown: stop accepting, drain in-flight requests
+//! (they still need Raft to commit), hand leadership away, stop Raft (pending applies finish),
+//! fsync, close RocksDB.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::{self, AppContext};
+use crate::auth::{KeyRing, KeysFileError};
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::raft::{RaftNode, RaftNodeError};
+use crate::store::{self, StoreError};
+
+/// Why the node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Storage could not be opened.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    /// Raft could not start.
+    #[error("raft: {0}")]
+    Raft(#[from] RaftNodeError),
+    /// The API keys file is invalid.
+    #[error(transparent)]
+    Keys(#[from] KeysFileError),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    File {
+        /// Path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The cluster token file is empty.
+    #[error("cluster-token-file {0} is empty")]
+    EmptyToken(String),
+    /// The listener could not be bound.
+    #[error("listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("serve: {0}")]
+    Serve(std::io::Error),
+    /// The HTTP client could not be built.
+    #[error("http client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// A started node, ready to serve.
+pub struct Running {
+    /// The bound address.
+    pub local_addr: SocketAddr,
+    /// The generated development admin key, when no keys file was configured.
+    pub dev_admin_key: Option<String>,
+    node: Arc<RaftNode>,
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    drain_timeout: Duration,
+}
+
+fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
+    move |source| ServerError::File { path: path.display().to_string(), source }
+}
+
+/// Reads a secret from `path`, or creates `fallback` in the data dir with a random value.
+fn secret(path: Option<&Path>, fallback: &Path) -> Result<(String, bool), ServerError> {
+    if let Some(p) = path {
+        let s = std::fs::read_to_string(p).map_err(file_err(p))?.trim().to_string();
+        if s.is_empty() {
+            return Err(ServerError::EmptyToken(p.display().to_string()));
+        }
+        return Ok((s, false));
+    }
+    if let Ok(s) = std::fs::read_to_string(fallback) {
+        let s = s.trim().to_string();
+        if !s.is_empty() {
+            return Ok((s, true));
+        }
+    }
+    let s = hex::encode(rand::random::<[u8; 24]>());
+    std::fs::write(fallback, &s).map_err(file_err(fallback))?;
+    Ok((s, true))
+}
+
+/// Opens storage, starts Raft and binds the listener.
+pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
+    let dir = settings.data_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(file_err(&dir))?;
+    let db = {
+        let dir = dir.clone();
+        store::blocking(move || store::open(&dir)).await?
+    };
+
+    let (keys, dev_admin_key) = match &settings.api_keys_file {
+        Some(p) => (KeyRing::load(p)?, None),
+        None => {
+            let (key, _) = secret(None, &dir.join("dev-admin.key"))?;
+            (KeyRing::single_admin("dev-admin", &key), Some(key))
+        }
+    };
+    let (token, _) = secret(settings.cluster_token_file.as_deref(), &dir.join("cluster.token"))?;
+
+    let node = RaftNode::start(&settings.raft(), db, &dir, Arc::from(token.as_str())).await?;
+    let ctx = Arc::new(AppContext {
+        node: node.clone(),
+        keys,
+        tuning: settings.tuning,
+        history_depth: settings.history_depth,
+        metrics: Arc::new(Metrics::default()),
+        forward_client: crate::raft::network::http_client()?,
+    });
+    let router = api::router(ctx);
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| ServerError::Bind { addr: settings.listen, source })?;
+    let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: settings.listen, source })?;
+    tracing::info!(node_id = settings.node_id, %local_addr, advertise = %settings.advertise, "confman node listening");
+    Ok(Running {
+        local_addr,
+        dev_admin_key,
+        node,
+        listener,
+        router,
+        drain_timeout: Duration::from_millis(settings.tuning.request_timeout_ms) + Duration::from_secs(5),
+    })
+}
+
+impl Running {
+    /// Serves until `shutdown` resolves, then shuts down in order.
+    pub async fn serve<F>(self, shutdown: F) -> Result<(), ServerError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+            let _ = stop_rx.await;
+        });
+        let mut server = tokio::spawn(async move { server.await });
+        tokio::select! {
+            r = &mut server => {
+                // The server stopped on its own: an I/O error.
+                return match r {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(ServerError::Serve(e)),
+                    Err(e) => Err(ServerError::Serve(std::io::Error::other(e))),
+                };
+            }
+            () = shutdown => {}
+        }
+        tracing::info!("shutting down: draining in-flight requests");
+        let _ = stop_tx.send(());
+        match tokio::time::timeout(self.drain_timeout, &mut server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!("server stopped with an error while draining: {e}"),
+            Ok(Err(e)) => tracing::warn!("server task failed while draining: {e}"),
+            Err(_) => {
+                tracing::warn!("in-flight requests did not finish within {:?}; closing them", self.drain_timeout);
+                server.abort();
+            }
+        }
+        if self.node.is_leader() && self.node.status().members.iter().filter(|m| m.role == "voter").count() > 1 {
+            match self.node.transfer_leader(None).await {
+                Ok(to) => tracing::info!(to, "leadership handed over before shutdown"),
+                Err(e) => tracing::info!("leadership not handed over before shutdown: {e}"),
+            }
+        }
+        self.node.shutdown().await?;
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}

@@ -1,0 +1,187 @@
+//! Turns one replicated command into one RocksDB `WriteBatch`: data, history and audit change
+//! together (the caller adds the last-applied log id to the same batch), so a crash never leaves
+//! half a change and replaying a command after a crash is impossible (last-applied moves with it).
+
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+
+use super::codec::{decode, encode};
+use super::keys;
+use super::state::EntryMeta;
+use super::{CF_STATE, RocksDb, StoreError, cf};
+use crate::command::{Command, CommandOutcome, Operation, Precondition};
+use crate::model::{AuditAction, AuditEvent, EntryRecord, Namespace};
+
+/// Applies `cmd` at log index `revision` by adding its writes to `batch`. Reads see the state
+/// before this command (every command gets its own batch). `history_depth` is the number of
+/// superseded versions kept per key.
+pub fn apply_command(
+    db: &RocksDb,
+    batch: &mut WriteBatch,
+    revision: u64,
+    cmd: &Command,
+    history_depth: u64,
+) -> Result<CommandOutcome, StoreError> {
+    let mut audit = AuditWriter { revision, seq: 0, at_ms: cmd.at_ms, actor: &cmd.actor };
+    match &cmd.op {
+        Operation::PutNamespace { name, description, owner } => {
+            let cf = cf(db, CF_STATE)?;
+            let key = keys::namespace(name);
+            let existing: Option<Namespace> = db.get_cf(&cf, &key)?.map(|b| decode(&b)).transpose()?;
+            let created = existing.is_none();
+            let ns = Namespace {
+                name: name.clone(),
+                description: description.clone(),
+                owner: owner.clone(),
+                created_at_ms: existing.as_ref().map_or(cmd.at_ms, |e| e.created_at_ms),
+                created_by: existing.as_ref().map_or_else(|| cmd.actor.clone(), |e| e.created_by.clone()),
+                updated_at_ms: cmd.at_ms,
+                updated_by: cmd.actor.clone(),
+                revision,
+            };
+            batch.put_cf(&cf, key, encode(&ns)?);
+            let action = if created { AuditAction::NamespaceCreated } else { AuditAction::NamespaceUpdated };
+            audit.record(db, batch, action, name, None, None, None)?;
+            Ok(CommandOutcome::NamespaceWritten { created, namespace: ns })
+        }
+        Operation::DeleteNamespace { name } => {
+            let cf = cf(db, CF_STATE)?;
+            let key = keys::namespace(name);
+            if db.get_cf(&cf, &key)?.is_none() {
+                return Ok(CommandOutcome::NamespaceNotFound);
+            }
+            let prefix = keys::entry_meta_prefix(name, "");
+            let mut entries_deleted = 0;
+            for item in db.iterator_cf(&cf, IteratorMode::From(&prefix, Direction::Forward)) {
+                let (k, v) = item?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                let meta: EntryMeta = decode(&v)?;
+                let entry_key = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                audit.record(
+                    db,
+                    batch,
+                    AuditAction::ConfigDeleted,
+                    name,
+                    Some(&entry_key),
+                    Some(meta.version),
+                    None,
+                )?;
+                entries_deleted += 1;
+            }
+            for p in [prefix, keys::entry_value_prefix(name), keys::history_namespace_prefix(name)] {
+                let end = keys::prefix_end(&p);
+                batch.delete_range_cf(&cf, p, end);
+            }
+            batch.delete_cf(&cf, key);
+            audit.record(db, batch, AuditAction::NamespaceDeleted, name, None, None, None)?;
+            Ok(CommandOutcome::NamespaceDeleted { entries_deleted })
+        }
+        Operation::PutEntry { namespace, key, content_type, value, precondition } => {
+            let cf = cf(db, CF_STATE)?;
+            if db.get_cf(&cf, keys::namespace(namespace))?.is_none() {
+                return Ok(CommandOutcome::NamespaceNotFound);
+            }
+            let meta_key = keys::entry_meta(namespace, key);
+            let current: Option<EntryMeta> = db.get_cf(&cf, &meta_key)?.map(|b| decode(&b)).transpose()?;
+            let current_version = current.as_ref().map(|m| m.version);
+            if !precondition.holds(current_version) {
+                return Ok(CommandOutcome::PreconditionFailed { current_version });
+            }
+            if let Some(old) = &current {
+                // Move the superseded version into history and drop the one that falls out.
+                let old_value = db.get_cf(&cf, keys::entry_value(namespace, key))?.unwrap_or_default();
+                let record = EntryRecord {
+                    version: old.version,
+                    revision: old.revision,
+                    content_type: old.content_type.clone(),
+                    updated_at_ms: old.updated_at_ms,
+                    updated_by: old.updated_by.clone(),
+                    value: old_value,
+                };
+                batch.put_cf(&cf, keys::history(namespace, key, old.version), encode(&record)?);
+                if history_depth == 0 {
+                    batch.delete_cf(&cf, keys::history(namespace, key, old.version));
+                } else if old.version > history_depth {
+                    batch.delete_cf(&cf, keys::history(namespace, key, old.version - history_depth));
+                }
+            }
+            let version = current_version.map_or(1, |v| v + 1);
+            let meta = EntryMeta {
+                version,
+                revision,
+                content_type: content_type.clone(),
+                updated_at_ms: cmd.at_ms,
+                updated_by: cmd.actor.clone(),
+                size: value.len() as u64,
+            };
+            batch.put_cf(&cf, meta_key, encode(&meta)?);
+            batch.put_cf(&cf, keys::entry_value(namespace, key), value);
+            let action = if current.is_some() { AuditAction::ConfigUpdated } else { AuditAction::ConfigCreated };
+            audit.record(db, batch, action, namespace, Some(key), current_version, Some(version))?;
+            Ok(CommandOutcome::EntryWritten { created: current.is_none(), version, revision })
+        }
+        Operation::DeleteEntry { namespace, key, precondition } => {
+            let cf = cf(db, CF_STATE)?;
+            if db.get_cf(&cf, keys::namespace(namespace))?.is_none() {
+                return Ok(CommandOutcome::NamespaceNotFound);
+            }
+            let meta_key = keys::entry_meta(namespace, key);
+            let current: Option<EntryMeta> = db.get_cf(&cf, &meta_key)?.map(|b| decode(&b)).transpose()?;
+            let Some(current) = current else {
+                return Ok(if *precondition == Precondition::None || *precondition == Precondition::Exists {
+                    CommandOutcome::EntryNotFound
+                } else {
+                    CommandOutcome::PreconditionFailed { current_version: None }
+                });
+            };
+            if !precondition.holds(Some(current.version)) {
+                return Ok(CommandOutcome::PreconditionFailed { current_version: Some(current.version) });
+            }
+            batch.delete_cf(&cf, meta_key);
+            batch.delete_cf(&cf, keys::entry_value(namespace, key));
+            let hp = keys::history_prefix(namespace, key);
+            let end = keys::prefix_end(&hp);
+            batch.delete_range_cf(&cf, hp, end);
+            audit.record(db, batch, AuditAction::ConfigDeleted, namespace, Some(key), Some(current.version), None)?;
+            Ok(CommandOutcome::EntryDeleted { version: current.version, revision })
+        }
+    }
+}
+
+/// Writes the audit events of one command, numbered within its revision.
+struct AuditWriter<'a> {
+    revision: u64,
+    seq: u32,
+    at_ms: u64,
+    actor: &'a str,
+}
+
+impl AuditWriter<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        db: &RocksDb,
+        batch: &mut WriteBatch,
+        action: AuditAction,
+        namespace: &str,
+        key: Option<&str>,
+        old_version: Option<u64>,
+        new_version: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let cf = cf(db, CF_STATE)?;
+        let event = AuditEvent {
+            action,
+            actor: self.actor.to_string(),
+            namespace: namespace.to_string(),
+            key: key.map(str::to_string),
+            old_version,
+            new_version,
+            revision: self.revision,
+            at_ms: self.at_ms,
+        };
+        batch.put_cf(&cf, keys::audit(namespace, self.revision, self.seq), encode(&event)?);
+        self.seq += 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,133 @@
+//! RocksDB storage shared by the Raft log and the state machine: one database per node with a
+//! column family per concern (SPEC §2.3). This module opens the database; `keys` and `codec`
+//! define the on-disk layout, `state` reads it and `apply` turns a command into one write batch.
+
+pub mod apply;
+pub mod codec;
+pub mod keys;
+pub mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, Options};
+
+/// The RocksDB handle type used everywhere (multi-threaded column-family handles).
+pub type RocksDb = rocksdb::DBWithThreadMode<rocksdb::MultiThreaded>;
+
+/// Raft log entries, keyed by big-endian index.
+pub const CF_LOG: &str = "log";
+/// Raft metadata: vote, committed log id, last purged log id.
+pub const CF_RAFT_META: &str = "raft_meta";
+/// State-machine metadata: last applied log id and last membership, written with every apply.
+pub const CF_SM_META: &str = "sm_meta";
+/// State data: namespaces, entries, values, history and audit.
+pub const CF_STATE: &str = "state";
+
+/// Values at least this large go to BlobDB files so compaction never rewrites them.
+pub const MIN_BLOB_SIZE: u64 = 64 * 1024;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// RocksDB reported an error.
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// A stored record could not be encoded or decoded.
+    #[error("codec: {0}")]
+    Codec(#[from] postcard::Error),
+    /// A file operation failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The database lacks a column family it must have.
+    #[error("column family {0} is missing")]
+    MissingColumnFamily(&'static str),
+    /// Stored data is not what this version expects.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// A blocking storage task panicked or was cancelled.
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
+
+impl From<StoreError> for std::io::Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Io(e) => e,
+            other => std::io::Error::other(other),
+        }
+    }
+}
+
+/// Returns a column family handle or a typed error (never panics on a missing family).
+pub fn cf<'a>(db: &'a RocksDb, name: &'static str) -> Result<Arc<rocksdb::BoundColumnFamily<'a>>, StoreError> {
+    db.cf_handle(name).ok_or(StoreError::MissingColumnFamily(name))
+}
+
+/// Runs blocking storage work on tokio's blocking pool so async workers (and heartbeats) never
+/// wait for disk.
+pub async fn blocking<T, F>(f: F) -> Result<T, StoreError>
+where
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+/// Opens (or creates) the node database under `dir/rocksdb`.
+pub fn open(dir: &Path) -> Result<Arc<RocksDb>, StoreError> {
+    let path: PathBuf = dir.join("rocksdb");
+    std::fs::create_dir_all(&path)?;
+
+    let mut db_opts = Options::default();
+    db_opts.create_if_missing(true);
+    db_opts.create_missing_column_families(true);
+    db_opts.set_max_background_jobs(2);
+    db_opts.set_bytes_per_sync(1 << 20);
+    db_opts.set_keep_log_file_num(4);
+    // The WAL is fsynced explicitly (group commit in the log store): no sync per write.
+    db_opts.set_manual_wal_flush(false);
+
+    let families = vec![
+        ColumnFamilyDescriptor::new(CF_LOG, log_options()),
+        ColumnFamilyDescriptor::new(CF_RAFT_META, small_options()),
+        ColumnFamilyDescriptor::new(CF_SM_META, small_options()),
+        ColumnFamilyDescriptor::new(CF_STATE, state_options()),
+    ];
+    let db = RocksDb::open_cf_descriptors(&db_opts, &path, families)?;
+    Ok(Arc::new(db))
+}
+
+/// Options of the state column family: BlobDB for large values, lz4 for the rest.
+pub fn state_options() -> Options {
+    let mut o = Options::default();
+    o.set_compression_type(DBCompressionType::Lz4);
+    o.set_enable_blob_files(true);
+    o.set_min_blob_size(MIN_BLOB_SIZE);
+    o.set_blob_compression_type(DBCompressionType::None);
+    o.set_enable_blob_gc(true);
+    o.set_blob_gc_age_cutoff(0.25);
+    o.set_write_buffer_size(64 << 20);
+    let mut t = BlockBasedOptions::default();
+    t.set_bloom_filter(10.0, false);
+    o.set_block_based_table_factory(&t);
+    o
+}
+
+/// Options of the log column family: entries are short-lived, so no compression; large
+/// entries go to blob files so purging does not rewrite them.
+fn log_options() -> Options {
+    let mut o = Options::default();
+    o.set_compression_type(DBCompressionType::None);
+    o.set_enable_blob_files(true);
+    o.set_min_blob_size(MIN_BLOB_SIZE);
+    o.set_enable_blob_gc(true);
+    o.set_write_buffer_size(64 << 20);
+    o
+}
+
+fn small_options() -> Options {
+    let mut o = Options::default();
+    o.set_compression_type(DBCompressionType::None);
+    o
+}

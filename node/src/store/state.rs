@@ -1,0 +1,163 @@
+//! Reads of the state column family: namespaces, entries, history and audit. Each function is
+//! blocking (call it through `store::blocking`) and reads one consistent RocksDB snapshot.
+
+use rocksdb::{Direction, IteratorMode, ReadOptions};
+use serde::{Deserialize, Serialize};
+
+use super::codec::decode;
+use super::keys;
+use super::{CF_STATE, RocksDb, StoreError, cf};
+use crate::model::{AuditEvent, EntryRecord, Namespace};
+
+/// Metadata of the current version of an entry, stored apart from the value so listing and
+/// precondition checks never read values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryMeta {
+    /// Per-key version.
+    pub version: u64,
+    /// Log index of the write.
+    pub revision: u64,
+    /// Declared content type.
+    pub content_type: String,
+    /// Write time, ms since the epoch.
+    pub updated_at_ms: u64,
+    /// Writer's API key name.
+    pub updated_by: String,
+    /// Value size in bytes.
+    pub size: u64,
+}
+
+/// One page of a key listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryPage {
+    /// Keys in order with metadata, and values when asked for.
+    pub items: Vec<(String, EntryMeta, Option<Vec<u8>>)>,
+    /// The last key of this page when more keys follow.
+    pub next_after: Option<String>,
+}
+
+/// Reads a namespace.
+pub fn get_namespace(db: &RocksDb, name: &str) -> Result<Option<Namespace>, StoreError> {
+    let cf = cf(db, CF_STATE)?;
+    db.get_cf(&cf, keys::namespace(name))?.map(|b| decode(&b)).transpose()
+}
+
+/// Lists every namespace in name order.
+pub fn list_namespaces(db: &RocksDb) -> Result<Vec<Namespace>, StoreError> {
+    let cf = cf(db, CF_STATE)?;
+    let prefix = keys::namespace_prefix();
+    let mut out = Vec::new();
+    for item in db.iterator_cf(&cf, IteratorMode::From(&prefix, Direction::Forward)) {
+        let (k, v) = item?;
+        if !k.starts_with(&prefix) {
+            break;
+        }
+        out.push(decode(&v)?);
+    }
+    Ok(out)
+}
+
+/// Reads the current version of an entry (metadata and value from one snapshot).
+pub fn get_entry(db: &RocksDb, ns: &str, key: &str) -> Result<Option<(EntryMeta, Vec<u8>)>, StoreError> {
+    let cf = cf(db, CF_STATE)?;
+    let snap = db.snapshot();
+    let Some(meta) = snap.get_cf(&cf, keys::entry_meta(ns, key))? else {
+        return Ok(None);
+    };
+    let meta: EntryMeta = decode(&meta)?;
+    let value = snap
+        .get_cf(&cf, keys::entry_value(ns, key))?
+        .ok_or_else(|| StoreError::Corrupt(format!("value of {ns}/{key} missing beside its metadata")))?;
+    Ok(Some((meta, value)))
+}
+
+/// Lists entries of a namespace whose key starts with `prefix`, after key `after`, at most
+/// `limit` of them.
+pub fn list_entries(
+    db: &RocksDb,
+    ns: &str,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+    include_values: bool,
+) -> Result<EntryPage, StoreError> {
+    let cf = cf(db, CF_STATE)?;
+    let snap = db.snapshot();
+    let scan_prefix = keys::entry_meta_prefix(ns, prefix);
+    let key_start = keys::entry_meta_prefix(ns, "").len();
+    let start = match after {
+        Some(a) => {
+            let mut k = keys::entry_meta(ns, a);
+            k.push(0); // strictly after `a`
+            std::cmp::max(k, scan_prefix.clone())
+        }
+        None => scan_prefix.clone(),
+    };
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_upper_bound(keys::prefix_end(&scan_prefix));
+    let mut items = Vec::new();
+    let mut more = false;
+    for item in snap.iterator_cf_opt(&cf, opts, IteratorMode::From(&start, Direction::Forward)) {
+        let (k, v) = item?;
+        if items.len() == limit {
+            more = true;
+            break;
+        }
+        let key = String::from_utf8_lossy(&k[key_start..]).into_owned();
+        let meta: EntryMeta = decode(&v)?;
+        let value = if include_values { snap.get_cf(&cf, keys::entry_value(ns, &key))? } else { None };
+        items.push((key, meta, value));
+    }
+    let next_after = if more { items.last().map(|(k, _, _)| k.clone()) } else { None };
+    Ok(EntryPage { items, next_after })
+}
+
+/// Returns the current version and up to `limit - 1` superseded versions, newest first.
+pub fn history(db: &RocksDb, ns: &str, key: &str, limit: usize) -> Result<Vec<EntryRecord>, StoreError> {
+    let cf = cf(db, CF_STATE)?;
+    let snap = db.snapshot();
+    let mut out = Vec::new();
+    if let Some(meta) = snap.get_cf(&cf, keys::entry_meta(ns, key))? {
+        let meta: EntryMeta = decode(&meta)?;
+        let value = snap.get_cf(&cf, keys::entry_value(ns, key))?.unwrap_or_default();
+        out.push(EntryRecord {
+            version: meta.version,
+            revision: meta.revision,
+            content_type: meta.content_type,
+            updated_at_ms: meta.updated_at_ms,
+            updated_by: meta.updated_by,
+            value,
+        });
+    }
+    let prefix = keys::history_prefix(ns, key);
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_lower_bound(prefix.clone());
+    opts.set_iterate_upper_bound(keys::prefix_end(&prefix));
+    for item in snap.iterator_cf_opt(&cf, opts, IteratorMode::End) {
+        if out.len() >= limit {
+            break;
+        }
+        let (_, v) = item?;
+        out.push(decode(&v)?);
+    }
+    out.truncate(limit);
+    Ok(out)
+}
+
+/// Returns up to `limit` audit events of a namespace, newest first.
+pub fn audit(db: &RocksDb, ns: &str, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+    let cf = cf(db, CF_STATE)?;
+    let prefix = keys::audit_prefix(ns);
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_lower_bound(prefix.clone());
+    opts.set_iterate_upper_bound(keys::prefix_end(&prefix));
+    let mut out = Vec::new();
+    for item in db.iterator_cf_opt(&cf, opts, IteratorMode::End) {
+        if out.len() >= limit {
+            break;
+        }
+        let (_, v) = item?;
+        out.push(decode(&v)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,6 @@
+//! Test harness and benchmark support for Confman: start real `confman-node` processes on
+//! loopback ports, talk to them over HTTP, kill and restart them, and compute latency
+//! statistics.
+
+pub mod cluster;
+pub mod stats;
