@@ -233,7 +233,14 @@ async fn bad_input_is_refused_and_changes_nothing() -> Result<()> {
     let c = Cluster::start(Path::new(BIN), 1, &["--max-value-bytes", "1024", "--body-limit-bytes", "4096"]).await?;
     c.create_namespace(1, "bad").await?;
     c.put_text(1, "bad", "k", "original").await?;
-    let before = c.cluster_info(1).await?["appliedIndex"].clone();
+    let snapshot_state = || async {
+        let (_, audit) = c.call(1, Method::GET, "/api/v1/namespaces/bad/audit", ADMIN_KEY, None).await?;
+        let (_, namespaces) = c.call(1, Method::GET, "/api/v1/namespaces", ADMIN_KEY, None).await?;
+        let (_, entries) =
+            c.call(1, Method::GET, "/api/v1/namespaces/bad/config?includeValues=true", ADMIN_KEY, None).await?;
+        Result::Ok((audit, namespaces, entries))
+    };
+    let before = snapshot_state().await?;
 
     let big = "x".repeat(2048);
     let huge = "x".repeat(8192);
@@ -300,7 +307,7 @@ async fn bad_input_is_refused_and_changes_nothing() -> Result<()> {
         }
     }
     // Nothing changed.
-    assert_eq!(c.cluster_info(1).await?["appliedIndex"], before);
+    assert_eq!(snapshot_state().await?, before);
     let entry = c.get(1, "bad", "k", false).await?.unwrap_or_default();
     assert_eq!((entry["value"].clone(), entry["version"].clone()), (json!("original"), json!(1)));
     Ok(())

@@ -414,7 +414,7 @@ impl RaftNode {
             term: m.current_term,
             last_log_index: m.last_log_index,
             commit_index: m.local_committed.as_ref().map(|l| l.index),
-            applied_index: m.last_applied.as_ref().map(|l| l.index),
+            applied_index: m.last_applied.as_ref().map(|l| l.index.max(self.applied_revision())),
             snapshot_index: m.snapshot.as_ref().map(|l| l.index),
             purged_index: m.purged.as_ref().map(|l| l.index),
             log_bytes_since_snapshot: self.log_bytes.current(),

@@ -191,6 +191,27 @@ impl SnapshotStore {
         Ok(())
     }
 
+    /// Makes `file` one of this store's complete snapshots: a staged receive is published in
+    /// place; a snapshot from elsewhere (another store) is copied in first.
+    pub fn adopt(&self, file: &SnapshotFile) -> Result<SnapshotFile, StoreError> {
+        let index = file.manifest.meta.last_log_id.as_ref().map_or(0, |l| l.index);
+        let in_root = file.dir.parent() == Some(self.root.as_path());
+        let name = file.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let dir = if in_root && name.starts_with("snap-") {
+            file.dir.clone()
+        } else if in_root && name.starts_with("tmp-") {
+            self.publish(&file.dir, &file.manifest, index)?
+        } else {
+            let staging = self.staging_dir()?;
+            if file.manifest.data_size > 0 {
+                fs::copy(file.data_path(), staging.join(DATA_FILE))?;
+                File::open(staging.join(DATA_FILE))?.sync_all()?;
+            }
+            self.publish(&staging, &file.manifest, index)?
+        };
+        Ok(SnapshotFile { dir, manifest: file.manifest.clone() })
+    }
+
     /// Replaces the state with the snapshot's (blocking). Crash-safe: an `installing` marker
     /// naming the snapshot is written (synced) before the state is touched and removed in the
     /// same synced batch that records the new last-applied id; `resume_install` finishes an

@@ -155,14 +155,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
         let (db, store) = (self.db.clone(), self.snapshots.clone());
         let index = meta.last_log_id.as_ref().map_or(0, |l| l.index);
-        // The received snapshot becomes this node's current snapshot: publish, then install.
+        // The received snapshot becomes this node's current snapshot: adopt, then install.
         blocking(move || {
-            let dir = if snapshot.dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with("tmp-")) {
-                store.publish(&snapshot.dir, &snapshot.manifest, index)?
-            } else {
-                snapshot.dir.clone()
-            };
-            store.install(&db, &SnapshotFile { dir, manifest: snapshot.manifest })
+            let adopted = store.adopt(&snapshot)?;
+            store.install(&db, &adopted)
         })
         .await?;
         self.log_bytes.reset();
