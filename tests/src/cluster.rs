@@ -101,7 +101,8 @@ pub struct Cluster {
     /// The nodes by id.
     pub nodes: BTreeMap<u64, NodeProc>,
     binary: PathBuf,
-    _tmp: tempfile::TempDir,
+    /// Deleted on drop unless `CONFMAN_TEST_KEEP` is set (then logs and data stay for a look).
+    _tmp: Option<tempfile::TempDir>,
     root: PathBuf,
     peers: String,
     extra_args: Vec<String>,
@@ -126,6 +127,12 @@ impl Cluster {
     pub async fn start_with(binary: &Path, n: u64, extra_args: &[&str]) -> Result<Cluster> {
         let tmp = tempfile::tempdir()?;
         let root = tmp.path().to_path_buf();
+        let tmp = if std::env::var_os("CONFMAN_TEST_KEEP").is_some() {
+            eprintln!("cluster files kept in {}", tmp.keep().display());
+            None
+        } else {
+            Some(tmp)
+        };
         std::fs::write(root.join("keys.yaml"), KEYS_FILE)?;
         std::fs::write(root.join("cluster.token"), CLUSTER_TOKEN)?;
         let mut ports = BTreeMap::new();
@@ -178,6 +185,11 @@ impl Cluster {
 
     /// Starts (or restarts) node `id` with its existing data directory.
     pub fn spawn(&mut self, id: u64) -> Result<()> {
+        self.spawn_env(id, &[])
+    }
+
+    /// Like `spawn`, with extra environment variables (e.g. fault injection).
+    pub fn spawn_env(&mut self, id: u64, env: &[(&str, &str)]) -> Result<()> {
         let (binary, root, peers, extra) =
             (self.binary.clone(), self.root.clone(), self.peers.clone(), self.extra_args.clone());
         let node = self.nodes.get_mut(&id).ok_or_else(|| HarnessError::Unexpected(format!("no node {id}")))?;
@@ -194,6 +206,7 @@ impl Cluster {
             .arg(root.join("cluster.token"))
             .args(&extra)
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -231,6 +244,97 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Waits (bounded) until node `id`'s process exits on its own.
+    pub async fn wait_exit(&mut self, id: u64, within: Duration) -> Result<ExitStatus> {
+        let node = self.nodes.get_mut(&id).ok_or_else(|| HarnessError::Unexpected(format!("no node {id}")))?;
+        let mut child = node.child.take().ok_or_else(|| HarnessError::Unexpected(format!("node {id} not running")))?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = child.try_wait()? {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                child.kill()?;
+                return Err(HarnessError::Timeout(format!("node {id} to exit")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Process id of node `id`, when running.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.nodes.get(&id).and_then(|n| n.child.as_ref()).map(Child::id)
+    }
+
+    /// Peak resident set size (VmHWM, KiB) of node `id`'s process, from /proc.
+    pub fn peak_rss_kib(&self, id: u64) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid(id)?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// Data directory of node `id`.
+    pub fn data_dir(&self, id: u64) -> Result<PathBuf> {
+        Ok(self.node(id)?.data_dir.clone())
+    }
+
+    /// `GET /api/v1/cluster/digest` of node `id`.
+    pub async fn digest(&self, id: u64) -> Result<Value> {
+        let (st, v) = self.call(id, Method::GET, "/api/v1/cluster/digest", ADMIN_KEY, None).await?;
+        if !st.is_success() {
+            return Err(HarnessError::Unexpected(format!("digest of node {id}: {st} {v}")));
+        }
+        Ok(v)
+    }
+
+    /// Waits until every listed node has applied the same index and has the same state
+    /// digest; returns the digest. Call when writes have stopped.
+    pub async fn wait_converged(&self, ids: &[u64], within: Duration) -> Result<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            // A node still starting refuses connections: that is "not converged yet".
+            let mut digests = Vec::new();
+            for id in ids {
+                digests.push(self.digest(*id).await.unwrap_or(Value::Null));
+            }
+            let Some(first) = digests.first() else {
+                return Err(HarnessError::Unexpected("no nodes to compare".into()));
+            };
+            if first["appliedIndex"].as_u64().unwrap_or(0) > 0
+                && digests.iter().all(|d| d["appliedIndex"] == first["appliedIndex"] && d["sha256"] == first["sha256"])
+            {
+                return Ok(first.clone());
+            }
+            if Instant::now() > deadline {
+                return Err(HarnessError::Timeout(format!("nodes {ids:?} to converge; digests: {digests:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Writes raw bytes through node `id`; returns the status.
+    pub async fn put_bytes(&self, id: u64, ns: &str, key: &str, value: Vec<u8>) -> Result<StatusCode> {
+        let resp = self
+            .request(id, Method::PUT, &format!("/api/v1/namespaces/{ns}/config/{key}"))?
+            .bearer_auth(EDITOR_KEY)
+            .header("content-type", "application/octet-stream")
+            .body(value)
+            .send()
+            .await?;
+        Ok(resp.status())
+    }
+
+    /// Triggers a snapshot on node `id` and waits for it.
+    pub async fn snapshot(&self, id: u64) -> Result<()> {
+        let (st, v) = self.call(id, Method::POST, "/api/v1/cluster/snapshot", ADMIN_KEY, None).await?;
+        if !st.is_success() {
+            return Err(HarnessError::Unexpected(format!("snapshot on node {id}: {st} {v}")));
+        }
+        Ok(())
     }
 
     /// The log (stderr) of node `id` so far.

@@ -101,6 +101,18 @@ pub async fn remove(ctx: Ctx, Path(id): Path<String>, headers: HeaderMap) -> Res
     Ok(Json(ctx.node.status()).into_response())
 }
 
+/// `POST /api/v1/cluster/members/{id}/rejoin`: after node `id` lost its data (disk
+/// replaced), let it rejoin under the same id; the leader resets replication to it once.
+pub async fn allow_rejoin(ctx: Ctx, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, Problem> {
+    admin(&ctx, &headers)?;
+    let id = parse_id(&id)?;
+    if !ctx.node.status().members.iter().any(|x| x.id == id) {
+        return Err(Problem::not_found("member-not-found", format!("node {id} is not a member")));
+    }
+    ctx.node.allow_rejoin(id).await?;
+    Ok(Json(serde_json::json!({ "node": id, "rejoinAllowed": true })).into_response())
+}
+
 /// Body of a leadership transfer.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,4 +133,11 @@ pub async fn snapshot(ctx: Ctx, headers: HeaderMap) -> Result<Response, Problem>
     admin(&ctx, &headers)?;
     let index = ctx.node.snapshot_now().await?;
     Ok(Json(serde_json::json!({ "snapshotIndex": index })).into_response())
+}
+
+/// `GET /api/v1/cluster/digest`: SHA-256 of this node's full state and the applied index it
+/// reflects; equal digests at equal indexes prove replicas identical.
+pub async fn digest(ctx: Ctx, headers: HeaderMap) -> Result<Response, Problem> {
+    ctx.authorize(&headers, Role::Viewer, None)?;
+    Ok(Json(ctx.node.state_digest().await?).into_response())
 }

@@ -36,7 +36,7 @@ pub async fn forward_writes_to_leader(State(ctx): Ctx, req: Request, next: Next)
     if !must_run_on_leader(&req) || req.headers().contains_key(HEADER_FORWARDED) || ctx.node.is_leader() {
         return next.run(req).await;
     }
-    match ctx.node.leader() {
+    match ctx.node.leader_or_wait().await {
         None => Problem::unavailable("no leader is known right now; retry shortly").into_response(),
         Some((id, _)) if id == ctx.node.id() => next.run(req).await,
         Some((_, addr)) => proxy(&ctx, &addr, req).await.unwrap_or_else(|p| p.into_response()),

@@ -80,17 +80,29 @@ pub struct LogReader {
     max_batch_entries: u64,
 }
 
-/// Joins the syncer thread at shutdown, after openraft dropped the log store.
+/// Joins the syncer thread, after openraft dropped the log store (the thread exits when the
+/// store's sender is gone). Dropping the handle joins too, so the database is closed by the
+/// time the handle is gone (RocksDB must not be torn down by process exit).
 pub struct SyncerHandle(Option<JoinHandle<()>>);
 
 impl SyncerHandle {
     /// Waits for the syncer to finish its last fsync and exit.
     pub fn join(mut self) {
+        self.join_inner();
+    }
+
+    fn join_inner(&mut self) {
         if let Some(h) = self.0.take()
             && h.join().is_err()
         {
             tracing::error!("log syncer thread panicked");
         }
+    }
+}
+
+impl Drop for SyncerHandle {
+    fn drop(&mut self) {
+        self.join_inner();
     }
 }
 

@@ -16,6 +16,7 @@ mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -133,6 +134,10 @@ pub struct ClusterStatus {
     pub log_bytes_since_snapshot: u64,
     /// Members of the effective membership.
     pub members: Vec<MemberStatus>,
+    /// Times this node saw a new leader (including the first one after start).
+    pub leader_changes: u64,
+    /// Snapshot build, transfer and install figures.
+    pub snapshots: snapshot::SnapshotStatsView,
 }
 
 /// One member of the cluster.
@@ -159,6 +164,9 @@ pub struct RaftNode {
     log_bytes: Arc<LogBytes>,
     syncer: Mutex<Option<SyncerHandle>>,
     compaction: tokio::task::JoinHandle<()>,
+    leader_watch: tokio::task::JoinHandle<()>,
+    leader_changes: Arc<AtomicU64>,
+    snapshot_timeout: Duration,
     request_timeout: Duration,
 }
 
@@ -204,13 +212,9 @@ impl RaftNode {
             log_bytes.clone(),
             Arc::new(applied_tx),
         )?;
-        let timeouts = NetworkTimeouts {
-            append: settings.append_timeout,
-            snapshot_idle: settings.snapshot_timeout,
-            snapshot_min_rate: 5 << 20,
-        };
-        let network =
-            NetworkFactory::new(token.clone(), timeouts).map_err(|e| RaftNodeError::Network(e.to_string()))?;
+        let timeouts = NetworkTimeouts { append: settings.append_timeout, snapshot_idle: settings.snapshot_timeout };
+        let network = NetworkFactory::new(token.clone(), timeouts, snapshots.stats())
+            .map_err(|e| RaftNodeError::Network(e.to_string()))?;
         let raft = Raft::new(settings.node_id, Arc::new(config), network, log_store, sm).await.map_err(stopped)?;
 
         if !raft.is_initialized().await.map_err(stopped)? && !settings.join {
@@ -229,6 +233,23 @@ impl RaftNode {
                 tracing::info!(lowest, "waiting for node {lowest} to initialise the cluster");
             }
         }
+
+        let leader_changes = Arc::new(AtomicU64::new(0));
+        let leader_watch = {
+            let (mut rx, counter) = (raft.metrics(), leader_changes.clone());
+            tokio::spawn(async move {
+                let mut last = rx.borrow_watched().current_leader;
+                while rx.changed().await.is_ok() {
+                    let now = rx.borrow_watched().current_leader;
+                    if now != last {
+                        if now.is_some() {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                        }
+                        last = now;
+                    }
+                }
+            })
+        };
 
         let compaction = {
             let (raft, log_bytes) = (raft.clone(), log_bytes.clone());
@@ -254,13 +275,16 @@ impl RaftNode {
             log_bytes,
             syncer: Mutex::new(Some(syncer)),
             compaction,
+            leader_watch,
+            leader_changes,
+            snapshot_timeout: settings.snapshot_timeout,
             request_timeout: settings.request_timeout,
         }))
     }
 
     /// The internal `/raft/*` routes.
     pub fn router(&self) -> axum::Router {
-        rpc_server::router(self.raft.clone(), self.token.clone(), self.snapshots.clone())
+        rpc_server::router(self.raft.clone(), self.token.clone(), self.snapshots.clone(), self.snapshot_timeout)
     }
 
     /// This node's id.
@@ -285,6 +309,27 @@ impl RaftNode {
         let id = m.current_leader?;
         let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())?;
         Some((id, addr))
+    }
+
+    /// The current leader, waiting (up to half the request timeout) while none is known, so a
+    /// short leaderless window (an election) delays a request instead of failing it.
+    pub async fn leader_or_wait(&self) -> Option<(NodeId, String)> {
+        if let Some(l) = self.leader() {
+            return Some(l);
+        }
+        let wait = self.request_timeout / 2;
+        let me = self.id;
+        let _ = self
+            .raft
+            .wait(Some(wait))
+            .metrics(
+                |m| {
+                    m.current_leader.is_some_and(|l| l == me || m.membership_config.membership().get_node(&l).is_some())
+                },
+                "leader known",
+            )
+            .await;
+        self.leader()
     }
 
     /// The last applied revision on this node.
@@ -359,7 +404,7 @@ impl RaftNode {
     }
 
     async fn remote_read_index(&self) -> Result<u64, RaftNodeError> {
-        let Some((leader_id, addr)) = self.leader() else {
+        let Some((leader_id, addr)) = self.leader_or_wait().await else {
             return Err(RaftNodeError::NoLeader);
         };
         if leader_id == self.id {
@@ -419,6 +464,8 @@ impl RaftNode {
             purged_index: m.purged.as_ref().map(|l| l.index),
             log_bytes_since_snapshot: self.log_bytes.current(),
             members,
+            leader_changes: self.leader_changes.load(Ordering::Relaxed),
+            snapshots: self.snapshots.stats().view(),
         }
     }
 
@@ -488,17 +535,45 @@ impl RaftNode {
         Ok(target)
     }
 
-    /// Builds a snapshot now and waits until it covers what was applied when asked.
+    /// Builds a snapshot now and waits until it covers what was applied when asked. A
+    /// trigger that arrives while another build runs is dropped by openraft, so it is repeated
+    /// until a snapshot covers the target.
     pub async fn snapshot_now(&self) -> Result<u64, RaftNodeError> {
         let target = self.applied_revision();
-        self.raft.trigger().snapshot().await.map_err(stopped)?;
-        let m = self
-            .raft
-            .wait(Some(self.request_timeout.max(Duration::from_secs(60))))
-            .metrics(|m| m.snapshot.as_ref().is_some_and(|s| s.index >= target), "snapshot built")
+        let deadline = tokio::time::Instant::now() + self.snapshot_timeout.max(self.request_timeout);
+        loop {
+            self.raft.trigger().snapshot().await.map_err(stopped)?;
+            let covered = self
+                .raft
+                .wait(Some(Duration::from_secs(1)))
+                .metrics(|m| m.snapshot.as_ref().is_some_and(|s| s.index >= target), "snapshot built")
+                .await;
+            if let Ok(m) = covered {
+                return Ok(m.snapshot.map_or(0, |s| s.index));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RaftNodeError::Timeout(self.snapshot_timeout));
+            }
+        }
+    }
+
+    /// Lets node `id`, whose data was lost, rejoin under the same id: the leader resets
+    /// replication to it once instead of treating its empty log as a fatal reversion. Call on
+    /// the leader after stopping the node and before restarting it with empty data.
+    pub async fn allow_rejoin(&self, id: NodeId) -> Result<(), RaftNodeError> {
+        self.require_leader()?;
+        self.raft
+            .trigger()
+            .allow_next_revert(&id, true)
             .await
-            .map_err(|_| RaftNodeError::Timeout(self.request_timeout))?;
-        Ok(m.snapshot.map_or(0, |s| s.index))
+            .map_err(stopped)?
+            .map_err(|e| RaftNodeError::Membership(e.to_string()))
+    }
+
+    /// Digest of the full state with the applied index it reflects (for convergence checks).
+    pub async fn state_digest(&self) -> Result<snapshot::StateDigest, RaftNodeError> {
+        let db = self.db.clone();
+        Ok(crate::store::blocking(move || snapshot::state_digest(&db)).await?)
     }
 
     /// Waits until a leader is known (used at startup and by tests).
@@ -525,6 +600,7 @@ impl RaftNode {
     /// and flushes RocksDB. The database closes when the last handle is dropped.
     pub async fn shutdown(&self) -> Result<(), RaftNodeError> {
         self.compaction.abort();
+        self.leader_watch.abort();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }

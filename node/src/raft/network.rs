@@ -3,8 +3,14 @@
 //! or a snapshot body never delays a heartbeat behind it (seed lesson 6).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::Stream;
 
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
@@ -16,7 +22,7 @@ use openraft::{AnyError, OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::snapshot::SnapshotFile;
+use super::snapshot::{SnapshotFile, SnapshotStats};
 use super::types::{FileSnapshot, Node, NodeId, TypeConfig, Vote};
 use super::wire;
 
@@ -25,10 +31,9 @@ use super::wire;
 pub struct NetworkTimeouts {
     /// Deadline of one AppendEntries carrying entries (replication connection).
     pub append: Duration,
-    /// Base allowance of a snapshot transfer, on top of its size-based allowance.
+    /// A snapshot transfer fails when no body byte moves for this long, and the receiver's
+    /// install (after the last byte) may take this long (no total deadline: seed lesson 6/7).
     pub snapshot_idle: Duration,
-    /// Slowest accepted snapshot transfer rate, bytes per second.
-    pub snapshot_min_rate: u64,
 }
 
 /// Creates per-peer clients for openraft.
@@ -38,6 +43,7 @@ pub struct NetworkFactory {
     heartbeat: reqwest::Client,
     snapshot: reqwest::Client,
     timeouts: NetworkTimeouts,
+    stats: Arc<SnapshotStats>,
 }
 
 /// Which connection pool a peer client uses.
@@ -56,6 +62,7 @@ pub struct PeerClient {
     client: reqwest::Client,
     channel: Channel,
     timeouts: NetworkTimeouts,
+    stats: Arc<SnapshotStats>,
 }
 
 /// Builds an HTTP client for intra-cluster traffic (no proxies, TCP_NODELAY).
@@ -70,8 +77,15 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
 
 impl NetworkFactory {
     /// A factory authenticating with `token`.
-    pub fn new(token: Arc<str>, timeouts: NetworkTimeouts) -> Result<Self, reqwest::Error> {
-        Ok(Self { token, replication: http_client()?, heartbeat: http_client()?, snapshot: http_client()?, timeouts })
+    pub fn new(token: Arc<str>, timeouts: NetworkTimeouts, stats: Arc<SnapshotStats>) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            token,
+            replication: http_client()?,
+            heartbeat: http_client()?,
+            snapshot: http_client()?,
+            timeouts,
+            stats,
+        })
     }
 
     fn client(&self, target: NodeId, node: &Node, channel: Channel) -> PeerClient {
@@ -87,6 +101,7 @@ impl NetworkFactory {
             client,
             channel,
             timeouts: self.timeouts,
+            stats: self.stats.clone(),
         }
     }
 }
@@ -219,7 +234,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         self.call(wire::PATH_TRANSFER_LEADER, &req, option.hard_ttl()).await.map_err(CallError::into_rpc)
     }
 
-    /// Streams the snapshot file as the request body (memory O(chunk)); stops when openraft
+    /// Streams the snapshot file as the request body (memory O(chunk)); fails when no byte
+    /// moves for the idle timeout or the receiver's install outlasts it; stops when openraft
     /// cancels the replication.
     async fn full_snapshot(
         &mut self,
@@ -230,12 +246,15 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let file = snapshot.snapshot;
         let size = file.manifest.data_size;
+        let started = Instant::now();
+        let progress = Arc::new(Progress::new());
         let send = async {
             let body = if size > 0 {
                 let f = tokio::fs::File::open(file.data_path())
                     .await
                     .map_err(|e| CallError::Transport(format!("open snapshot: {e}")))?;
-                reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20))
+                let chunks = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20);
+                reqwest::Body::wrap_stream(ProgressStream { inner: chunks, progress: progress.clone() })
             } else {
                 reqwest::Body::from(Vec::new())
             };
@@ -243,7 +262,6 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 wire::header_encode(wire::HEADER_VOTE, &vote).map_err(|e| CallError::Transport(e.to_string()))?;
             let manifest_h = wire::header_encode(wire::HEADER_MANIFEST, &file.manifest)
                 .map_err(|e| CallError::Transport(e.to_string()))?;
-            let allowance = Duration::from_secs(size / self.timeouts.snapshot_min_rate.max(1));
             let resp = self
                 .client
                 .post(format!("{}{}", self.base, wire::PATH_SNAPSHOT))
@@ -251,16 +269,75 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 .header(wire::HEADER_VOTE, vote_h)
                 .header(wire::HEADER_MANIFEST, manifest_h)
                 .header(reqwest::header::CONTENT_LENGTH, size)
-                .timeout(self.timeouts.snapshot_idle + allowance)
                 .body(body)
                 .send()
                 .await
                 .map_err(classify)?;
             read_reply::<SnapshotResponse<TypeConfig>>(resp).await
         };
-        tokio::select! {
+        let idle = self.timeouts.snapshot_idle;
+        let result = tokio::select! {
             r = send => r.map_err(CallError::into_streaming),
+            () = progress.stalled(idle) => Err(CallError::Transport(format!(
+                "snapshot transfer to node {} stalled for {idle:?}", self.target
+            )).into_streaming()),
             closed = cancel => Err(StreamingError::Closed(closed)),
+        };
+        if result.is_ok() {
+            self.stats.record_send(size, started);
         }
+        result
+    }
+}
+
+/// Progress of a streamed body: when the last chunk moved.
+struct Progress {
+    started: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self { started: Instant::now(), last_ms: AtomicU64::new(0) }
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing moved for `idle` (while streaming), or the reply has not come
+    /// `idle` after the last byte (the receiver's verify + install).
+    async fn stalled(&self, idle: Duration) {
+        let tick = (idle / 4).max(Duration::from_millis(50));
+        loop {
+            tokio::time::sleep(tick).await;
+            let since =
+                self.started.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)));
+            if since >= idle {
+                return;
+            }
+        }
+    }
+}
+
+/// Wraps the file stream to record progress per chunk.
+struct ProgressStream<S> {
+    inner: S,
+    progress: Arc<Progress>,
+}
+
+impl<S> Stream for ProgressStream<S>
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Unpin,
+{
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let r = Pin::new(&mut self.inner).poll_next(cx);
+        match &r {
+            Poll::Ready(_) => self.progress.touch(),
+            Poll::Pending => {}
+        }
+        r
     }
 }

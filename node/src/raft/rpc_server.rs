@@ -4,6 +4,7 @@
 //! handed to openraft.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -20,7 +21,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
-use super::snapshot::{Manifest, SnapshotFile, SnapshotStore};
+use super::snapshot::{Manifest, SnapshotFile, SnapshotStats, SnapshotStore};
 use super::types::{Raft, Vote};
 use super::wire;
 use crate::auth::constant_time_eq;
@@ -31,12 +32,17 @@ pub struct RpcState {
     raft: Raft,
     token: Arc<str>,
     snapshots: Arc<SnapshotStore>,
+    stats: Arc<SnapshotStats>,
     inbound_snapshot: Arc<Semaphore>,
+    snapshot_idle: Duration,
 }
 
-/// Builds the `/raft/*` router.
-pub fn router(raft: Raft, token: Arc<str>, snapshots: Arc<SnapshotStore>) -> Router {
-    let state = RpcState { raft, token, snapshots, inbound_snapshot: Arc::new(Semaphore::new(1)) };
+/// Builds the `/raft/*` router. `snapshot_idle` bounds how long an inbound snapshot body may
+/// stall before it is abandoned.
+pub fn router(raft: Raft, token: Arc<str>, snapshots: Arc<SnapshotStore>, snapshot_idle: Duration) -> Router {
+    let stats = snapshots.stats();
+    let state =
+        RpcState { raft, token, snapshots, stats, inbound_snapshot: Arc::new(Semaphore::new(1)), snapshot_idle };
     Router::new()
         .route(wire::PATH_APPEND, post(append))
         .route(wire::PATH_VOTE, post(vote))
@@ -140,6 +146,7 @@ async fn snapshot(State(s): State<RpcState>, headers: HeaderMap, body: Body) -> 
     };
     if let Some(snap_last) = &manifest.meta.last_log_id {
         if snap_last.leader_id.term > vote.leader_id.term {
+            s.stats.record_rejected();
             return reply::<()>(Err(format!("snapshot at {snap_last} is beyond the sender's vote {vote}")));
         }
         if committed.as_ref().is_some_and(|c| snap_last.index <= c.index) {
@@ -154,6 +161,9 @@ async fn snapshot(State(s): State<RpcState>, headers: HeaderMap, body: Body) -> 
         Err(e) => return reply::<()>(Err(format!("cannot stage snapshot: {e}"))),
     };
     let result = receive(&s, &staging, vote, manifest, body).await;
+    if result.is_err() {
+        s.stats.record_rejected();
+    }
     if result.is_err()
         && let Err(e) = tokio::fs::remove_dir_all(&staging).await
     {
@@ -170,12 +180,17 @@ async fn receive(
     manifest: Manifest,
     body: Body,
 ) -> Result<openraft::raft::SnapshotResponse<super::types::TypeConfig>, String> {
+    let started = Instant::now();
     let path = SnapshotStore::staged_data_path(staging);
     let mut hasher = crc32fast::Hasher::new();
     let mut size = 0u64;
     let mut file = tokio::fs::File::create(&path).await.map_err(|e| e.to_string())?;
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let next = tokio::time::timeout(s.snapshot_idle, stream.next())
+            .await
+            .map_err(|_| format!("snapshot body stalled for {:?}", s.snapshot_idle))?;
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| format!("snapshot body interrupted: {e}"))?;
         hasher.update(&chunk);
         size += chunk.len() as u64;
@@ -197,6 +212,7 @@ async fn receive(
             manifest.data_size, manifest.data_crc32
         ));
     }
+    s.stats.record_receive(size, started);
     if size == 0 {
         tokio::fs::remove_file(&path).await.map_err(|e| e.to_string())?;
     }

@@ -11,6 +11,8 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use rocksdb::{IngestExternalFileOptions, IteratorMode, ReadOptions, SstFileWriter, WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
@@ -59,10 +61,106 @@ impl SnapshotFile {
     }
 }
 
+/// Counters and last durations of snapshot work, for `/metrics` and `/api/v1/cluster`.
+#[derive(Debug, Default)]
+pub struct SnapshotStats {
+    builds: AtomicU64,
+    last_build_ms: AtomicU64,
+    last_build_bytes: AtomicU64,
+    sent: AtomicU64,
+    sent_bytes: AtomicU64,
+    last_send_ms: AtomicU64,
+    received: AtomicU64,
+    received_bytes: AtomicU64,
+    last_receive_ms: AtomicU64,
+    rejected: AtomicU64,
+    installs: AtomicU64,
+    last_install_ms: AtomicU64,
+    last_install_bytes: AtomicU64,
+}
+
+/// A point-in-time copy of `SnapshotStats`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotStatsView {
+    /// Snapshots built.
+    pub builds: u64,
+    /// Duration of the last build, ms.
+    pub last_build_ms: u64,
+    /// Size of the last built snapshot, bytes.
+    pub last_build_bytes: u64,
+    /// Snapshots sent to followers.
+    pub sent: u64,
+    /// Bytes sent in snapshots.
+    pub sent_bytes: u64,
+    /// Duration of the last send (stream + remote install), ms.
+    pub last_send_ms: u64,
+    /// Snapshots received and verified.
+    pub received: u64,
+    /// Bytes received in snapshots.
+    pub received_bytes: u64,
+    /// Duration of the last receive (stream to staging), ms.
+    pub last_receive_ms: u64,
+    /// Snapshots refused (checksum, size, stale or inconsistent).
+    pub rejected: u64,
+    /// Snapshots installed.
+    pub installs: u64,
+    /// Duration of the last install, ms.
+    pub last_install_ms: u64,
+    /// Size of the last installed snapshot, bytes.
+    pub last_install_bytes: u64,
+}
+
+fn ms_since(t: Instant) -> u64 {
+    t.elapsed().as_millis() as u64
+}
+
+impl SnapshotStats {
+    /// Records a finished send.
+    pub fn record_send(&self, bytes: u64, started: Instant) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        self.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.last_send_ms.store(ms_since(started), Ordering::Relaxed);
+    }
+
+    /// Records a verified receive.
+    pub fn record_receive(&self, bytes: u64, started: Instant) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        self.received_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.last_receive_ms.store(ms_since(started), Ordering::Relaxed);
+    }
+
+    /// Records a refused snapshot.
+    pub fn record_rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current values.
+    pub fn view(&self) -> SnapshotStatsView {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        SnapshotStatsView {
+            builds: g(&self.builds),
+            last_build_ms: g(&self.last_build_ms),
+            last_build_bytes: g(&self.last_build_bytes),
+            sent: g(&self.sent),
+            sent_bytes: g(&self.sent_bytes),
+            last_send_ms: g(&self.last_send_ms),
+            received: g(&self.received),
+            received_bytes: g(&self.received_bytes),
+            last_receive_ms: g(&self.last_receive_ms),
+            rejected: g(&self.rejected),
+            installs: g(&self.installs),
+            last_install_ms: g(&self.last_install_ms),
+            last_install_bytes: g(&self.last_install_bytes),
+        }
+    }
+}
+
 /// The snapshot directory of a node.
 #[derive(Debug)]
 pub struct SnapshotStore {
     root: PathBuf,
+    stats: Arc<SnapshotStats>,
 }
 
 impl SnapshotStore {
@@ -76,7 +174,12 @@ impl SnapshotStore {
                 fs::remove_dir_all(e.path())?;
             }
         }
-        Ok(Arc::new(Self { root }))
+        Ok(Arc::new(Self { root, stats: Arc::new(SnapshotStats::default()) }))
+    }
+
+    /// Snapshot counters shared with the network halves.
+    pub fn stats(&self) -> Arc<SnapshotStats> {
+        self.stats.clone()
     }
 
     /// A fresh staging directory for a build or an inbound transfer.
@@ -113,7 +216,7 @@ impl SnapshotStore {
 
     /// Builds a snapshot of the current state (blocking; run on a blocking thread).
     pub fn build(&self, db: &RocksDb) -> Result<SnapshotFile, StoreError> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let snap = db.snapshot();
         let meta_cf = cf(db, CF_SM_META)?;
         let last_applied: Option<LogId> = snap.get_cf(&meta_cf, KEY_LAST_APPLIED)?.map(|b| decode(&b)).transpose()?;
@@ -154,6 +257,9 @@ impl SnapshotStore {
         let manifest = Manifest { meta, data_size, data_crc32, records };
         let index = last_applied.map_or(0, |l| l.index);
         let dir = self.publish(&staging, &manifest, index)?;
+        self.stats.builds.fetch_add(1, Ordering::Relaxed);
+        self.stats.last_build_ms.store(ms_since(started), Ordering::Relaxed);
+        self.stats.last_build_bytes.store(data_size, Ordering::Relaxed);
         tracing::info!(
             index,
             records,
@@ -226,7 +332,7 @@ impl SnapshotStore {
     }
 
     fn install_state(&self, db: &RocksDb, snapshot: &SnapshotFile) -> Result<(), StoreError> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let state_cf = cf(db, CF_STATE)?;
         let meta_cf = cf(db, CF_SM_META)?;
         // Drop every state key, then ingest: ingested files get a sequence number above the
@@ -243,6 +349,7 @@ impl SnapshotStore {
                 fs::remove_file(&link)?;
             }
         }
+        crash_point("install-before-flip");
         let mut batch = WriteBatch::default();
         match &snapshot.manifest.meta.last_log_id {
             Some(l) => batch.put_cf(&meta_cf, KEY_LAST_APPLIED, encode(l)?),
@@ -253,10 +360,13 @@ impl SnapshotStore {
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
         db.write_opt(batch, &sync)?;
+        self.stats.installs.fetch_add(1, Ordering::Relaxed);
+        self.stats.last_install_ms.store(ms_since(started), Ordering::Relaxed);
+        self.stats.last_install_bytes.store(snapshot.manifest.data_size, Ordering::Relaxed);
         tracing::info!(
             records = snapshot.manifest.records,
             bytes = snapshot.manifest.data_size,
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = ms_since(started),
             "snapshot installed"
         );
         Ok(())
@@ -273,6 +383,53 @@ impl SnapshotStore {
         let manifest = read_manifest(&dir)?;
         self.install_state(db, &SnapshotFile { dir, manifest })
     }
+}
+
+/// Fault injection for crash tests: when `CONFMAN_FAULT_CRASH_AT` names this point, the
+/// process aborts here, as a power cut would. Never set in production.
+fn crash_point(name: &str) {
+    if std::env::var("CONFMAN_FAULT_CRASH_AT").is_ok_and(|v| v == name) {
+        tracing::warn!(point = name, "fault injection: aborting the process");
+        std::process::abort();
+    }
+}
+
+/// Digest of the whole state (and the applied log id) read from one RocksDB snapshot, so two
+/// nodes at the same applied index can be compared byte for byte.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateDigest {
+    /// Applied index the digest reflects.
+    pub applied_index: u64,
+    /// SHA-256 over every key and value of the state, in key order.
+    pub sha256: String,
+    /// Number of records.
+    pub records: u64,
+    /// Bytes of keys and values.
+    pub bytes: u64,
+}
+
+/// Computes the state digest (blocking; streams, memory O(one record)).
+pub fn state_digest(db: &RocksDb) -> Result<StateDigest, StoreError> {
+    use sha2::Digest;
+    let snap = db.snapshot();
+    let meta_cf = cf(db, CF_SM_META)?;
+    let applied: Option<LogId> = snap.get_cf(&meta_cf, KEY_LAST_APPLIED)?.map(|b| decode(&b)).transpose()?;
+    let state_cf = cf(db, CF_STATE)?;
+    let mut opts = ReadOptions::default();
+    opts.fill_cache(false);
+    let mut h = sha2::Sha256::new();
+    let (mut records, mut bytes) = (0u64, 0u64);
+    for item in snap.iterator_cf_opt(&state_cf, opts, IteratorMode::Start) {
+        let (k, v) = item?;
+        h.update((k.len() as u64).to_be_bytes());
+        h.update(&k);
+        h.update((v.len() as u64).to_be_bytes());
+        h.update(&v);
+        records += 1;
+        bytes += (k.len() + v.len()) as u64;
+    }
+    Ok(StateDigest { applied_index: applied.map_or(0, |l| l.index), sha256: hex::encode(h.finalize()), records, bytes })
 }
 
 fn read_manifest(dir: &Path) -> Result<Manifest, StoreError> {
