@@ -75,7 +75,7 @@ pub struct Overrides {
     /// Largest client request body, bytes. [default: 25165824]
     #[arg(long, env = "CONFMAN_BODY_LIMIT_BYTES")]
     pub body_limit_bytes: Option<u64>,
-    /// Byte cap of one AppendEntries payload. [default: 8388608]
+    /// Byte cap of one AppendEntries payload. [default: 4194304]
     #[arg(long, env = "CONFMAN_MAX_APPEND_BYTES")]
     pub max_append_bytes: Option<u64>,
     /// Entry cap of one AppendEntries payload. [default: 256]

@@ -49,7 +49,7 @@ impl Default for Tuning {
             snapshot_timeout_ms: 30_000,
             max_value_bytes: 16 << 20,
             body_limit_bytes: 24 << 20,
-            max_append_bytes: 8 << 20,
+            max_append_bytes: 4 << 20,
             max_append_entries: 256,
             compaction_bytes: 64 << 20,
             compaction_entries: 10_000,

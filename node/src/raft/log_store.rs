@@ -307,7 +307,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         let db = self.db.clone();
-        Ok(blocking(move || {
+        blocking(move || {
             let log = cf(&db, CF_LOG)?;
             let meta = cf(&db, CF_RAFT_META)?;
             let mut batch = WriteBatch::default();
@@ -316,6 +316,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             db.write(batch)?;
             Ok(())
         })
-        .await?)
+        .await?;
+        // Reclaim the purged entries (and the blob files holding their values) now rather than
+        // whenever compaction reaches them; in the background, so purge never waits for it.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Ok(log) = cf(&db, CF_LOG) {
+                db.compact_range_cf(&log, None::<&[u8]>, Some(be_u64(log_id.index + 1).as_slice()));
+            }
+        });
+        Ok(())
     }
 }

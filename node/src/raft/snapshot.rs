@@ -271,7 +271,7 @@ impl SnapshotStore {
     }
 
     /// Writes the manifest into `staging`, fsyncs, and renames it into place as a complete
-    /// snapshot; then deletes all but the two newest snapshots.
+    /// snapshot; then deletes the older snapshots.
     pub fn publish(&self, staging: &Path, manifest: &Manifest, index: u64) -> Result<PathBuf, StoreError> {
         let json = serde_json::to_vec_pretty(manifest).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mpath = staging.join(MANIFEST_FILE);
@@ -286,11 +286,11 @@ impl SnapshotStore {
         Ok(dir)
     }
 
-    /// Keeps the two newest snapshots. A transfer still reading an older one keeps its open
+    /// Keeps only the newest snapshot. A transfer still reading an older one keeps its open
     /// file descriptor, so deleting the directory never breaks it.
     fn collect_garbage(&self) -> Result<(), StoreError> {
         let dirs = self.complete_dirs()?;
-        let n = dirs.len().saturating_sub(2);
+        let n = dirs.len().saturating_sub(1);
         for old in &dirs[..n] {
             fs::remove_dir_all(old)?;
         }

@@ -10,7 +10,9 @@ pub mod state;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, Options};
+use std::sync::OnceLock;
+
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options};
 
 /// The RocksDB handle type used everywhere (multi-threaded column-family handles).
 pub type RocksDb = rocksdb::DBWithThreadMode<rocksdb::MultiThreaded>;
@@ -85,6 +87,9 @@ pub fn open(dir: &Path) -> Result<Arc<RocksDb>, StoreError> {
     db_opts.set_max_background_jobs(2);
     db_opts.set_bytes_per_sync(1 << 20);
     db_opts.set_keep_log_file_num(4);
+    // Memtables hold whole values until flush (blobs are separated at flush time): cap their
+    // total so memory stays bounded with MB-sized values.
+    db_opts.set_db_write_buffer_size(96 << 20);
     // The WAL is fsynced explicitly (group commit in the log store): no sync per write.
     db_opts.set_manual_wal_flush(false);
 
@@ -98,6 +103,22 @@ pub fn open(dir: &Path) -> Result<Arc<RocksDb>, StoreError> {
     Ok(Arc::new(db))
 }
 
+/// One block cache shared by every column family (RocksDB would otherwise give each family
+/// its own 32 MiB cache), so memory stays bounded.
+fn block_cache() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    CACHE.get_or_init(|| Cache::new_lru_cache(32 << 20))
+}
+
+fn table_options(bloom: bool) -> BlockBasedOptions {
+    let mut t = BlockBasedOptions::default();
+    t.set_block_cache(block_cache());
+    if bloom {
+        t.set_bloom_filter(10.0, false);
+    }
+    t
+}
+
 /// Options of the state column family: BlobDB for large values, lz4 for the rest.
 pub fn state_options() -> Options {
     let mut o = Options::default();
@@ -107,10 +128,9 @@ pub fn state_options() -> Options {
     o.set_blob_compression_type(DBCompressionType::None);
     o.set_enable_blob_gc(true);
     o.set_blob_gc_age_cutoff(0.25);
-    o.set_write_buffer_size(64 << 20);
-    let mut t = BlockBasedOptions::default();
-    t.set_bloom_filter(10.0, false);
-    o.set_block_based_table_factory(&t);
+    o.set_write_buffer_size(32 << 20);
+    o.set_max_write_buffer_number(2);
+    o.set_block_based_table_factory(&table_options(true));
     o
 }
 
@@ -122,12 +142,15 @@ fn log_options() -> Options {
     o.set_enable_blob_files(true);
     o.set_min_blob_size(MIN_BLOB_SIZE);
     o.set_enable_blob_gc(true);
-    o.set_write_buffer_size(64 << 20);
+    o.set_write_buffer_size(32 << 20);
+    o.set_max_write_buffer_number(2);
+    o.set_block_based_table_factory(&table_options(false));
     o
 }
 
 fn small_options() -> Options {
     let mut o = Options::default();
     o.set_compression_type(DBCompressionType::None);
+    o.set_block_based_table_factory(&table_options(false));
     o
 }
