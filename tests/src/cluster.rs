@@ -263,6 +263,11 @@ impl Cluster {
         }
     }
 
+    /// Process ids of the running nodes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.values().filter_map(|n| n.child.as_ref().map(Child::id)).collect()
+    }
+
     /// Process id of node `id`, when running.
     pub fn pid(&self, id: u64) -> Option<u32> {
         self.nodes.get(&id).and_then(|n| n.child.as_ref()).map(Child::id)
@@ -493,4 +498,19 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// Peak resident set size (VmHWM, KiB) of a process, from /proc.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Resets a process's peak RSS to its current RSS (`clear_refs` 5), so a later VmHWM reading
+/// is the peak of what happened in between. Returns false where the kernel refuses.
+pub fn reset_peak_rss(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }

@@ -3,4 +3,6 @@
 //! statistics.
 
 pub mod cluster;
+pub mod etcd;
+pub mod floors;
 pub mod stats;
