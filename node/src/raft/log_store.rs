@@ -24,31 +24,54 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
 
-/// Counts log bytes appended since the last snapshot and wakes the compaction watcher when a
-/// byte threshold is crossed (seed lesson 4: compaction by bytes, not only entries).
+/// Decides when to compact the log (seed lessons 4 and 7). A snapshot rewrites the whole
+/// state, so the trigger is: the log since the last snapshot holds at least `entries` entries
+/// or `bytes` bytes, **and** at least half as many bytes as the last snapshot. The log stays
+/// bounded by bytes (never more than max(`bytes`, state / 2) plus one batch), while the cost of
+/// snapshots stays proportional to what is written rather than to the state size times the
+/// number of triggers. The watcher task waits on `wait_due` and asks openraft for a snapshot.
 #[derive(Debug)]
 pub struct LogBytes {
     since_snapshot: AtomicU64,
+    entries_since_snapshot: AtomicU64,
+    last_snapshot_bytes: AtomicU64,
     threshold: u64,
-    crossed: Notify,
+    entry_threshold: u64,
+    due: Notify,
 }
 
 impl LogBytes {
-    /// A counter that signals after `threshold` bytes.
-    pub fn new(threshold: u64) -> Self {
-        Self { since_snapshot: AtomicU64::new(0), threshold, crossed: Notify::new() }
-    }
-
-    fn add(&self, n: u64) {
-        let before = self.since_snapshot.fetch_add(n, Ordering::Relaxed);
-        if before < self.threshold && before + n >= self.threshold {
-            self.crossed.notify_one();
+    /// A trigger at `threshold` bytes or `entry_threshold` entries.
+    pub fn new(threshold: u64, entry_threshold: u64) -> Self {
+        Self {
+            since_snapshot: AtomicU64::new(0),
+            entries_since_snapshot: AtomicU64::new(0),
+            last_snapshot_bytes: AtomicU64::new(0),
+            threshold,
+            entry_threshold,
+            due: Notify::new(),
         }
     }
 
-    /// Called when a snapshot covering the log has been built.
-    pub fn reset(&self) {
+    /// Whether a snapshot is due for this much log.
+    pub fn is_due(&self, bytes: u64, entries: u64) -> bool {
+        let proportional = bytes.saturating_mul(2) >= self.last_snapshot_bytes.load(Ordering::Relaxed);
+        (bytes >= self.threshold || entries >= self.entry_threshold) && proportional
+    }
+
+    fn add(&self, bytes: u64, entries: u64) {
+        let b = self.since_snapshot.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let e = self.entries_since_snapshot.fetch_add(entries, Ordering::Relaxed) + entries;
+        if self.is_due(b, e) {
+            self.due.notify_one();
+        }
+    }
+
+    /// Called when a snapshot of `snapshot_bytes` covering the log has been built or installed.
+    pub fn reset(&self, snapshot_bytes: u64) {
         self.since_snapshot.store(0, Ordering::Relaxed);
+        self.entries_since_snapshot.store(0, Ordering::Relaxed);
+        self.last_snapshot_bytes.store(snapshot_bytes, Ordering::Relaxed);
     }
 
     /// Bytes appended since the last snapshot.
@@ -56,9 +79,9 @@ impl LogBytes {
         self.since_snapshot.load(Ordering::Relaxed)
     }
 
-    /// Waits until the threshold is crossed.
-    pub async fn wait_crossed(&self) {
-        self.crossed.notified().await
+    /// Waits until a snapshot is due.
+    pub async fn wait_due(&self) {
+        self.due.notified().await
     }
 }
 
@@ -278,6 +301,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let cf = cf(&db, CF_LOG)?;
             let mut batch = WriteBatch::default();
             let mut bytes = 0u64;
+            let count = entries.len() as u64;
             for e in &entries {
                 let v = encode(e)?;
                 bytes += v.len() as u64;
@@ -286,10 +310,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut opts = WriteOptions::default();
             opts.set_sync(false);
             db.write_opt(batch, &opts)?;
-            Ok(bytes)
+            Ok((bytes, count))
         })
         .await?;
-        self.log_bytes.add(written);
+        self.log_bytes.add(written.0, written.1);
         self.syncer.send(callback).map_err(|_| io::Error::other("log syncer thread has stopped"))?;
         Ok(())
     }
@@ -326,5 +350,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogBytes;
+
+    #[test]
+    fn trigger_needs_a_threshold_and_half_the_last_snapshot() {
+        let t = LogBytes::new(100, 10);
+        assert!(!t.is_due(99, 9));
+        assert!(t.is_due(100, 1), "byte threshold");
+        assert!(t.is_due(1, 10), "entry threshold");
+        t.reset(1_000);
+        assert!(!t.is_due(100, 10), "a big state is not rewritten for a little log");
+        assert!(t.is_due(500, 1), "half the last snapshot in bytes");
+        assert!(!t.is_due(499, 1_000_000));
     }
 }

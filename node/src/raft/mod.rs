@@ -190,7 +190,8 @@ impl RaftNode {
             election_timeout_max: settings.election_max.as_millis() as u64,
             install_snapshot_timeout: settings.snapshot_timeout.as_millis() as u64,
             max_payload_entries: settings.max_append_entries,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.compaction_entries),
+            // Compaction is decided by `LogBytes` (bytes, entries and state size), not by count.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: settings.logs_to_keep,
             replication_lag_threshold: settings.compaction_entries.saturating_mul(2),
             purge_batch_size: 16,
@@ -201,7 +202,10 @@ impl RaftNode {
         .map_err(|e| RaftNodeError::Config(e.to_string()))?;
 
         let snapshots = SnapshotStore::open(data_dir)?;
-        let log_bytes = Arc::new(LogBytes::new(settings.compaction_bytes));
+        let log_bytes = Arc::new(LogBytes::new(settings.compaction_bytes, settings.compaction_entries));
+        if let Some(current) = snapshots.current()? {
+            log_bytes.reset(current.manifest.data_size);
+        }
         let (log_store, syncer) =
             LogStore::new(db.clone(), settings.max_append_bytes, settings.max_append_entries, log_bytes.clone())?;
         let (applied_tx, applied_rx) = watch::channel(0u64);
@@ -255,8 +259,8 @@ impl RaftNode {
             let (raft, log_bytes) = (raft.clone(), log_bytes.clone());
             tokio::spawn(async move {
                 loop {
-                    log_bytes.wait_crossed().await;
-                    tracing::info!(bytes = log_bytes.current(), "log byte threshold crossed; building a snapshot");
+                    log_bytes.wait_due().await;
+                    tracing::info!(bytes = log_bytes.current(), "log compaction due; building a snapshot");
                     if raft.trigger().snapshot().await.is_err() {
                         break;
                     }

@@ -72,7 +72,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let result = blocking(move || store.build(&db)).await;
         self.building.store(false, Ordering::Release);
         let file = result?;
-        self.log_bytes.reset();
+        self.log_bytes.reset(file.manifest.data_size);
         Ok(Snapshot { meta: file.manifest.meta.clone(), snapshot: file })
     }
 }
@@ -155,13 +155,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
         let (db, store) = (self.db.clone(), self.snapshots.clone());
         let index = meta.last_log_id.as_ref().map_or(0, |l| l.index);
+        let meta_size = snapshot.manifest.data_size;
         // The received snapshot becomes this node's current snapshot: adopt, then install.
         blocking(move || {
             let adopted = store.adopt(&snapshot)?;
             store.install(&db, &adopted)
         })
         .await?;
-        self.log_bytes.reset();
+        self.log_bytes.reset(meta_size);
         self.applied_tx.send_replace(index);
         Ok(())
     }

@@ -36,6 +36,12 @@ struct Args {
     /// Writes in the sustained 1 MiB run.
     #[arg(long, default_value_t = 500)]
     sustained_writes: u64,
+    /// Run only workloads whose name contains this text.
+    #[arg(long)]
+    only: Option<String>,
+    /// Skip etcd (quick Confman-only runs).
+    #[arg(long)]
+    skip_etcd: bool,
     /// Output folder for the Markdown and JSON reports.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
@@ -258,7 +264,10 @@ async fn main() -> anyhow::Result<()> {
     println!("measuring physical floors…");
     let floors = floors::measure(work.path()).await?;
     let mut rows = Vec::new();
-    let wl = workloads(args.sustained_writes);
+    let wl: Vec<Workload> = workloads(args.sustained_writes)
+        .into_iter()
+        .filter(|w| args.only.as_ref().is_none_or(|o| w.name.contains(o.as_str())))
+        .collect();
 
     {
         println!("confman: starting 3 nodes…");
@@ -277,7 +286,7 @@ async fn main() -> anyhow::Result<()> {
         let (_, info) = c.call(leader, reqwest::Method::GET, "/api/v1/cluster", ADMIN_KEY, None).await?;
         println!("confman leader changes seen: {}", info["leaderChanges"]);
     }
-    {
+    if !args.skip_etcd {
         println!("etcd: starting 3 members…");
         let e = EtcdCluster::start(&args.etcd_bin, work.path()).await.context("etcd cluster")?;
         let opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(30));
