@@ -346,7 +346,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             if let Ok(log) = cf(&db, CF_LOG) {
-                db.compact_range_cf(&log, None::<&[u8]>, Some(be_u64(log_id.index + 1).as_slice()));
+                // Not exclusive: automatic compactions (and so writes) never wait for it.
+                let mut opts = rocksdb::CompactOptions::default();
+                opts.set_exclusive_manual_compaction(false);
+                db.compact_range_cf_opt(&log, None::<&[u8]>, Some(be_u64(log_id.index + 1).as_slice()), &opts);
             }
         });
         Ok(())

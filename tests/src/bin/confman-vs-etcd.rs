@@ -36,7 +36,7 @@ struct Args {
     /// Writes in the sustained 1 MiB run.
     #[arg(long, default_value_t = 500)]
     sustained_writes: u64,
-    /// Run only workloads whose name contains this text.
+    /// Run only workloads whose name contains one of these comma-separated texts.
     #[arg(long)]
     only: Option<String>,
     /// Skip etcd (quick Confman-only runs).
@@ -266,7 +266,7 @@ async fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let wl: Vec<Workload> = workloads(args.sustained_writes)
         .into_iter()
-        .filter(|w| args.only.as_ref().is_none_or(|o| w.name.contains(o.as_str())))
+        .filter(|w| args.only.as_ref().is_none_or(|o| o.split(',').any(|part| w.name.contains(part))))
         .collect();
 
     {
