@@ -90,6 +90,9 @@ pub fn open(dir: &Path) -> Result<Arc<RocksDb>, StoreError> {
     // Memtables hold whole values until flush (blobs are separated at flush time): cap their
     // total so memory stays bounded with MB-sized values.
     db_opts.set_db_write_buffer_size(96 << 20);
+    // The metadata families see tiny writes and would rarely flush, pinning every WAL file
+    // (each holding MBs of values) on disk; cap the WAL so they get flushed too.
+    db_opts.set_max_total_wal_size(256 << 20);
     // The WAL is fsynced explicitly (group commit in the log store): no sync per write.
     db_opts.set_manual_wal_flush(false);
 
