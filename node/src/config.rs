@@ -11,7 +11,7 @@ use clap::Parser;
 use serde::Deserialize;
 
 use crate::raft::{NodeId, RaftSettings};
-use crate::tuning::{Tuning, Violation};
+use crate::tuning::{PayloadClass, Tuning, Violation};
 
 /// Command-line flags; each is also a `CONFMAN_*` variable and a config-file key (snake_case).
 /// Unset values fall back to the config file, then to built-in defaults.
@@ -48,6 +48,10 @@ pub struct Overrides {
     /// File holding the shared cluster token for `/raft/*`. Required with --peers.
     #[arg(long, env = "CONFMAN_CLUSTER_TOKEN_FILE")]
     pub cluster_token_file: Option<PathBuf>,
+    /// Base the timing/size defaults on a payload class: small, medium, large or huge (the
+    /// operator's table); individual settings below still override. [default: node defaults]
+    #[arg(long, env = "CONFMAN_PAYLOAD_CLASS")]
+    pub payload_class: Option<String>,
     /// Superseded versions kept per key. [default: 10]
     #[arg(long, env = "CONFMAN_HISTORY_DEPTH")]
     pub history_depth: Option<u64>,
@@ -176,6 +180,7 @@ impl Overrides {
             api_keys_file,
             cluster_token_file,
             history_depth,
+            payload_class,
             heartbeat_ms,
             election_min_ms,
             election_max_ms,
@@ -236,7 +241,13 @@ impl Settings {
 
     /// Applies defaults and validates merged overrides.
     pub fn from_overrides(o: Overrides) -> Result<Settings, ConfigError> {
-        let d = Tuning::default();
+        let d = match o.payload_class.as_deref() {
+            None => Tuning::default(),
+            Some(name) => PayloadClass::parse(name).map(PayloadClass::tuning).ok_or_else(|| ConfigError::Invalid {
+                setting: "payload-class",
+                reason: format!("{name:?} is not small, medium, large or huge"),
+            })?,
+        };
         let tuning = Tuning {
             heartbeat_ms: o.heartbeat_ms.unwrap_or(d.heartbeat_ms),
             election_min_ms: o.election_min_ms.unwrap_or(d.election_min_ms),
@@ -399,6 +410,17 @@ mod tests {
         let o = Overrides { heartbeat_ms: Some(800), ..Default::default() };
         let err = Settings::from_overrides(o).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("heartbeat-ms") && err.contains("800"), "{err}");
+    }
+
+    #[test]
+    fn payload_class_sets_the_base_and_flags_still_win() -> Result<(), ConfigError> {
+        let o = Overrides { payload_class: Some("huge".into()), heartbeat_ms: Some(300), ..Default::default() };
+        let s = Settings::from_overrides(o)?;
+        assert_eq!(s.tuning.max_value_bytes, PayloadClass::Huge.tuning().max_value_bytes);
+        assert_eq!(s.tuning.heartbeat_ms, 300);
+        let bad = Overrides { payload_class: Some("gigantic".into()), ..Default::default() };
+        assert!(matches!(Settings::from_overrides(bad), Err(ConfigError::Invalid { setting: "payload-class", .. })));
+        Ok(())
     }
 
     #[test]

@@ -13,4 +13,5 @@ pub mod model;
 pub mod raft;
 pub mod server;
 pub mod store;
-pub mod tuning;
+/// Timing and size settings with their invariants (shared with the operator).
+pub use confman_tuning as tuning;
