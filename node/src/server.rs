@@ -141,7 +141,13 @@ impl Running {
         F: Future<Output = ()> + Send + 'static,
     {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+        // TCP_NODELAY: small Raft replies and API responses must not wait for delayed ACKs.
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("TCP_NODELAY: {e}");
+            }
+        });
+        let server = axum::serve(listener, self.router).with_graceful_shutdown(async move {
             let _ = stop_rx.await;
         });
         let mut server = tokio::spawn(async move { server.await });

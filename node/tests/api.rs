@@ -277,6 +277,7 @@ async fn bad_input_is_refused_and_changes_nothing() -> Result<()> {
         (Method::PUT, "/api/v1/namespaces/bad".into(), Some("application/json"), r#"{"descr":"x"}"#.into(), 400),
         (Method::PUT, "/api/v1/namespaces/missing/config/k".into(), Some("text/plain"), "x".into(), 404),
         (Method::GET, "/api/v1/namespaces/bad/config?limit=0".into(), None, String::new(), 400),
+        (Method::GET, "/api/v1/namespaces/missing/config".into(), None, String::new(), 404),
         (Method::GET, "/api/v1/namespaces/bad/config?limit=abc".into(), None, String::new(), 400),
         (Method::GET, "/api/v1/namespaces/bad/config?continue=%%%".into(), None, String::new(), 400),
         (Method::GET, "/api/v1/namespaces/bad/config?continue=bm90IGEga2V5IQ".into(), None, String::new(), 400),
@@ -289,7 +290,7 @@ async fn bad_input_is_refused_and_changes_nothing() -> Result<()> {
         if let Some(ct) = ct {
             req = req.header("content-type", ct);
         }
-        if i == 18 {
+        if i == 19 {
             req = req.header("if-none-match", "\"3\"");
         }
         if !body.is_empty() {

@@ -392,7 +392,14 @@ pub async fn list(
     let include = q.include_values.unwrap_or(false);
     let db = ctx.node.db().clone();
     let n = ns.clone();
-    let page = blocking(move || state::list_entries(&db, &n, &prefix, after.as_deref(), limit, include)).await?;
+    let page = blocking(move || {
+        if state::get_namespace(&db, &n)?.is_none() {
+            return Ok(None);
+        }
+        state::list_entries(&db, &n, &prefix, after.as_deref(), limit, include).map(Some)
+    })
+    .await?
+    .ok_or_else(|| Problem::not_found("namespace-not-found", format!("namespace {ns:?} does not exist")))?;
     let items: Vec<EntryView> = page.items.into_iter().map(|(k, m, v)| EntryView::new(&ns, &k, &m, v)).collect();
     let next = page.next_after.map(|k| URL_SAFE_NO_PAD.encode(k.as_bytes()));
     Ok(Json(serde_json::json!({ "items": items, "continue": next })).into_response())

@@ -109,12 +109,21 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/health", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
+        .route("/api/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(ctx.clone(), forward::forward_writes_to_leader))
         .layer(middleware::from_fn_with_state(ctx.clone(), revision_header))
         .layer(middleware::from_fn_with_state(ctx.clone(), record_metrics))
         .with_state(ctx.clone());
     ctx.node.router().merge(api)
+}
+
+/// The OpenAPI 3 description of the client API (hand-maintained beside the routes above).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    use axum::response::IntoResponse;
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn not_found() -> Problem {
@@ -153,5 +162,37 @@ where
             .await
             .map(|q| Q(q.0))
             .map_err(|e| Problem::bad_request("invalid-parameter", e.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every client route is described in the OpenAPI document, and the document is JSON.
+    #[test]
+    fn openapi_lists_every_route() -> Result<(), serde_json::Error> {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI)?;
+        let paths = doc["paths"].as_object().map(|p| p.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
+        for route in [
+            "/api/v1/namespaces",
+            "/api/v1/namespaces/{ns}",
+            "/api/v1/namespaces/{ns}/config",
+            "/api/v1/namespaces/{ns}/config/{key}",
+            "/api/v1/namespaces/{ns}/config/{key}/history",
+            "/api/v1/namespaces/{ns}/audit",
+            "/api/v1/cluster",
+            "/api/v1/cluster/digest",
+            "/api/v1/cluster/members",
+            "/api/v1/cluster/members/{id}",
+            "/api/v1/cluster/members/{id}/rejoin",
+            "/api/v1/cluster/leader",
+            "/api/v1/cluster/snapshot",
+            "/health",
+            "/health/ready",
+            "/metrics",
+        ] {
+            assert!(paths.iter().any(|p| p == route), "{route} missing from openapi.json");
+        }
+        assert_eq!(doc["openapi"], "3.0.3");
+        Ok(())
     }
 }
