@@ -462,29 +462,46 @@ impl Cluster {
         Ok(())
     }
 
-    /// Writes a text value through node `id`; returns status and body.
+    /// Writes a text value through node `id`; returns status and body. A 503 (no leader right
+    /// now: the API's "retry shortly") is retried for up to 10 s, as a client would.
     pub async fn put_text(&self, id: u64, ns: &str, key: &str, value: &str) -> Result<(StatusCode, Value)> {
-        let resp = self
-            .request(id, Method::PUT, &format!("/api/v1/namespaces/{ns}/config/{key}"))?
-            .bearer_auth(EDITOR_KEY)
-            .header("content-type", "text/plain")
-            .body(value.to_string())
-            .send()
-            .await?;
-        let status = resp.status();
-        let bytes = resp.bytes().await?;
-        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let resp = self
+                .request(id, Method::PUT, &format!("/api/v1/namespaces/{ns}/config/{key}"))?
+                .bearer_auth(EDITOR_KEY)
+                .header("content-type", "text/plain")
+                .body(value.to_string())
+                .send()
+                .await?;
+            let status = resp.status();
+            let bytes = resp.bytes().await?;
+            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            if status != StatusCode::SERVICE_UNAVAILABLE || Instant::now() > deadline {
+                return Ok((status, body));
+            }
+            eprintln!("PUT {ns}/{key} via node {id}: 503 {body}; retrying");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
-    /// Reads an entry through node `id` (linearizable unless `stale`); `None` on 404.
+    /// Reads an entry through node `id` (linearizable unless `stale`); `None` on 404. A 503 is
+    /// retried for up to 10 s, as a client would.
     pub async fn get(&self, id: u64, ns: &str, key: &str, stale: bool) -> Result<Option<Value>> {
         let q = if stale { "?consistency=stale" } else { "" };
-        let (st, v) =
-            self.call(id, Method::GET, &format!("/api/v1/namespaces/{ns}/config/{key}{q}"), VIEWER_KEY, None).await?;
-        match st {
-            StatusCode::OK => Ok(Some(v)),
-            StatusCode::NOT_FOUND => Ok(None),
-            other => Err(HarnessError::Unexpected(format!("GET {ns}/{key} on node {id}: {other} {v}"))),
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let path = format!("/api/v1/namespaces/{ns}/config/{key}{q}");
+            let (st, v) = self.call(id, Method::GET, &path, VIEWER_KEY, None).await?;
+            match st {
+                StatusCode::OK => return Ok(Some(v)),
+                StatusCode::NOT_FOUND => return Ok(None),
+                StatusCode::SERVICE_UNAVAILABLE if Instant::now() < deadline => {
+                    eprintln!("GET {ns}/{key} on node {id}: 503 {v}; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return Err(HarnessError::Unexpected(format!("GET {ns}/{key} on node {id}: {other} {v}"))),
+            }
         }
     }
 }
