@@ -1,0 +1,374 @@
+//! The `ConfmanCluster` custom resource (`confman.io/v1alpha1`, SPEC §3.1): spec, status, printer
+//! columns, `status` and `scale` subresources, and CEL rules for what the schema can check.
+//! `crd()` produces the installable CRD (descriptions of embedded Kubernetes types stripped so
+//! the schema stays small); `crds/` holds its output and a test fails on drift.
+
+// kube's `printcolumn(...)` attributes repeat `type_ = ...` by design.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use confman_tuning::{PayloadClass, Tuning, TuningOverrides};
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+fn default_replicas() -> i32 {
+    3
+}
+
+/// Desired state of a Confman cluster.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "confman.io",
+    version = "v1alpha1",
+    kind = "ConfmanCluster",
+    namespaced,
+    shortname = "cmc",
+    status = "ConfmanClusterStatus",
+    scale(spec_replicas_path = ".spec.replicas", status_replicas_path = ".status.readyReplicas"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Leader", type_ = "string", json_path = ".status.leader"),
+    printcolumn(name = "Payload", type_ = "string", json_path = ".spec.payloadClass"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    doc = "A Confman cluster: a Raft-replicated configuration store run as a StatefulSet"
+)]
+#[x_kube(cel)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfmanClusterSpec {
+    /// Number of Raft voters: odd, 1 to 9.
+    #[serde(default = "default_replicas")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 9 && self % 2 == 1").message("replicas must be odd and between 1 and 9"))]
+    pub replicas: i32,
+    /// Container image of confman-node.
+    #[x_kube(validation = Rule::new("self != ''").message("image must not be empty"))]
+    pub image: String,
+    /// Declared value size; selects the Raft timing and snapshot tuning.
+    #[serde(default)]
+    pub payload_class: PayloadClassSpec,
+    /// Overrides of derived tuning values (validated against the same rules as the node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuning: Option<TuningSpec>,
+    /// Persistent storage of each member.
+    pub storage: StorageSpec,
+    /// Container resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Pod affinity; by default members are spread across nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Pod tolerations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Node selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Topology spread constraints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    /// Priority class of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Secret with the API keys file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+    /// TLS secret references.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// Client Service settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceSpec>,
+    /// Stop reconciling (nothing is changed while true).
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// Payload class as written in the spec.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadClassSpec {
+    /// 1–10 KB values.
+    #[default]
+    Small,
+    /// 10–100 KB values.
+    Medium,
+    /// 100 KB – 1 MB values.
+    Large,
+    /// Values over 1 MB.
+    Huge,
+}
+
+impl From<PayloadClassSpec> for PayloadClass {
+    fn from(p: PayloadClassSpec) -> Self {
+        match p {
+            PayloadClassSpec::Small => PayloadClass::Small,
+            PayloadClassSpec::Medium => PayloadClass::Medium,
+            PayloadClassSpec::Large => PayloadClass::Large,
+            PayloadClassSpec::Huge => PayloadClass::Huge,
+        }
+    }
+}
+
+/// Optional overrides of the derived tuning; ranges the schema can check are CEL rules, the
+/// rest (relations between values) are checked by `confman-tuning`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(cel, validation = Rule::new("!has(self.electionMinMs) || !has(self.electionMaxMs) || self.electionMinMs < self.electionMaxMs").message("electionMinMs must be below electionMaxMs"))]
+pub struct TuningSpec {
+    /// Leader heartbeat period, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 10 && self <= 10000").message("heartbeatMs must be 10..10000"))]
+    pub heartbeat_ms: Option<u64>,
+    /// Election timeout lower bound, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 50 && self <= 60000").message("electionMinMs must be 50..60000"))]
+    pub election_min_ms: Option<u64>,
+    /// Election timeout upper bound, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 100 && self <= 120000").message("electionMaxMs must be 100..120000"))]
+    pub election_max_ms: Option<u64>,
+    /// Client request timeout, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout_ms: Option<u64>,
+    /// AppendEntries timeout, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub append_timeout_ms: Option<u64>,
+    /// Snapshot transfer idle timeout, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_timeout_ms: Option<u64>,
+    /// Largest value, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1024 && self <= 268435456").message("maxValueBytes must be 1 KiB..256 MiB"))]
+    pub max_value_bytes: Option<u64>,
+    /// Client request body limit, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_limit_bytes: Option<u64>,
+    /// AppendEntries byte cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_append_bytes: Option<u64>,
+    /// AppendEntries entry cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_append_entries: Option<u64>,
+    /// Compaction trigger, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compaction_bytes: Option<u64>,
+    /// Compaction trigger, entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compaction_entries: Option<u64>,
+    /// Log entries kept after a snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs_to_keep: Option<u64>,
+}
+
+impl From<TuningSpec> for TuningOverrides {
+    fn from(t: TuningSpec) -> Self {
+        TuningOverrides {
+            heartbeat_ms: t.heartbeat_ms,
+            election_min_ms: t.election_min_ms,
+            election_max_ms: t.election_max_ms,
+            request_timeout_ms: t.request_timeout_ms,
+            append_timeout_ms: t.append_timeout_ms,
+            snapshot_timeout_ms: t.snapshot_timeout_ms,
+            max_value_bytes: t.max_value_bytes,
+            body_limit_bytes: t.body_limit_bytes,
+            max_append_bytes: t.max_append_bytes,
+            max_append_entries: t.max_append_entries,
+            compaction_bytes: t.compaction_bytes,
+            compaction_entries: t.compaction_entries,
+            logs_to_keep: t.logs_to_keep,
+        }
+    }
+}
+
+/// Storage of each member.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Volume size (a Kubernetes quantity, e.g. `10Gi`).
+    pub size: String,
+    /// Storage class; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Keep volumes when the ConfmanCluster is deleted.
+    #[serde(default)]
+    pub retain_on_delete: bool,
+    /// Keep the volume of a member removed by a scale-down (it never rejoins under its old id).
+    #[serde(default)]
+    pub retain_on_scale_down: bool,
+}
+
+/// API keys.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// Secret holding the keys file under `keys.yaml`.
+    pub api_keys_secret: String,
+}
+
+/// TLS.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// Secret (kubernetes.io/tls) for the client listener.
+    pub client_secret: String,
+    /// Secret for peer traffic; the client secret when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_secret: Option<String>,
+}
+
+/// Client Service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Service type: ClusterIP (default), NodePort or LoadBalancer.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in ['ClusterIP', 'NodePort', 'LoadBalancer']").message("type must be ClusterIP, NodePort or LoadBalancer"))]
+    pub type_: Option<String>,
+    /// Service port (default 8080).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("port must be 1..65535"))]
+    pub port: Option<i32>,
+}
+
+/// Observed state.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfmanClusterStatus {
+    /// Generation of the spec this status reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Members that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Raft members.
+    #[serde(default)]
+    pub members: Vec<MemberStatus>,
+    /// Pod name of the current leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// Tuning derived from the payload class and overrides, as rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_tuning: Option<EffectiveTuning>,
+    /// Available, Progressing, Degraded, InvalidSpec.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Summary phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+}
+
+/// One Raft member.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// Raft node id (never reused).
+    pub id: u64,
+    /// Pod name.
+    pub pod: String,
+    /// `voter` or `learner`.
+    pub role: String,
+    /// Whether the member is healthy.
+    pub healthy: bool,
+}
+
+/// The effective tuning, mirrored for the status schema.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct EffectiveTuning {
+    /// Heartbeat, ms.
+    pub heartbeat_ms: u64,
+    /// Election timeout lower bound, ms.
+    pub election_min_ms: u64,
+    /// Election timeout upper bound, ms.
+    pub election_max_ms: u64,
+    /// Request timeout, ms.
+    pub request_timeout_ms: u64,
+    /// Append timeout, ms.
+    pub append_timeout_ms: u64,
+    /// Snapshot timeout, ms.
+    pub snapshot_timeout_ms: u64,
+    /// Max value, bytes.
+    pub max_value_bytes: u64,
+    /// Body limit, bytes.
+    pub body_limit_bytes: u64,
+    /// AppendEntries byte cap.
+    pub max_append_bytes: u64,
+    /// AppendEntries entry cap.
+    pub max_append_entries: u64,
+    /// Compaction trigger, bytes.
+    pub compaction_bytes: u64,
+    /// Compaction trigger, entries.
+    pub compaction_entries: u64,
+    /// Log tail kept, entries.
+    pub logs_to_keep: u64,
+}
+
+impl From<Tuning> for EffectiveTuning {
+    fn from(t: Tuning) -> Self {
+        EffectiveTuning {
+            heartbeat_ms: t.heartbeat_ms,
+            election_min_ms: t.election_min_ms,
+            election_max_ms: t.election_max_ms,
+            request_timeout_ms: t.request_timeout_ms,
+            append_timeout_ms: t.append_timeout_ms,
+            snapshot_timeout_ms: t.snapshot_timeout_ms,
+            max_value_bytes: t.max_value_bytes,
+            body_limit_bytes: t.body_limit_bytes,
+            max_append_bytes: t.max_append_bytes,
+            max_append_entries: t.max_append_entries,
+            compaction_bytes: t.compaction_bytes,
+            compaction_entries: t.compaction_entries,
+            logs_to_keep: t.logs_to_keep,
+        }
+    }
+}
+
+/// Properties whose (embedded Kubernetes) schemas keep their structure but lose descriptions.
+const STRIPPED: [&str; 4] = ["resources", "affinity", "tolerations", "topologySpreadConstraints"];
+
+fn strip_descriptions(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.remove("description");
+            m.values_mut().for_each(strip_descriptions);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_descriptions),
+        _ => {}
+    }
+}
+
+/// The installable CRD.
+pub fn crd() -> Result<CustomResourceDefinition, serde_json::Error> {
+    let mut v = serde_json::to_value(ConfmanCluster::crd())?;
+    if let Some(versions) = v.pointer_mut("/spec/versions").and_then(|x| x.as_array_mut()) {
+        for ver in versions {
+            if let Some(props) = ver.pointer_mut("/schema/openAPIV3Schema/properties/spec/properties") {
+                for name in STRIPPED {
+                    if let Some(p) = props.get_mut(name) {
+                        strip_descriptions(p);
+                    }
+                }
+            }
+        }
+    }
+    serde_json::from_value(v)
+}
+
+/// Why the CRD could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum CrdError {
+    /// JSON (de)serialization of the generated CRD failed.
+    #[error("crd json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// YAML rendering failed.
+    #[error("crd yaml: {0}")]
+    Yaml(#[from] serde_yaml_ng::Error),
+}
+
+/// The CRD as YAML, as written to `crds/`.
+pub fn crd_yaml() -> Result<String, CrdError> {
+    Ok(serde_yaml_ng::to_string(&crd()?)?)
+}

@@ -1,0 +1,95 @@
+//! Spec → effective tuning (pure): the payload-class table of `confman-tuning` with the spec's
+//! overrides, validated by the same rules the node applies at startup, so the operator never
+//! rolls out a configuration a node would refuse. A violation becomes an `InvalidSpec`
+//! condition message naming the rule and the values.
+
+use confman_tuning::{PayloadClass, Tuning, TuningOverrides, Violation, derive};
+
+use crate::crd::ConfmanClusterSpec;
+
+/// The effective tuning of a spec, or the violated rules.
+pub fn effective_tuning(spec: &ConfmanClusterSpec) -> Result<Tuning, Vec<Violation>> {
+    let overrides: TuningOverrides = spec.tuning.map(Into::into).unwrap_or_default();
+    derive(PayloadClass::from(spec.payload_class), &overrides)
+}
+
+/// The `InvalidSpec` condition message for violations: one line per rule, naming the setting as
+/// it appears in `spec.tuning`.
+pub fn invalid_spec_message(violations: &[Violation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("spec.tuning.{} violates {}: {}", camel(v.setting), v.rule, v.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `heartbeat-ms` → `heartbeatMs`.
+fn camel(setting: &str) -> String {
+    let mut out = String::new();
+    let mut upper = false;
+    for c in setting.chars() {
+        if c == '-' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{PayloadClassSpec, StorageSpec, TuningSpec};
+
+    fn spec(class: PayloadClassSpec, tuning: Option<TuningSpec>) -> ConfmanClusterSpec {
+        ConfmanClusterSpec {
+            replicas: 3,
+            image: "confman:test".into(),
+            payload_class: class,
+            tuning,
+            storage: StorageSpec {
+                size: "1Gi".into(),
+                storage_class_name: None,
+                retain_on_delete: false,
+                retain_on_scale_down: false,
+            },
+            resources: None,
+            affinity: None,
+            tolerations: None,
+            node_selector: None,
+            topology_spread_constraints: None,
+            priority_class_name: None,
+            auth: None,
+            tls: None,
+            service: None,
+            paused: false,
+        }
+    }
+
+    #[test]
+    fn each_class_derives_its_table_row() {
+        for (c, p) in [
+            (PayloadClassSpec::Small, PayloadClass::Small),
+            (PayloadClassSpec::Medium, PayloadClass::Medium),
+            (PayloadClassSpec::Large, PayloadClass::Large),
+            (PayloadClassSpec::Huge, PayloadClass::Huge),
+        ] {
+            assert_eq!(effective_tuning(&spec(c, None)), Ok(p.tuning()));
+        }
+    }
+
+    #[test]
+    fn overrides_merge_and_violations_name_the_field() {
+        let t = TuningSpec { heartbeat_ms: Some(120), ..Default::default() };
+        assert_eq!(effective_tuning(&spec(PayloadClassSpec::Small, Some(t))).map(|t| t.heartbeat_ms), Ok(120));
+        let bad = TuningSpec { max_value_bytes: Some(64 << 20), ..Default::default() };
+        let v = effective_tuning(&spec(PayloadClassSpec::Small, Some(bad))).err().unwrap_or_default();
+        let msg = invalid_spec_message(&v);
+        assert!(msg.contains("spec.tuning.bodyLimitBytes violates body-limit-covers-max-value"), "{msg}");
+        assert!(msg.contains("67108864"), "{msg}");
+    }
+}

@@ -1,0 +1,82 @@
+//! The generated CRD: committed copy up to date, schema structural, CEL rules enforced.
+
+use confman_operator::crd::{ConfmanClusterSpec, TuningSpec, crd, crd_yaml};
+use serde_json::{Value, json};
+
+const COMMITTED: &str = include_str!("../../crds/confmancluster.yaml");
+
+#[test]
+fn committed_crd_matches_the_generated_one() -> Result<(), Box<dyn std::error::Error>> {
+    let generated = crd_yaml()?;
+    assert!(
+        generated == COMMITTED,
+        "crds/confmancluster.yaml is stale: run `cargo run -p confman-operator -- crd > crds/confmancluster.yaml`"
+    );
+    Ok(())
+}
+
+/// Every schema node says what it is (a structural schema, as the apiserver requires).
+fn check_structural(path: &str, v: &Value, problems: &mut Vec<String>) {
+    let Some(m) = v.as_object() else { return };
+    let typed = m.contains_key("type")
+        || m.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true))
+        || m.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+    if !typed {
+        problems.push(format!("{path}: no type"));
+    }
+    for bad in ["$ref", "anyOf", "oneOf", "allOf", "definitions", "$defs"] {
+        if m.contains_key(bad) && !(bad == "anyOf" && m.get("x-kubernetes-int-or-string").is_some()) {
+            problems.push(format!("{path}: uses {bad}"));
+        }
+    }
+    if let Some(props) = m.get("properties").and_then(Value::as_object) {
+        for (k, p) in props {
+            check_structural(&format!("{path}.{k}"), p, problems);
+        }
+    }
+    if let Some(items) = m.get("items") {
+        check_structural(&format!("{path}[]"), items, problems);
+    }
+    if let Some(ap) = m.get("additionalProperties").filter(|a| a.is_object()) {
+        check_structural(&format!("{path}{{}}"), ap, problems);
+    }
+}
+
+#[test]
+fn schema_is_structural_and_small() -> Result<(), Box<dyn std::error::Error>> {
+    let v = serde_json::to_value(crd()?)?;
+    let schema = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let mut problems = Vec::new();
+    check_structural("", schema, &mut problems);
+    assert!(problems.is_empty(), "{problems:#?}");
+    let size = serde_json::to_string(schema)?.len();
+    assert!(size < 200_000, "schema is {size} bytes");
+    assert_eq!(v["spec"]["names"]["shortNames"], json!(["cmc"]));
+    assert!(v["spec"]["versions"][0]["subresources"]["scale"].is_object());
+    assert!(v["spec"]["versions"][0]["subresources"]["status"].is_object());
+    Ok(())
+}
+
+fn spec(replicas: i64) -> Value {
+    json!({ "replicas": replicas, "image": "confman:1", "storage": { "size": "1Gi" } })
+}
+
+#[test]
+fn cel_rules_reject_even_or_out_of_range_replicas() {
+    for ok in [1, 3, 5, 9] {
+        assert!(ConfmanClusterSpec::validate_cel(&spec(ok), None).is_ok(), "{ok}");
+    }
+    for bad in [0, 2, 4, 11, -1] {
+        assert!(ConfmanClusterSpec::validate_cel(&spec(bad), None).is_err(), "{bad} must be refused");
+    }
+    let mut empty_image = spec(3);
+    empty_image["image"] = json!("");
+    assert!(ConfmanClusterSpec::validate_cel(&empty_image, None).is_err());
+}
+
+#[test]
+fn cel_rules_check_tuning_override_ranges() {
+    assert!(TuningSpec::validate_cel(&json!({ "electionMinMs": 500, "electionMaxMs": 1000 }), None).is_ok());
+    assert!(TuningSpec::validate_cel(&json!({ "electionMinMs": 1000, "electionMaxMs": 500 }), None).is_err());
+    assert!(TuningSpec::validate_cel(&json!({ "heartbeatMs": 5 }), None).is_err());
+}
