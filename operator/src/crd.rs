@@ -101,6 +101,13 @@ pub enum PayloadClassSpec {
     Huge,
 }
 
+impl PayloadClassSpec {
+    /// The class's tuning before overrides.
+    pub fn into_tuning(self) -> Tuning {
+        PayloadClass::from(self).tuning()
+    }
+}
+
 impl From<PayloadClassSpec> for PayloadClass {
     fn from(p: PayloadClassSpec) -> Self {
         match p {

@@ -2,5 +2,6 @@
 //! cluster should look like (tuning from the payload class). Reconcile, builders and the
 //! membership state machine build on these.
 
+pub mod builders;
 pub mod crd;
 pub mod tuning;
