@@ -39,6 +39,14 @@ pub struct Overrides {
     /// data directory holds a cluster (membership then comes from the log).
     #[arg(long, env = "CONFMAN_PEERS")]
     pub peers: Option<String>,
+    /// Operator-written membership file (TOML): `bootstrap_peers = "ID=URL,..."` and an `[ids]`
+    /// table mapping pod names to node ids. With it, the node id is looked up by --pod-name, and
+    /// a node that is not a bootstrap peer waits to be added (join).
+    #[arg(long, env = "CONFMAN_MEMBERS_FILE")]
+    pub members_file: Option<PathBuf>,
+    /// This pod's name, the key looked up in --members-file.
+    #[arg(long, env = "CONFMAN_POD_NAME")]
+    pub pod_name: Option<String>,
     /// Never initialise a cluster: wait to be added as a learner through the admin API.
     #[arg(long, env = "CONFMAN_JOIN", num_args = 0..=1, default_missing_value = "true")]
     pub join: Option<bool>,
@@ -176,6 +184,8 @@ impl Overrides {
             advertise,
             data_dir,
             peers,
+            members_file,
+            pod_name,
             join,
             api_keys_file,
             cluster_token_file,
@@ -229,6 +239,56 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
     Ok(peers)
 }
 
+/// The membership file the operator writes into a ConfigMap: node ids by pod name (an id is
+/// never reused) and the members the cluster was bootstrapped with.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembersFile {
+    /// Initial members, `ID=URL,...` (as --peers).
+    #[serde(default)]
+    pub bootstrap_peers: Option<String>,
+    /// Node id of each pod.
+    #[serde(default)]
+    pub ids: BTreeMap<String, NodeId>,
+}
+
+/// Reads a membership file (TOML).
+pub fn read_members_file(path: &Path) -> Result<MembersFile, ConfigError> {
+    let fail = |reason: String| ConfigError::File { path: path.to_path_buf(), reason };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    toml::from_str(&text).map_err(|e| fail(e.to_string()))
+}
+
+/// Fills node id, peers and join from a membership file: the id is the pod's entry; a pod that is
+/// one of the bootstrap peers bootstraps with them, any other waits to be added. Explicit
+/// --node-id/--peers/--join win.
+pub fn apply_members_file(mut o: Overrides, file: &MembersFile) -> Result<Overrides, ConfigError> {
+    if o.node_id.is_none() {
+        let pod = o.pod_name.as_deref().ok_or_else(|| ConfigError::Invalid {
+            setting: "pod-name",
+            reason: "is required with --members-file (the pod's key in its [ids] table)".into(),
+        })?;
+        let id = file.ids.get(pod).copied().ok_or_else(|| ConfigError::Invalid {
+            setting: "members-file",
+            reason: format!("has no node id for pod {pod:?} yet (the operator allocates it before the pod starts)"),
+        })?;
+        o.node_id = Some(id);
+    }
+    if o.peers.is_none() && o.join.is_none() {
+        let bootstrap = match &file.bootstrap_peers {
+            Some(p) => parse_peers(p)?,
+            None => BTreeMap::new(),
+        };
+        let id = o.node_id.unwrap_or(1);
+        if bootstrap.contains_key(&id) {
+            o.peers = file.bootstrap_peers.clone();
+        } else {
+            o.join = Some(true);
+        }
+    }
+    Ok(o)
+}
+
 impl Settings {
     /// Resolves flags/environment (`cli`) over the config file over defaults, and validates.
     pub fn resolve(cli: Overrides) -> Result<Settings, ConfigError> {
@@ -236,7 +296,12 @@ impl Settings {
             Some(path) => read_file(path)?,
             None => Overrides::default(),
         };
-        Self::from_overrides(cli.or(file))
+        let merged = cli.or(file);
+        let merged = match &merged.members_file {
+            Some(path) => apply_members_file(merged.clone(), &read_members_file(path)?)?,
+            None => merged,
+        };
+        Self::from_overrides(merged)
     }
 
     /// Applies defaults and validates merged overrides.
@@ -434,5 +499,43 @@ mod tests {
         let o =
             Overrides { peers: Some("1=http://127.0.0.1:8080,2=http://127.0.0.1:8081".into()), ..Default::default() };
         assert!(matches!(Settings::from_overrides(o), Err(ConfigError::Invalid { setting: "cluster-token-file", .. })));
+    }
+
+    #[test]
+    fn members_file_gives_the_id_and_the_bootstrap_role() -> Result<(), Box<dyn std::error::Error>> {
+        let file = MembersFile {
+            bootstrap_peers: Some("1=http://c-0.p:8080,2=http://c-1.p:8080,3=http://c-2.p:8080".into()),
+            ids: BTreeMap::from([("c-0".into(), 1), ("c-1".into(), 2), ("c-2".into(), 3), ("c-3".into(), 6)]),
+        };
+        let base = |pod: &str| Overrides {
+            pod_name: Some(pod.into()),
+            advertise: Some(format!("http://{pod}.p:8080")),
+            cluster_token_file: Some("/t".into()),
+            ..Default::default()
+        };
+        let s = Settings::from_overrides(apply_members_file(base("c-1"), &file)?)?;
+        assert_eq!((s.node_id, s.peers.len(), s.join), (2, 3, false), "a bootstrap member");
+        let s = Settings::from_overrides(apply_members_file(base("c-3"), &file)?)?;
+        assert_eq!((s.node_id, s.peers.len(), s.join), (6, 0, true), "a later member joins");
+        let err = apply_members_file(base("c-4"), &file).err().ok_or("expected an error")?;
+        assert!(matches!(err, ConfigError::Invalid { setting: "members-file", .. }), "{err}");
+        let no_pod = Overrides { pod_name: None, ..base("c-0") };
+        let err = apply_members_file(no_pod, &file).err().ok_or("expected an error")?;
+        assert!(matches!(err, ConfigError::Invalid { setting: "pod-name", .. }), "{err}");
+        let explicit = Overrides { node_id: Some(9), join: Some(false), ..base("c-0") };
+        let o = apply_members_file(explicit, &file)?;
+        assert_eq!((o.node_id, o.join, o.peers), (Some(9), Some(false), None), "explicit settings win");
+        Ok(())
+    }
+
+    #[test]
+    fn members_file_is_read_strictly() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let ok = dir.path().join("members.toml");
+        std::fs::write(&ok, "bootstrap_peers = \"1=http://a:1\"\n[ids]\na-0 = 1\n")?;
+        assert_eq!(read_members_file(&ok)?.ids.get("a-0"), Some(&1));
+        std::fs::write(&ok, "bootstrap = \"x\"\n")?;
+        assert!(read_members_file(&ok).is_err());
+        Ok(())
     }
 }

@@ -50,6 +50,19 @@ pub enum ServerError {
     /// Serving failed.
     #[error("serve: {0}")]
     Serve(std::io::Error),
+    /// The data directory belongs to another Raft node id (ids are never reused, so old data
+    /// under a new id is refused instead of rejoining).
+    #[error(
+        "data-dir {dir} holds the data of node {stored}, not node-id {configured}; a member's data never rejoins under another id (empty the directory to join afresh)"
+    )]
+    ForeignData {
+        /// Data directory.
+        dir: String,
+        /// Id recorded in the directory.
+        stored: u64,
+        /// Id this node was started with.
+        configured: u64,
+    },
     /// The HTTP client could not be built.
     #[error("http client: {0}")]
     Http(#[from] reqwest::Error),
@@ -91,10 +104,37 @@ fn secret(path: Option<&Path>, fallback: &Path) -> Result<(String, bool), Server
     Ok((s, true))
 }
 
+/// Records the node id in `data-dir/node-id` on first start and refuses a directory written by
+/// another id.
+fn claim_data_dir(dir: &Path, node_id: u64) -> Result<(), ServerError> {
+    let path = dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => match s.trim().parse::<u64>() {
+            Ok(stored) if stored == node_id => Ok(()),
+            Ok(stored) => Err(ServerError::ForeignData {
+                dir: dir.display().to_string(),
+                stored,
+                configured: node_id,
+            }),
+            Err(_) => Err(ServerError::File {
+                path: path.display().to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not a node id: {s:?}")),
+            }),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = dir.join("node-id.tmp");
+            std::fs::write(&tmp, format!("{node_id}\n")).map_err(file_err(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(file_err(&path))
+        }
+        Err(e) => Err(ServerError::File { path: path.display().to_string(), source: e }),
+    }
+}
+
 /// Opens storage, starts Raft and binds the listener.
 pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
     let dir = settings.data_dir.clone();
     std::fs::create_dir_all(&dir).map_err(file_err(&dir))?;
+    claim_data_dir(&dir, settings.node_id)?;
     let db = {
         let dir = dir.clone();
         store::blocking(move || store::open(&dir)).await?
@@ -181,6 +221,22 @@ impl Running {
         }
         self.node.shutdown().await?;
         tracing::info!("shutdown complete");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dir_belongs_to_one_node_id() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        claim_data_dir(dir.path(), 4)?;
+        claim_data_dir(dir.path(), 4)?;
+        let err = claim_data_dir(dir.path(), 7).err().ok_or("a foreign id must be refused")?;
+        assert!(matches!(err, ServerError::ForeignData { stored: 4, configured: 7, .. }), "{err}");
+        assert!(err.to_string().contains("data-dir"), "{err}");
         Ok(())
     }
 }
