@@ -111,11 +111,7 @@ fn claim_data_dir(dir: &Path, node_id: u64) -> Result<(), ServerError> {
     match std::fs::read_to_string(&path) {
         Ok(s) => match s.trim().parse::<u64>() {
             Ok(stored) if stored == node_id => Ok(()),
-            Ok(stored) => Err(ServerError::ForeignData {
-                dir: dir.display().to_string(),
-                stored,
-                configured: node_id,
-            }),
+            Ok(stored) => Err(ServerError::ForeignData { dir: dir.display().to_string(), stored, configured: node_id }),
             Err(_) => Err(ServerError::File {
                 path: path.display().to_string(),
                 source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not a node id: {s:?}")),

@@ -1,7 +1,13 @@
-//! Confman operator: the `ConfmanCluster` resource and the pure functions that derive what the
-//! cluster should look like (tuning from the payload class). Reconcile, builders and the
-//! membership state machine build on these.
+//! Confman operator: the `ConfmanCluster` resource, the pure functions that derive what a
+//! cluster should look like (validation, tuning, member ledger, child objects, status), and the
+//! reconcile loop and controller that apply them.
 
 pub mod builders;
+pub mod controller;
 pub mod crd;
+pub mod members;
+pub mod metrics;
+pub mod reconcile;
+pub mod status;
 pub mod tuning;
+pub mod validate;

@@ -1,0 +1,182 @@
+//! Pure builders: ConfmanCluster (+ derived tuning, member ledger, token) → desired child objects,
+//! no client. Every object carries the cluster's labels and a controller owner reference so
+//! Kubernetes garbage-collects it with the cluster.
+
+mod config;
+mod pdb;
+mod secret;
+mod services;
+mod statefulset;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::ConfmanCluster;
+
+pub use config::{CONFIG_DIR, CONFIG_FILE, config_hash, config_map, node_config};
+pub use pdb::pod_disruption_budget;
+pub use secret::{TOKEN_KEY, generate_token, token_secret};
+pub use services::{client_service, headless_service};
+pub use statefulset::{
+    CONFIG_HASH_ANNOTATION, DATA_DIR, MEMBERS_DIR, MEMBERS_FILE, statefulset, termination_grace_seconds,
+};
+
+/// Port of the node's HTTP listener (client API and Raft RPC).
+pub const NODE_PORT: i32 = 8080;
+
+/// Why an object could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The cluster lacks metadata a child needs (name, namespace or uid).
+    #[error("ConfmanCluster is missing metadata.{0}")]
+    MissingMetadata(&'static str),
+}
+
+/// Name of the headless (peer) Service.
+pub fn headless_name(c: &ConfmanCluster) -> String {
+    format!("{}-peers", c.name_any())
+}
+
+/// Name of the client Service (and of the StatefulSet and PDB).
+pub fn client_name(c: &ConfmanCluster) -> String {
+    c.name_any()
+}
+
+/// Name of the node ConfigMap.
+pub fn config_name(c: &ConfmanCluster) -> String {
+    format!("{}-config", c.name_any())
+}
+
+/// Name of the member ledger ConfigMap (node ids by pod; read by the nodes).
+pub fn members_name(c: &ConfmanCluster) -> String {
+    format!("{}-members", c.name_any())
+}
+
+/// Name of the cluster token Secret.
+pub fn token_name(c: &ConfmanCluster) -> String {
+    format!("{}-token", c.name_any())
+}
+
+/// Name of the pod with `ordinal`.
+pub fn pod_name(c: &ConfmanCluster, ordinal: u32) -> String {
+    format!("{}-{ordinal}", c.name_any())
+}
+
+/// URL other members use to reach the pod named `pod` (stable DNS of the headless Service).
+pub fn pod_url(c: &ConfmanCluster, pod: &str) -> String {
+    format!("http://{pod}.{}.{}.svc:{NODE_PORT}", headless_name(c), c.namespace().unwrap_or_default())
+}
+
+/// Labels selecting the pods of a cluster (stable: never include versions).
+pub fn selector_labels(c: &ConfmanCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "confman".to_string()),
+        ("app.kubernetes.io/instance".to_string(), c.name_any()),
+    ])
+}
+
+fn labels(c: &ConfmanCluster) -> BTreeMap<String, String> {
+    let mut l = selector_labels(c);
+    l.insert("app.kubernetes.io/managed-by".into(), "confman-operator".into());
+    l
+}
+
+/// Metadata of a child: name, namespace, labels and the controller owner reference.
+pub fn meta(c: &ConfmanCluster, name: String) -> Result<ObjectMeta, BuildError> {
+    let owner = c.controller_owner_ref(&()).ok_or(BuildError::MissingMetadata("uid"))?;
+    Ok(ObjectMeta {
+        name: Some(name),
+        namespace: Some(c.namespace().ok_or(BuildError::MissingMetadata("namespace"))?),
+        labels: Some(labels(c)),
+        owner_references: Some(vec![owner]),
+        ..ObjectMeta::default()
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use crate::crd::{ConfmanCluster, ConfmanClusterSpec, PayloadClassSpec, StorageSpec};
+
+    /// A cluster as the API server would hand it over (namespace and uid set).
+    pub fn cluster(replicas: i32, class: PayloadClassSpec) -> ConfmanCluster {
+        let mut c = ConfmanCluster::new(
+            "config",
+            ConfmanClusterSpec {
+                replicas,
+                image: "confman:1".into(),
+                payload_class: class,
+                tuning: None,
+                storage: StorageSpec {
+                    size: "10Gi".into(),
+                    storage_class_name: None,
+                    retain_on_delete: false,
+                    retain_on_scale_down: false,
+                },
+                resources: None,
+                affinity: None,
+                tolerations: None,
+                node_selector: None,
+                topology_spread_constraints: None,
+                priority_class_name: None,
+                auth: None,
+                tls: None,
+                service: None,
+                paused: false,
+            },
+        );
+        c.metadata.namespace = Some("platform".into());
+        c.metadata.uid = Some("0f5a-uid".into());
+        c.metadata.generation = Some(1);
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::cluster;
+    use super::*;
+    use crate::crd::PayloadClassSpec;
+
+    #[test]
+    fn every_child_is_owned_and_labelled() -> Result<(), BuildError> {
+        let c = cluster(3, PayloadClassSpec::Small);
+        let t = PayloadClassSpec::Small.into_tuning();
+        let metas = [
+            headless_service(&c)?.metadata,
+            client_service(&c)?.metadata,
+            config_map(&c, &t)?.metadata,
+            pod_disruption_budget(&c)?.metadata,
+            token_secret(&c, "t0k3n")?.metadata,
+            statefulset(&c, &t, "hash")?.metadata,
+        ];
+        for m in metas {
+            let owner = m.owner_references.unwrap_or_default();
+            assert_eq!(owner.len(), 1);
+            assert_eq!(
+                (owner[0].kind.as_str(), owner[0].name.as_str(), owner[0].controller),
+                ("ConfmanCluster", "config", Some(true))
+            );
+            assert_eq!(m.namespace.as_deref(), Some("platform"));
+            assert_eq!(
+                m.labels.unwrap_or_default().get("app.kubernetes.io/instance").map(String::as_str),
+                Some("config")
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn pod_urls_use_the_headless_service() {
+        let c = cluster(3, PayloadClassSpec::Small);
+        assert_eq!(pod_url(&c, &pod_name(&c, 2)), "http://config-2.config-peers.platform.svc:8080");
+    }
+
+    #[test]
+    fn missing_uid_is_an_error_not_a_panic() {
+        let mut c = cluster(3, PayloadClassSpec::Small);
+        c.metadata.uid = None;
+        assert!(matches!(headless_service(&c), Err(BuildError::MissingMetadata(_))));
+    }
+}

@@ -1,0 +1,247 @@
+//! The StatefulSet running the members: one pod per ordinal with its own volume, stable DNS via
+//! the headless Service, node id from the member ledger, hardened security context.
+
+use std::collections::BTreeMap;
+
+use confman_tuning::Tuning;
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec, StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{
+    BuildError, CONFIG_DIR, CONFIG_FILE, NODE_PORT, TOKEN_KEY, client_name, config_name, headless_name, members_name,
+    meta, selector_labels, token_name,
+};
+use crate::crd::ConfmanCluster;
+
+/// Where each member's volume is mounted (the node's data dir).
+pub const DATA_DIR: &str = "/var/lib/confman";
+/// Where the member ledger ConfigMap is mounted (a directory mount, so updates reach running pods).
+pub const MEMBERS_DIR: &str = "/etc/confman/members";
+/// File name of the ledger inside [`MEMBERS_DIR`].
+pub const MEMBERS_FILE: &str = "members.toml";
+/// Pod-template annotation carrying the config hash.
+pub const CONFIG_HASH_ANNOTATION: &str = "confman.io/config-hash";
+/// UID/GID the node runs as (matches the image's user).
+const NODE_UID: i64 = 10001;
+
+/// Seconds a pod gets to stop: longer than a client request plus a snapshot transfer/install, so
+/// a member is never killed halfway through either (at least a minute).
+pub fn termination_grace_seconds(t: &Tuning) -> i64 {
+    let ms = t.request_timeout_ms + t.snapshot_timeout_ms + 30_000;
+    i64::try_from(ms.div_ceil(1000)).unwrap_or(i64::MAX).max(60)
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(NODE_PORT),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+fn env(name: &str, value: String) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value), ..EnvVar::default() }
+}
+
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount { name: name.into(), mount_path: path.into(), read_only: Some(true), ..VolumeMount::default() }
+}
+
+fn config_volume(name: &str, config_map: String, key: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map,
+            items: Some(vec![KeyToPath { key: key.into(), path: key.into(), ..KeyToPath::default() }]),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn secret_volume(name: &str, secret: String, key: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret),
+            items: Some(vec![KeyToPath { key: key.into(), path: key.into(), ..KeyToPath::default() }]),
+            default_mode: Some(0o400),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// Default placement: prefer one member per node, so a node failure costs at most one vote.
+fn default_affinity(c: &ConfmanCluster) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![WeightedPodAffinityTerm {
+                weight: 100,
+                pod_affinity_term: PodAffinityTerm {
+                    label_selector: Some(LabelSelector {
+                        match_labels: Some(selector_labels(c)),
+                        ..LabelSelector::default()
+                    }),
+                    topology_key: "kubernetes.io/hostname".into(),
+                    ..PodAffinityTerm::default()
+                },
+            }]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    }
+}
+
+fn container(c: &ConfmanCluster) -> Container {
+    let mut mounts = vec![
+        VolumeMount { name: "data".into(), mount_path: DATA_DIR.into(), ..VolumeMount::default() },
+        mount("config", CONFIG_DIR),
+        mount("members", MEMBERS_DIR),
+        mount("token", "/etc/confman/token"),
+        VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..VolumeMount::default() },
+    ];
+    if c.spec.auth.is_some() {
+        mounts.push(mount("keys", "/etc/confman/keys"));
+    }
+    Container {
+        name: "confman".into(),
+        image: Some(c.spec.image.clone()),
+        args: Some(vec!["--config".into(), format!("{CONFIG_DIR}/{CONFIG_FILE}")]),
+        env: Some(vec![
+            EnvVar {
+                name: "CONFMAN_POD_NAME".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), ..Default::default() }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            },
+            // Kubernetes expands $(CONFMAN_POD_NAME) from the variable above.
+            env("CONFMAN_ADVERTISE", super::pod_url(c, "$(CONFMAN_POD_NAME)")),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: NODE_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(http_probe("/health/ready", 5, 2)),
+        liveness_probe: Some(http_probe("/health", 10, 6)),
+        resources: c.spec.resources.clone(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    }
+}
+
+fn volume_claim(c: &ConfmanCluster) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta { name: Some("data".into()), labels: Some(selector_labels(c)), ..ObjectMeta::default() },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: c.spec.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(c.spec.storage.size.clone()))])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+/// The StatefulSet. `config_hash` goes into the pod template, so a config change rolls the pods.
+/// Pods start in parallel (the node tolerates it: only the lowest bootstrap id initialises the
+/// group, the others wait for it), which avoids the ordered-start deadlock where pod 0 cannot
+/// become Ready without a quorum.
+pub fn statefulset(c: &ConfmanCluster, tuning: &Tuning, config_hash: &str) -> Result<StatefulSet, BuildError> {
+    let grace = termination_grace_seconds(tuning);
+    let mut volumes = vec![
+        config_volume("config", config_name(c), CONFIG_FILE),
+        config_volume("members", members_name(c), MEMBERS_FILE),
+        secret_volume("token", token_name(c), TOKEN_KEY),
+        Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() },
+    ];
+    if let Some(auth) = &c.spec.auth {
+        volumes.push(secret_volume("keys", auth.api_keys_secret.clone(), "keys.yaml"));
+    }
+    let mut pod_labels = selector_labels(c);
+    pod_labels.insert("app.kubernetes.io/component".into(), "node".into());
+    let mut startup = http_probe("/health", 5, 0);
+    // A restarted member may finish a snapshot install before it listens: allow for it.
+    startup.failure_threshold = Some(i32::try_from(grace / 5 + 1).unwrap_or(i32::MAX));
+    let mut main = container(c);
+    main.startup_probe = Some(startup);
+
+    Ok(StatefulSet {
+        metadata: meta(c, client_name(c))?,
+        spec: StatefulSetSpec {
+            replicas: Some(c.spec.replicas),
+            service_name: Some(headless_name(c)),
+            pod_management_policy: Some("Parallel".into()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: None,
+            }),
+            selector: LabelSelector { match_labels: Some(selector_labels(c)), ..LabelSelector::default() },
+            persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+                when_deleted: Some(if c.spec.storage.retain_on_delete { "Retain" } else { "Delete" }.into()),
+                when_scaled: Some(if c.spec.storage.retain_on_scale_down { "Retain" } else { "Delete" }.into()),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), config_hash.to_string())])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    termination_grace_period_seconds: Some(grace),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(NODE_UID),
+                        run_as_group: Some(NODE_UID),
+                        fs_group: Some(NODE_UID),
+                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+                        ..PodSecurityContext::default()
+                    }),
+                    affinity: Some(c.spec.affinity.clone().unwrap_or_else(|| default_affinity(c))),
+                    tolerations: c.spec.tolerations.clone(),
+                    node_selector: c.spec.node_selector.clone(),
+                    topology_spread_constraints: c.spec.topology_spread_constraints.clone(),
+                    priority_class_name: c.spec.priority_class_name.clone(),
+                    containers: vec![main],
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![volume_claim(c)]),
+            ..StatefulSetSpec::default()
+        },
+        ..StatefulSet::default()
+    })
+}

@@ -1,0 +1,157 @@
+//! The member ledger: which Raft node id each pod runs as, kept in the `<name>-members`
+//! ConfigMap that the pods mount. Ids are allocated here and never reused (`next-node-id` only
+//! grows); the first allocation also records the bootstrap members, so exactly the initial pods
+//! form the group and any later pod waits to be added. Pure: parse, allocate, render.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+
+use crate::builders::{BuildError, MEMBERS_FILE, members_name, meta, pod_name, pod_url};
+use crate::crd::ConfmanCluster;
+
+/// ConfigMap key holding the next id to allocate.
+pub const NEXT_ID_KEY: &str = "next-node-id";
+
+/// Why a stored ledger could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LedgerError {
+    /// A key is missing or malformed (someone edited the ConfigMap by hand).
+    #[error("member ledger ConfigMap key {key}: {reason}")]
+    Malformed {
+        /// Key at fault.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Node ids by pod, the bootstrap members and the next free id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ledger {
+    /// Node id of each pod.
+    pub ids: BTreeMap<String, u64>,
+    /// `ID=URL,...` of the members the group was initialised with.
+    pub bootstrap_peers: String,
+    /// Next id to hand out (greater than every id ever used).
+    pub next_id: u64,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembersToml {
+    bootstrap_peers: String,
+    #[serde(default)]
+    ids: BTreeMap<String, u64>,
+}
+
+impl Ledger {
+    /// The ledger of a new cluster: ordinals `0..replicas` get ids `1..=replicas` and are the
+    /// bootstrap members.
+    pub fn bootstrap(c: &ConfmanCluster, replicas: u32) -> Ledger {
+        let ids: BTreeMap<String, u64> = (0..replicas).map(|o| (pod_name(c, o), u64::from(o) + 1)).collect();
+        let bootstrap_peers =
+            ids.iter().map(|(pod, id)| format!("{id}={}", pod_url(c, pod))).collect::<Vec<_>>().join(",");
+        Ledger { ids, bootstrap_peers, next_id: u64::from(replicas) + 1 }
+    }
+
+    /// Reads a stored ledger.
+    pub fn parse(cm: &ConfigMap) -> Result<Ledger, LedgerError> {
+        let data = cm.data.as_ref();
+        let get = |key: &'static str| {
+            data.and_then(|d| d.get(key)).ok_or(LedgerError::Malformed { key, reason: "missing".into() })
+        };
+        let parsed: MembersToml = toml::from_str(get(MEMBERS_FILE)?)
+            .map_err(|e| LedgerError::Malformed { key: MEMBERS_FILE, reason: e.to_string() })?;
+        let next_id: u64 = get(NEXT_ID_KEY)?
+            .trim()
+            .parse()
+            .map_err(|e| LedgerError::Malformed { key: NEXT_ID_KEY, reason: format!("{e}") })?;
+        if let Some(max) = parsed.ids.values().max().filter(|m| **m >= next_id) {
+            return Err(LedgerError::Malformed {
+                key: NEXT_ID_KEY,
+                reason: format!("{next_id} is not above the largest allocated id {max}"),
+            });
+        }
+        Ok(Ledger { ids: parsed.ids, bootstrap_peers: parsed.bootstrap_peers, next_id })
+    }
+
+    /// Gives every ordinal below `replicas` an id, allocating fresh ones; returns the pods that
+    /// got a new id.
+    pub fn allocate(&mut self, c: &ConfmanCluster, replicas: u32) -> Vec<String> {
+        let mut added = Vec::new();
+        for o in 0..replicas {
+            let pod = pod_name(c, o);
+            if !self.ids.contains_key(&pod) {
+                self.ids.insert(pod.clone(), self.next_id);
+                self.next_id += 1;
+                added.push(pod);
+            }
+        }
+        added
+    }
+
+    /// The file the nodes read (`confman-node --members-file`).
+    pub fn members_toml(&self) -> String {
+        let mut s = String::from("# Written by confman-operator: node ids are never reused.\n");
+        s.push_str(&format!("bootstrap_peers = {:?}\n\n[ids]\n", self.bootstrap_peers));
+        for (pod, id) in &self.ids {
+            s.push_str(&format!("{pod:?} = {id}\n"));
+        }
+        s
+    }
+
+    /// The ledger ConfigMap.
+    pub fn config_map(&self, c: &ConfmanCluster) -> Result<ConfigMap, BuildError> {
+        Ok(ConfigMap {
+            metadata: meta(c, members_name(c))?,
+            data: Some(BTreeMap::from([
+                (MEMBERS_FILE.to_string(), self.members_toml()),
+                (NEXT_ID_KEY.to_string(), self.next_id.to_string()),
+            ])),
+            ..ConfigMap::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builders::fixtures::cluster;
+    use crate::crd::PayloadClassSpec;
+
+    #[test]
+    fn bootstrap_allocates_one_id_per_ordinal() {
+        let c = cluster(3, PayloadClassSpec::Small);
+        let l = Ledger::bootstrap(&c, 3);
+        assert_eq!(l.ids.get("config-0"), Some(&1));
+        assert_eq!(l.ids.get("config-2"), Some(&3));
+        assert_eq!(l.next_id, 4);
+        assert!(l.bootstrap_peers.starts_with("1=http://config-0.config-peers.platform.svc:8080,2="));
+    }
+
+    #[test]
+    fn the_ledger_round_trips_and_ids_are_never_reused() -> Result<(), Box<dyn std::error::Error>> {
+        let c = cluster(3, PayloadClassSpec::Small);
+        let mut l = Ledger::bootstrap(&c, 3);
+        l.ids.remove("config-2"); // removed by a scale-down
+        let mut back = Ledger::parse(&l.config_map(&c)?)?;
+        assert_eq!(back, l);
+        assert_eq!(back.allocate(&c, 5), vec!["config-2", "config-3", "config-4"]);
+        assert_eq!(back.ids.get("config-2"), Some(&4), "a returning ordinal gets a fresh id");
+        assert_eq!(back.next_id, 7);
+        assert!(back.allocate(&c, 5).is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn a_hand_edited_ledger_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let c = cluster(3, PayloadClassSpec::Small);
+        let mut cm = Ledger::bootstrap(&c, 3).config_map(&c)?;
+        cm.data.get_or_insert_default().insert(NEXT_ID_KEY.into(), "2".into());
+        assert!(matches!(Ledger::parse(&cm), Err(LedgerError::Malformed { key: NEXT_ID_KEY, .. })));
+        cm.data.get_or_insert_default().remove(MEMBERS_FILE);
+        assert!(matches!(Ledger::parse(&cm), Err(LedgerError::Malformed { key: MEMBERS_FILE, .. })));
+        Ok(())
+    }
+}
