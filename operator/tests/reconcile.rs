@@ -1,0 +1,245 @@
+//! The reconcile loop against a mocked API server (tower-test + a stateful fake): children are
+//! server-side applied with owner references and the field manager, status is patched, an
+//! invalid or paused spec changes no child, the token is never rewritten, a shrink is held.
+
+mod support;
+
+use std::sync::Arc;
+
+use confman_operator::crd::{ConfmanCluster, ConfmanClusterSpec, PayloadClassSpec, StorageSpec, TuningSpec};
+use confman_operator::metrics::Metrics;
+use confman_operator::reconcile::{Context, FIELD_MANAGER, reconcile};
+use kube::runtime::events::Reporter;
+use serde_json::{Value, json};
+use support::FakeApi;
+
+const NS: &str = "platform";
+const CMC: &str = "/apis/confman.io/v1alpha1/namespaces/platform/confmanclusters/config";
+const STS: &str = "/apis/apps/v1/namespaces/platform/statefulsets/config";
+const TOKEN: &str = "/api/v1/namespaces/platform/secrets/config-token";
+const MEMBERS: &str = "/api/v1/namespaces/platform/configmaps/config-members";
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn cluster(replicas: i32) -> ConfmanCluster {
+    let mut c = ConfmanCluster::new(
+        "config",
+        ConfmanClusterSpec {
+            replicas,
+            image: "confman:1".into(),
+            payload_class: PayloadClassSpec::Small,
+            tuning: None,
+            storage: StorageSpec {
+                size: "10Gi".into(),
+                storage_class_name: None,
+                retain_on_delete: false,
+                retain_on_scale_down: false,
+            },
+            resources: None,
+            affinity: None,
+            tolerations: None,
+            node_selector: None,
+            topology_spread_constraints: None,
+            priority_class_name: None,
+            auth: None,
+            tls: None,
+            service: None,
+            paused: false,
+        },
+    );
+    c.metadata.namespace = Some(NS.into());
+    c.metadata.uid = Some("cmc-uid".into());
+    c.metadata.generation = Some(1);
+    c
+}
+
+fn setup(c: &ConfmanCluster) -> Result<(Arc<Context>, FakeApi), serde_json::Error> {
+    let (client, fake) = FakeApi::start();
+    fake.seed(CMC, serde_json::to_value(c)?);
+    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some("test".into()) };
+    Ok((Arc::new(Context::new(client, reporter, Arc::new(Metrics::default()))), fake))
+}
+
+/// The cluster as stored by the fake (with the status the operator wrote).
+fn stored(fake: &FakeApi) -> Result<ConfmanCluster, Box<dyn std::error::Error>> {
+    Ok(serde_json::from_value(fake.get(CMC).ok_or("cluster gone")?)?)
+}
+
+fn condition<'a>(
+    c: &'a ConfmanCluster,
+    t: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    c.status.as_ref()?.conditions.iter().find(|x| x.type_ == t)
+}
+
+fn child_patches(fake: &FakeApi) -> Vec<String> {
+    fake.patches().into_iter().filter(|p| !p.path.starts_with(CMC)).map(|p| p.path).collect()
+}
+
+#[tokio::test]
+async fn a_new_cluster_gets_every_child_applied_owned_and_by_the_field_manager() -> TestResult {
+    let c = cluster(3);
+    let (ctx, fake) = setup(&c)?;
+    reconcile(Arc::new(c), ctx).await?;
+
+    let mut paths = child_patches(&fake);
+    paths.sort();
+    assert_eq!(
+        paths,
+        vec![
+            "/api/v1/namespaces/platform/configmaps/config-config",
+            MEMBERS,
+            TOKEN,
+            "/api/v1/namespaces/platform/services/config",
+            "/api/v1/namespaces/platform/services/config-peers",
+            STS,
+            "/apis/policy/v1/namespaces/platform/poddisruptionbudgets/config",
+        ]
+    );
+    for p in fake.patches() {
+        assert!(p.query.contains(&format!("fieldManager={FIELD_MANAGER}")), "{} {}", p.path, p.query);
+        assert!(p.query.contains("force=true"), "{} {}", p.path, p.query);
+        if p.path.starts_with(CMC) {
+            continue;
+        }
+        let owner = &p.body["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (&owner["kind"], &owner["name"], &owner["uid"], &owner["controller"]),
+            (&json!("ConfmanCluster"), &json!("config"), &json!("cmc-uid"), &json!(true)),
+            "{}",
+            p.path
+        );
+    }
+    let sts = fake.get(STS).ok_or("no statefulset")?;
+    assert_eq!(sts["spec"]["replicas"], json!(3));
+    let ledger = fake.get(MEMBERS).ok_or("no ledger")?;
+    let members = ledger["data"]["members.toml"].as_str().unwrap_or_default();
+    assert!(members.contains("\"config-2\" = 3"), "{members}");
+    assert_eq!(ledger["data"]["next-node-id"], json!("4"));
+
+    let after = stored(&fake)?;
+    let status = after.status.as_ref().ok_or("no status")?;
+    assert_eq!((status.phase.as_deref(), status.observed_generation), (Some("Creating"), Some(1)));
+    assert_eq!(
+        status.effective_tuning.map(|t| t.heartbeat_ms),
+        Some(PayloadClassSpec::Small.into_tuning().heartbeat_ms)
+    );
+    assert_eq!(condition(&after, "Progressing").map(|c| c.reason.as_str()), Some("Bootstrapping"));
+    assert_eq!(condition(&after, "InvalidSpec").map(|c| c.status.as_str()), Some("False"));
+    let events = fake.event_reasons();
+    assert!(
+        events.contains(&"TokenCreated".to_string()) && events.contains(&"MembersAllocated".to_string()),
+        "{events:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_existing_token_and_ledger_are_kept() -> TestResult {
+    let c = cluster(5);
+    let (ctx, fake) = setup(&c)?;
+    fake.seed(
+        TOKEN,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "config-token", "namespace": NS},
+        "data": {"token": "c2VjcmV0"}}),
+    );
+    // A ledger where config-2 was removed earlier and ids went up to 6.
+    fake.seed(MEMBERS, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "config-members", "namespace": NS},
+        "data": {"members.toml": "bootstrap_peers = \"1=http://a:1\"\n[ids]\nconfig-0 = 1\nconfig-1 = 2\n", "next-node-id": "7"}}));
+    reconcile(Arc::new(c), ctx).await?;
+    assert!(!child_patches(&fake).contains(&TOKEN.to_string()), "the token Secret must not be rewritten");
+    assert_eq!(fake.get(TOKEN).ok_or("token gone")?["data"]["token"], json!("c2VjcmV0"));
+    let ledger = fake.get(MEMBERS).ok_or("no ledger")?;
+    let members = ledger["data"]["members.toml"].as_str().unwrap_or_default();
+    for line in ["\"config-0\" = 1", "\"config-1\" = 2", "\"config-2\" = 7", "\"config-3\" = 8", "\"config-4\" = 9"] {
+        assert!(members.contains(line), "{line} missing from {members}");
+    }
+    assert!(members.contains("bootstrap_peers = \"1=http://a:1\""), "bootstrap members are history: {members}");
+    assert_eq!(ledger["data"]["next-node-id"], json!("10"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_invalid_spec_changes_no_child_and_sets_invalid_spec() -> TestResult {
+    let mut c = cluster(3);
+    c.spec.tuning = Some(TuningSpec { heartbeat_ms: Some(5000), ..TuningSpec::default() });
+    let (ctx, fake) = setup(&c)?;
+    reconcile(Arc::new(c), ctx).await?;
+    assert!(child_patches(&fake).is_empty(), "{:?}", child_patches(&fake));
+    let after = stored(&fake)?;
+    let inv = condition(&after, "InvalidSpec").ok_or("no InvalidSpec")?;
+    assert_eq!((inv.status.as_str(), inv.reason.as_str()), ("True", "InvalidTuning"));
+    assert!(inv.message.contains("spec.tuning.heartbeatMs violates heartbeat-below-election-min"), "{}", inv.message);
+    assert!(inv.message.contains("5000"), "{}", inv.message);
+    assert_eq!(after.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Invalid"));
+    assert!(fake.event_reasons().contains(&"InvalidTuning".to_string()), "{:?}", fake.event_reasons());
+    Ok(())
+}
+
+#[tokio::test]
+async fn paused_changes_no_child() -> TestResult {
+    let mut c = cluster(3);
+    c.spec.paused = true;
+    let (ctx, fake) = setup(&c)?;
+    reconcile(Arc::new(c), ctx).await?;
+    assert!(child_patches(&fake).is_empty(), "{:?}", child_patches(&fake));
+    let after = stored(&fake)?;
+    assert_eq!(after.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Paused"));
+    assert_eq!(condition(&after, "Progressing").map(|c| c.reason.as_str()), Some("Paused"));
+    Ok(())
+}
+
+fn ready_statefulset(replicas: i32, ready: i32) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "config", "namespace": NS, "generation": 1, "uid": "sts-uid"},
+        "spec": {"replicas": replicas, "serviceName": "config-peers", "selector": {}, "template": {}},
+        "status": {"replicas": replicas, "readyReplicas": ready, "updatedReplicas": replicas,
+            "currentRevision": "r1", "updateRevision": "r1", "observedGeneration": 1}})
+}
+
+#[tokio::test]
+async fn ready_members_make_it_available_and_unchanged_conditions_keep_their_time() -> TestResult {
+    let c = cluster(3);
+    let (ctx, fake) = setup(&c)?;
+    fake.seed(STS, ready_statefulset(3, 3));
+    reconcile(Arc::new(c), ctx.clone()).await?;
+    let first = stored(&fake)?;
+    let avail = condition(&first, "Available").ok_or("no Available")?.clone();
+    assert_eq!((avail.status.as_str(), avail.reason.as_str()), ("True", "QuorumReady"));
+    assert_eq!(first.status.as_ref().map(|s| (s.ready_replicas, s.phase.clone())), Some((3, Some("Running".into()))));
+
+    fake.clear_requests();
+    reconcile(Arc::new(first), ctx).await?;
+    let second = stored(&fake)?;
+    assert_eq!(condition(&second, "Available").map(|c| &c.last_transition_time), Some(&avail.last_transition_time));
+    assert!(fake.event_reasons().iter().all(|r| r != "QuorumReady"), "no event without a transition");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_shrink_is_held_until_membership_removal_exists() -> TestResult {
+    let c = cluster(3);
+    let (ctx, fake) = setup(&c)?;
+    fake.seed(STS, ready_statefulset(5, 5));
+    reconcile(Arc::new(c), ctx).await?;
+    assert_eq!(fake.get(STS).ok_or("no sts")?["spec"]["replicas"], json!(5));
+    let after = stored(&fake)?;
+    let p = condition(&after, "Progressing").ok_or("no Progressing")?;
+    assert_eq!((p.status.as_str(), p.reason.as_str()), ("True", "ScaleDownHeld"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_api_failure_is_reported_as_degraded_and_retried() -> TestResult {
+    let c = cluster(3);
+    let (ctx, fake) = setup(&c)?;
+    fake.fail(STS);
+    let result = reconcile(Arc::new(c), ctx.clone()).await;
+    assert!(result.is_err(), "the failure must reach the error policy");
+    let after = stored(&fake)?;
+    let d = condition(&after, "Degraded").ok_or("no Degraded")?;
+    assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", "ApplyFailed"));
+    assert!(d.message.contains("injected failure"), "{}", d.message);
+    assert!(ctx.metrics.render().contains("confman_operator_reconcile_failures_total 1\n"));
+    Ok(())
+}
