@@ -8,6 +8,7 @@ pub mod crd;
 pub mod members;
 pub mod metrics;
 pub mod reconcile;
+pub mod render;
 pub mod status;
 pub mod tuning;
 pub mod validate;

@@ -38,6 +38,11 @@ enum Command {
     },
     /// Print the ConfmanCluster CustomResourceDefinition as YAML.
     Crd,
+    /// Print the objects a ConfmanCluster (YAML file, `-` for stdin) gets on first reconcile.
+    Render {
+        /// The ConfmanCluster manifest.
+        file: std::path::PathBuf,
+    },
 }
 
 fn init_logs(json: bool) {
@@ -62,6 +67,29 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Render { file } => {
+            let input = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+            } else {
+                std::fs::read_to_string(&file)
+            };
+            let rendered = input
+                .map_err(|e| format!("{}: {e}", file.display()))
+                .and_then(|y| confman_operator::render::render(&y).map_err(|e| format!("{}: {e}", file.display())));
+            match rendered {
+                Ok(yaml) => {
+                    #[allow(clippy::print_stdout)] // the command's output is the objects
+                    {
+                        print!("{yaml}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("confman-operator render: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { namespace, listen, leader_election, lease_namespace, identity, log_json } => {
             init_logs(log_json);
             let identity = identity.unwrap_or_else(|| format!("confman-operator-{}", std::process::id()));
