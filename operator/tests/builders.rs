@@ -1,5 +1,5 @@
-//! Golden checks of the objects built for the two example clusters (`examples/small-3.yaml`,
-//! `examples/large-5.yaml`): every field that matters for safety and operation. The same
+//! Golden checks of the objects built for the two example clusters (`examples/kubernetes/small-3.yaml`,
+//! `examples/kubernetes/large-5.yaml`): every field that matters for safety and operation. The same
 //! objects pass `kubernetes-validate --strict` in `scripts/validate-manifests`.
 
 use std::path::Path;
@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn rendered(example: &str) -> Result<Vec<Value>, Box<dyn std::error::Error>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(example);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kubernetes").join(example);
     let yaml = render(&std::fs::read_to_string(path)?)?;
     let mut docs = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(&yaml) {

@@ -80,3 +80,45 @@ fn cel_rules_check_tuning_override_ranges() {
     assert!(TuningSpec::validate_cel(&json!({ "electionMinMs": 1000, "electionMaxMs": 500 }), None).is_err());
     assert!(TuningSpec::validate_cel(&json!({ "heartbeatMs": 5 }), None).is_err());
 }
+
+#[test]
+fn the_chart_ships_the_same_crd() {
+    let chart = include_str!("../../charts/confman-operator/crds/confmancluster.yaml");
+    assert!(
+        chart == COMMITTED,
+        "charts/confman-operator/crds/confmancluster.yaml differs from crds/: copy crds/confmancluster.yaml over it"
+    );
+}
+
+/// The installed schema (from the committed CRD) and a CEL validator over it.
+fn installed_schema() -> Result<Value, Box<dyn std::error::Error>> {
+    let crd: Value = serde_yaml_ng::from_str(COMMITTED)?;
+    Ok(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone())
+}
+
+fn manifests(dir: &str) -> Result<Vec<(String, Value)>, Box<dyn std::error::Error>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            out.push((path.display().to_string(), serde_yaml_ng::from_str(&std::fs::read_to_string(&path)?)?));
+        }
+    }
+    assert!(!out.is_empty(), "no manifests in {}", dir.display());
+    Ok(out)
+}
+
+#[test]
+fn examples_pass_and_invalid_samples_fail_the_installed_cel_rules() -> Result<(), Box<dyn std::error::Error>> {
+    let schema = installed_schema()?;
+    let validator = kube::core::cel::Validator::new();
+    for (path, obj) in manifests("../examples/kubernetes")? {
+        let result = validator.validate(&schema, &obj, None);
+        assert!(result.is_ok(), "{path}: {result:?}");
+    }
+    for (path, obj) in manifests("tests/samples/invalid-cel")? {
+        assert!(validator.validate(&schema, &obj, None).is_err(), "{path} must be refused by a CEL rule");
+    }
+    Ok(())
+}
