@@ -158,6 +158,16 @@ impl KeyRing {
         }
     }
 
+    /// Adds the cluster token as an unscoped admin credential named `cluster-token`: whoever
+    /// holds it can already act as a member, and the operator manages membership with it.
+    pub fn with_cluster_token(mut self, token: &str) -> KeyRing {
+        self.keys.push(StoredKey {
+            digest: digest(token.as_bytes()),
+            principal: Principal { name: "cluster-token".into(), role: Role::Admin, namespaces: vec!["*".into()] },
+        });
+        self
+    }
+
     /// Finds the principal of a presented key; every stored digest is compared so timing does
     /// not reveal which key matched.
     pub fn authenticate(&self, presented: Option<&str>) -> Result<Principal, AuthError> {

@@ -102,6 +102,10 @@ pub struct Overrides {
     /// Log entries kept after a snapshot for lagging followers. [default: 200]
     #[arg(long, env = "CONFMAN_LOGS_TO_KEEP")]
     pub logs_to_keep: Option<u64>,
+    /// Fixed addresses for peer host names, `HOST=IP,...` (like curl's --resolve; the URL's port
+    /// is kept). For environments without DNS for the peer names.
+    #[arg(long, env = "CONFMAN_RESOLVE")]
+    pub resolve: Option<String>,
     /// Log format: `text` or `json`. [default: text]
     #[arg(long, env = "CONFMAN_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -163,6 +167,8 @@ pub struct Settings {
     pub history_depth: u64,
     /// Timing and sizes.
     pub tuning: Tuning,
+    /// Host name overrides for peer URLs.
+    pub resolve: Vec<(String, std::net::IpAddr)>,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -204,6 +210,7 @@ impl Overrides {
             compaction_bytes,
             compaction_entries,
             logs_to_keep,
+            resolve,
             log_format,
         )
     }
@@ -219,6 +226,21 @@ pub fn read_file(path: &Path) -> Result<Overrides, ConfigError> {
     } else {
         toml::from_str(&text).map_err(|e| fail(e.to_string()))
     }
+}
+
+/// Parses `HOST=IP,HOST=IP,...`.
+pub fn parse_resolve(s: &str) -> Result<Vec<(String, std::net::IpAddr)>, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid { setting: "resolve", reason };
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (host, ip) = part.split_once('=').ok_or_else(|| invalid(format!("{part:?} is not HOST=IP")))?;
+        let ip = ip.trim().parse().map_err(|_| invalid(format!("{ip:?} is not an IP address")))?;
+        if host.trim().is_empty() {
+            return Err(invalid(format!("{part:?} has an empty host")));
+        }
+        out.push((host.trim().to_string(), ip));
+    }
+    Ok(out)
 }
 
 /// Parses `ID=URL,ID=URL,...`.
@@ -395,6 +417,10 @@ impl Settings {
             cluster_token_file: o.cluster_token_file,
             history_depth: o.history_depth.unwrap_or(10),
             tuning,
+            resolve: match &o.resolve {
+                Some(r) => parse_resolve(r)?,
+                None => Vec::new(),
+            },
             log_format,
         })
     }
@@ -407,6 +433,7 @@ impl Settings {
             advertise: self.advertise.clone(),
             peers: self.peers.clone(),
             join: self.join,
+            resolve: self.resolve.clone(),
             heartbeat: Duration::from_millis(t.heartbeat_ms),
             election_min: Duration::from_millis(t.election_min_ms),
             election_max: Duration::from_millis(t.election_max_ms),
@@ -536,6 +563,17 @@ mod tests {
         assert_eq!(read_members_file(&ok)?.ids.get("a-0"), Some(&1));
         std::fs::write(&ok, "bootstrap = \"x\"\n")?;
         assert!(read_members_file(&ok).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn resolve_overrides_are_parsed_and_checked() -> Result<(), ConfigError> {
+        let r = parse_resolve("a-0.peers.ns.svc=127.1.0.1, b=::1")?;
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].0, "a-0.peers.ns.svc");
+        for bad in ["a", "a=notanip", "=127.0.0.1"] {
+            assert!(matches!(parse_resolve(bad), Err(ConfigError::Invalid { setting: "resolve", .. })), "{bad}");
+        }
         Ok(())
     }
 }

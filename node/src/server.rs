@@ -144,6 +144,7 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
         }
     };
     let (token, _) = secret(settings.cluster_token_file.as_deref(), &dir.join("cluster.token"))?;
+    let keys = keys.with_cluster_token(&token);
 
     let node = RaftNode::start(&settings.raft(), db, &dir, Arc::from(token.as_str())).await?;
     let ctx = Arc::new(AppContext {
@@ -152,7 +153,7 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
         tuning: settings.tuning,
         history_depth: settings.history_depth,
         metrics: Arc::new(Metrics::default()),
-        forward_client: crate::raft::network::http_client()?,
+        forward_client: crate::raft::network::http_client(&settings.resolve)?,
     });
     let router = api::router(ctx);
     let listener = tokio::net::TcpListener::bind(settings.listen)

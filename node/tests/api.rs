@@ -215,6 +215,9 @@ async fn auth_matrix() -> Result<()> {
         }
         assert_eq!(req.send().await?.status(), StatusCode::UNAUTHORIZED, "{auth:?}");
     }
+    // The cluster token is an unscoped admin credential on the client API (the operator's).
+    let r = c.request(1, Method::GET, "/api/v1/cluster")?.bearer_auth(CLUSTER_TOKEN).send().await?;
+    assert_eq!(r.status(), StatusCode::OK, "cluster token as admin");
     // The right token reaches the handler (which then refuses the garbage body as 400).
     let st = c
         .request(1, Method::POST, "/raft/append")?

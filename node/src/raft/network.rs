@@ -65,10 +65,14 @@ pub struct PeerClient {
     stats: Arc<SnapshotStats>,
 }
 
-/// Builds an HTTP client for intra-cluster traffic (no proxies, TCP_NODELAY).
-pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .no_proxy()
+/// Builds an HTTP client for intra-cluster traffic (no proxies, TCP_NODELAY), with fixed
+/// addresses for the host names in `resolve`.
+pub fn http_client(resolve: &[(String, std::net::IpAddr)]) -> Result<reqwest::Client, reqwest::Error> {
+    let mut b = reqwest::Client::builder();
+    for (host, ip) in resolve {
+        b = b.resolve(host, std::net::SocketAddr::new(*ip, 0));
+    }
+    b.no_proxy()
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(2))
         .pool_idle_timeout(Duration::from_secs(60))
@@ -77,12 +81,17 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
 
 impl NetworkFactory {
     /// A factory authenticating with `token`.
-    pub fn new(token: Arc<str>, timeouts: NetworkTimeouts, stats: Arc<SnapshotStats>) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        token: Arc<str>,
+        timeouts: NetworkTimeouts,
+        stats: Arc<SnapshotStats>,
+        resolve: &[(String, std::net::IpAddr)],
+    ) -> Result<Self, reqwest::Error> {
         Ok(Self {
             token,
-            replication: http_client()?,
-            heartbeat: http_client()?,
-            snapshot: http_client()?,
+            replication: http_client(resolve)?,
+            heartbeat: http_client(resolve)?,
+            snapshot: http_client(resolve)?,
             timeouts,
             stats,
         })
