@@ -1,0 +1,329 @@
+//! A typed client for Confman nodes, for the operator and for services in the cluster.
+//!
+//! It talks to any member: reads are linearizable by default (the node checks with the leader),
+//! writes and membership changes are forwarded to the leader by the node itself. The client adds
+//! what a node cannot: it retries `503 Service Unavailable` (no leader yet, an election, an
+//! install in progress) with backoff until a deadline, and fails over to the next endpoint when
+//! one cannot be reached.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), confman_client::Error> {
+//! let client = confman_client::Client::builder(["http://confman:8080"], "my-api-key").build()?;
+//! client.put("payments", "db/url", b"postgres://db:5432/pay".to_vec(), None).await?;
+//! let entry = client.get("payments", "db/url").await?;
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod types;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+
+pub use error::{Error, Problem};
+pub use types::{ClusterStatus, Entry, EntryMeta, Member, Page, WriteResult};
+
+/// Builder of a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    endpoints: Vec<String>,
+    credential: String,
+    retry_for: Duration,
+    request_timeout: Duration,
+    resolve: Vec<(String, IpAddr)>,
+}
+
+impl ClientBuilder {
+    /// How long to keep retrying 503s and unreachable endpoints (default 30 s).
+    pub fn retry_for(mut self, d: Duration) -> Self {
+        self.retry_for = d;
+        self
+    }
+
+    /// Timeout of one HTTP request (default 60 s; adding a learner waits for its catch-up).
+    pub fn request_timeout(mut self, d: Duration) -> Self {
+        self.request_timeout = d;
+        self
+    }
+
+    /// Fixed addresses for host names (like curl's `--resolve`; the URL's port is kept).
+    pub fn resolve(mut self, host: impl Into<String>, ip: IpAddr) -> Self {
+        self.resolve.push((host.into(), ip));
+        self
+    }
+
+    /// Builds the client.
+    pub fn build(self) -> Result<Client, Error> {
+        if self.endpoints.is_empty() {
+            return Err(Error::NoEndpoints);
+        }
+        let mut b = reqwest::Client::builder().no_proxy().tcp_nodelay(true).timeout(self.request_timeout);
+        for (host, ip) in &self.resolve {
+            b = b.resolve(host, SocketAddr::new(*ip, 0));
+        }
+        Ok(Client {
+            http: b.build().map_err(Error::Transport)?,
+            endpoints: self.endpoints.into_iter().map(|e| e.trim_end_matches('/').to_string()).collect(),
+            credential: self.credential,
+            retry_for: self.retry_for,
+            next: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// A client for one Confman cluster (any of its members' URLs).
+#[derive(Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    endpoints: Vec<String>,
+    credential: String,
+    retry_for: Duration,
+    next: AtomicUsize,
+}
+
+/// Percent-encodes a path segment (keys may contain `/`, which stays a separator).
+fn encode_key(key: &str) -> String {
+    key.split('/').map(encode_segment).collect::<Vec<_>>().join("/")
+}
+
+fn encode_segment(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Client {
+    /// A builder for a client of `endpoints` authenticating with `credential` (an API key, or
+    /// the cluster token for administration).
+    pub fn builder<I, S>(endpoints: I, credential: impl Into<String>) -> ClientBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ClientBuilder {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            credential: credential.into(),
+            retry_for: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
+            resolve: Vec::new(),
+        }
+    }
+
+    /// Sends a request built by `make` (given a base URL), retrying 503 and unreachable
+    /// endpoints with backoff until the retry deadline.
+    async fn send<F>(&self, make: F) -> Result<reqwest::Response, Error>
+    where
+        F: Fn(&str) -> RequestBuilder,
+    {
+        let deadline = Instant::now() + self.retry_for;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let i = self.next.load(Ordering::Relaxed) % self.endpoints.len();
+            let base = &self.endpoints[i];
+            let result = make(base).bearer_auth(&self.credential).send().await;
+            let retry = match result {
+                Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                    let problem = Problem::read(resp).await;
+                    tracing::debug!(endpoint = %base, detail = %problem.detail, "503, retrying");
+                    Error::Unavailable(problem)
+                }
+                Ok(resp) if resp.status().is_success() => return Ok(resp),
+                Ok(resp) => return Err(Error::Api(Problem::read(resp).await)),
+                Err(e) if e.is_connect() || e.is_timeout() => {
+                    tracing::debug!(endpoint = %base, error = %e, "endpoint unreachable, trying the next");
+                    self.next.fetch_add(1, Ordering::Relaxed);
+                    Error::Transport(e)
+                }
+                Err(e) => return Err(Error::Transport(e)),
+            };
+            if Instant::now() + delay > deadline {
+                return Err(retry);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    async fn json<T: DeserializeOwned, F>(&self, make: F) -> Result<T, Error>
+    where
+        F: Fn(&str) -> RequestBuilder,
+    {
+        let resp = self.send(make).await?;
+        resp.json().await.map_err(Error::Decode)
+    }
+
+    fn req(&self, method: Method, base: &str, path: &str) -> RequestBuilder {
+        self.http.request(method, format!("{base}{path}"))
+    }
+
+    /// Reads an entry (linearizable); `None` when absent.
+    pub async fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>, Error> {
+        let path = format!("/api/v1/namespaces/{}/config/{}", encode_segment(ns), encode_key(key));
+        let result = self.send(|b| self.req(Method::GET, b, &path).header("accept", "application/octet-stream")).await;
+        let resp = match result {
+            Err(Error::Api(p)) if p.status == 404 => return Ok(None),
+            other => other?,
+        };
+        let version = resp
+            .headers()
+            .get("x-confman-version")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let revision = resp
+            .headers()
+            .get("x-confman-revision")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let value = resp.bytes().await.map_err(Error::Transport)?;
+        Ok(Some(Entry { value, version, revision }))
+    }
+
+    /// Writes an entry; with `if_version`, only if the entry is at that version (compare-and-set;
+    /// `Some(0)` means "only if absent").
+    pub async fn put(
+        &self,
+        ns: &str,
+        key: &str,
+        value: Vec<u8>,
+        if_version: Option<u64>,
+    ) -> Result<WriteResult, Error> {
+        let path = format!("/api/v1/namespaces/{}/config/{}", encode_segment(ns), encode_key(key));
+        let value = bytes::Bytes::from(value);
+        self.json(|b| {
+            let r =
+                self.req(Method::PUT, b, &path).header("content-type", "application/octet-stream").body(value.clone());
+            match if_version {
+                Some(0) => r.header("if-none-match", "*"),
+                Some(v) => r.header("if-match", format!("\"{v}\"")),
+                None => r,
+            }
+        })
+        .await
+    }
+
+    /// Deletes an entry; `false` when it did not exist.
+    pub async fn delete(&self, ns: &str, key: &str) -> Result<bool, Error> {
+        let path = format!("/api/v1/namespaces/{}/config/{}", encode_segment(ns), encode_key(key));
+        match self.send(|b| self.req(Method::DELETE, b, &path)).await {
+            Ok(_) => Ok(true),
+            Err(Error::Api(p)) if p.status == 404 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Lists entries under `prefix` (metadata only), one page.
+    pub async fn list(&self, ns: &str, prefix: &str, continue_token: Option<&str>) -> Result<Page, Error> {
+        let mut path = format!("/api/v1/namespaces/{}/config?prefix={}", encode_segment(ns), encode_segment(prefix));
+        if let Some(c) = continue_token {
+            path.push_str(&format!("&continue={}", encode_segment(c)));
+        }
+        self.json(|b| self.req(Method::GET, b, &path)).await
+    }
+
+    /// Superseded versions of an entry, newest first.
+    pub async fn history(&self, ns: &str, key: &str) -> Result<serde_json::Value, Error> {
+        let path = format!("/api/v1/namespaces/{}/config/{}/history", encode_segment(ns), encode_key(key));
+        self.json(|b| self.req(Method::GET, b, &path)).await
+    }
+
+    /// Creates or updates a namespace.
+    pub async fn put_namespace(&self, ns: &str, description: &str, owner: &str) -> Result<(), Error> {
+        let path = format!("/api/v1/namespaces/{}", encode_segment(ns));
+        let body = serde_json::json!({ "description": description, "owner": owner });
+        self.send(|b| self.req(Method::PUT, b, &path).json(&body)).await.map(drop)
+    }
+
+    /// Cluster status as seen by the first reachable endpoint.
+    pub async fn cluster(&self) -> Result<ClusterStatus, Error> {
+        self.json(|b| self.req(Method::GET, b, "/api/v1/cluster")).await
+    }
+
+    /// Cluster status of the node at `endpoint` specifically (no failover; one attempt).
+    pub async fn cluster_of(&self, endpoint: &str) -> Result<ClusterStatus, Error> {
+        let resp = self
+            .req(Method::GET, endpoint.trim_end_matches('/'), "/api/v1/cluster")
+            .bearer_auth(&self.credential)
+            .send()
+            .await
+            .map_err(Error::Transport)?;
+        if !resp.status().is_success() {
+            return Err(Error::Api(Problem::read(resp).await));
+        }
+        resp.json().await.map_err(Error::Decode)
+    }
+
+    /// Whether the node at `endpoint` reports ready (`/health/ready`).
+    pub async fn is_ready(&self, endpoint: &str) -> bool {
+        let url = format!("{}/health/ready", endpoint.trim_end_matches('/'));
+        matches!(self.http.get(url).send().await, Ok(r) if r.status().is_success())
+    }
+
+    /// Adds node `id` at `address` as a learner; returns when it has caught up.
+    pub async fn add_learner(&self, id: u64, address: &str) -> Result<ClusterStatus, Error> {
+        let body = serde_json::json!({ "id": id, "address": address });
+        self.json(|b| self.req(Method::POST, b, "/api/v1/cluster/members").json(&body)).await
+    }
+
+    /// Promotes learner `id` to voter.
+    pub async fn promote(&self, id: u64) -> Result<ClusterStatus, Error> {
+        let path = format!("/api/v1/cluster/members/{id}");
+        self.json(|b| self.req(Method::POST, b, &path)).await
+    }
+
+    /// Removes member `id` (voter or learner); returns once the change is committed.
+    pub async fn remove(&self, id: u64) -> Result<ClusterStatus, Error> {
+        let path = format!("/api/v1/cluster/members/{id}");
+        self.json(|b| self.req(Method::DELETE, b, &path)).await
+    }
+
+    /// Hands leadership to `to` (or any other voter) and waits until it moved.
+    pub async fn transfer_leader(&self, to: Option<u64>) -> Result<Option<u64>, Error> {
+        let body = serde_json::json!({ "to": to });
+        let v: serde_json::Value =
+            self.json(|b| self.req(Method::POST, b, "/api/v1/cluster/leader").json(&body)).await?;
+        Ok(v.get("transferredTo").and_then(serde_json::Value::as_u64))
+    }
+
+    /// State digest of the node at `endpoint` (SHA-256 of its state and the applied index).
+    pub async fn digest_of(&self, endpoint: &str) -> Result<serde_json::Value, Error> {
+        let resp = self
+            .req(Method::GET, endpoint.trim_end_matches('/'), "/api/v1/cluster/digest")
+            .bearer_auth(&self.credential)
+            .send()
+            .await
+            .map_err(Error::Transport)?;
+        if !resp.status().is_success() {
+            return Err(Error::Api(Problem::read(resp).await));
+        }
+        resp.json().await.map_err(Error::Decode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_keep_slashes_and_escape_the_rest() {
+        assert_eq!(encode_key("db/url"), "db/url");
+        assert_eq!(encode_key("a b/c?d"), "a%20b/c%3Fd");
+        assert_eq!(encode_segment("x/y"), "x%2Fy");
+    }
+
+    #[test]
+    fn a_client_needs_an_endpoint() {
+        assert!(matches!(Client::builder(Vec::<String>::new(), "k").build(), Err(Error::NoEndpoints)));
+    }
+}

@@ -1,0 +1,59 @@
+//! confman-client against 3 real nodes: entries with compare-and-set, listing, failover when
+//! the first endpoint is down, and cluster administration with the cluster token.
+
+use std::path::Path;
+use std::time::Duration;
+
+use confman_client::{Client, Error};
+use confman_tests::cluster::{ADMIN_KEY, CLUSTER_TOKEN, Cluster};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+const BIN: &str = env!("CARGO_BIN_EXE_confman-node");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_reads_writes_fails_over_and_administers() -> Result<()> {
+    let mut c = Cluster::start(Path::new(BIN), 3, &[]).await?;
+    let all = [1, 2, 3];
+    let leader = c.wait_leader(&all, &all).await?;
+    // The first endpoint is a follower we will kill later.
+    let first = all.iter().copied().find(|id| *id != leader).unwrap_or(2);
+    let mut endpoints = vec![c.url(first)?];
+    for id in all.iter().filter(|id| **id != first) {
+        endpoints.push(c.url(*id)?);
+    }
+    let client = Client::builder(endpoints.clone(), ADMIN_KEY).retry_for(Duration::from_secs(20)).build()?;
+
+    client.put_namespace("app", "client test", "tests").await?;
+    let w1 = client.put("app", "db/url", b"postgres://a".to_vec(), Some(0)).await?;
+    assert_eq!(w1.version, 1);
+    let again = client.put("app", "db/url", b"postgres://b".to_vec(), Some(0)).await;
+    assert_eq!(again.as_ref().err().and_then(Error::status), Some(412), "create-only on an existing key: {again:?}");
+    let w2 = client.put("app", "db/url", b"postgres://b".to_vec(), Some(1)).await?;
+    assert_eq!(w2.version, 2);
+    let stale = client.put("app", "db/url", b"postgres://c".to_vec(), Some(1)).await;
+    assert_eq!(stale.as_ref().err().and_then(Error::status), Some(412), "{stale:?}");
+    let e = client.get("app", "db/url").await?.ok_or("entry missing")?;
+    assert_eq!((&e.value[..], e.version), (&b"postgres://b"[..], 2));
+    assert_eq!(client.get("app", "nope").await?, None);
+    client.put("app", "db/pool", b"10".to_vec(), None).await?;
+    let page = client.list("app", "db/", None).await?;
+    assert_eq!(page.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), vec!["db/pool", "db/url"]);
+    assert!(client.delete("app", "db/pool").await?);
+    assert!(!client.delete("app", "db/pool").await?);
+
+    // The first endpoint goes down: calls move on to the next one.
+    c.kill(first)?;
+    let w3 = client.put("app", "after-kill", b"x".to_vec(), None).await?;
+    assert_eq!(w3.version, 1);
+    assert!(client.get("app", "after-kill").await?.is_some());
+
+    // Administration with the cluster token: remove the dead member, cluster shrinks to 2.
+    let admin = Client::builder(endpoints, CLUSTER_TOKEN).build()?;
+    let status = admin.remove(first).await?;
+    assert!(!status.is_member(first), "{:?}", status.members);
+    let status = admin.cluster().await?;
+    assert_eq!(status.members.len(), 2);
+    assert!(status.leader_id.is_some());
+    Ok(())
+}
