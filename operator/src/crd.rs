@@ -277,8 +277,11 @@ pub struct MemberStatus {
     pub pod: String,
     /// `voter` or `learner`.
     pub role: String,
-    /// Whether the member is healthy.
+    /// Whether the member is healthy (its pod is Ready).
     pub healthy: bool,
+    /// The member's applied log index, when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_index: Option<u64>,
 }
 
 /// The effective tuning, mirrored for the status schema.

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
@@ -20,9 +20,11 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 
 use crate::builders::{self, BuildError};
-use crate::crd::{ConfmanCluster, ConfmanClusterStatus};
+use crate::crd::{ConfmanCluster, ConfmanClusterStatus, MemberStatus};
 use crate::members::{Ledger, LedgerError};
+use crate::membership::{Observation, PodView, RaftView, Step, next_step};
 use crate::metrics::Metrics;
+use crate::nodes;
 use crate::status::{self, Observed, Outcome};
 use crate::validate::validate;
 
@@ -45,6 +47,9 @@ pub enum Error {
     /// The member ledger is unreadable.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// A node refused or failed an admin call.
+    #[error("node admin api: {0}")]
+    Node(String),
     /// The status could not be serialised.
     #[error("status: {0}")]
     Json(#[from] serde_json::Error),
@@ -60,12 +65,26 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per cluster (`namespace/name`), for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Fixed addresses for pod host names (tests without cluster DNS); empty in a cluster.
+    pub resolve: Vec<(String, std::net::IpAddr)>,
+    /// How far behind the commit index a learner may be to be promoted.
+    pub max_learner_lag: u64,
+    /// How soon a cluster that is still converging is looked at again.
+    pub converging: Duration,
 }
 
 impl Context {
     /// A context over `client`, publishing Events as `reporter`.
     pub fn new(client: kube::Client, reporter: kube::runtime::events::Reporter, metrics: Arc<Metrics>) -> Context {
-        Context { recorder: Recorder::new(client.clone(), reporter), client, metrics, failures: Mutex::default() }
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            failures: Mutex::default(),
+            resolve: Vec::new(),
+            max_learner_lag: 64,
+            converging: CONVERGING,
+        }
     }
 }
 
@@ -118,35 +137,153 @@ async fn write_status(ctx: &Context, c: &ConfmanCluster, new: ConfmanClusterStat
     Ok(())
 }
 
-/// Builds and applies every child; returns what the StatefulSet reports and whether a shrink
-/// was held back.
+/// Reads the token, creating the Secret once if it does not exist (never rewritten).
+async fn ensure_token(ctx: &Context, c: &ConfmanCluster) -> Result<String, Error> {
+    let ns = c.namespace().unwrap_or_default();
+    let existing = get_opt::<Secret>(&ctx.client, &ns, &builders::token_name(c)).await?;
+    if let Some(t) = existing.as_ref().and_then(|s| s.data.as_ref()?.get(builders::TOKEN_KEY)) {
+        return Ok(String::from_utf8_lossy(&t.0).trim().to_string());
+    }
+    let token = builders::generate_token();
+    apply(&ctx.client, &builders::token_secret(c, &token)?).await?;
+    publish(ctx, c, EventType::Normal, "TokenCreated", "generated the cluster token Secret".into(), "Create").await;
+    Ok(token)
+}
+
+/// What the membership step decided, in terms of children and calls.
+struct Plan {
+    step: Step,
+    replicas: u32,
+}
+
+/// Reads pods and nodes and decides the next membership step.
+async fn plan(
+    ctx: &Context,
+    c: &ConfmanCluster,
+    sts: Option<&StatefulSet>,
+    ledger: &Ledger,
+    node_client: &confman_client::Client,
+) -> Result<(Plan, Vec<PodView>, Option<RaftView>), Error> {
+    let desired = u32::try_from(c.spec.replicas).unwrap_or(0);
+    let current = sts.and_then(|s| s.spec.replicas).and_then(|r| u32::try_from(r).ok());
+    let (views, raft) = match current {
+        None => (Vec::new(), None),
+        Some(current) => {
+            let ns = c.namespace().unwrap_or_default();
+            let selector =
+                builders::selector_labels(c).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+            let pods =
+                Api::<Pod>::namespaced(ctx.client.clone(), &ns).list(&ListParams::default().labels(&selector)).await?;
+            let update_revision = sts.and_then(|s| s.status.as_ref()?.update_revision.clone());
+            nodes::observe(c, node_client, current.max(desired), &pods.items, update_revision.as_deref()).await
+        }
+    };
+    let step = next_step(&Observation {
+        desired,
+        sts_replicas: current,
+        ids: &ledger.ids,
+        pods: &views,
+        raft: raft.as_ref(),
+        max_lag: ctx.max_learner_lag,
+    });
+    let replicas = match &step {
+        Step::Bootstrap { replicas } | Step::Grow { replicas } | Step::Shrink { replicas, .. } => *replicas,
+        _ => current.unwrap_or(desired),
+    };
+    Ok((Plan { step, replicas }, views, raft))
+}
+
+/// Carries out a Raft or pod step (children were applied before); returns the Progressing
+/// reason and message, or None when settled.
+async fn execute(
+    ctx: &Context,
+    c: &ConfmanCluster,
+    step: &Step,
+    node_client: &confman_client::Client,
+) -> Result<Option<(&'static str, String)>, Error> {
+    let ns = c.namespace().unwrap_or_default();
+    let node = |e: confman_client::Error| Error::Node(e.to_string());
+    let (reason, note, event): (&'static str, String, bool) = match step {
+        Step::Settled => return Ok(None),
+        Step::Bootstrap { replicas } => ("Bootstrapping", format!("bootstrapping {replicas} members"), false),
+        Step::Wait(why) => ("WaitingForMembers", why.clone(), false),
+        Step::Grow { replicas } => ("ScalingUp", format!("starting member {} of {}", replicas, c.spec.replicas), true),
+        Step::Shrink { replicas, pod } => {
+            ("ScalingDown", format!("{pod} left the group; StatefulSet shrunk to {replicas}"), true)
+        }
+        Step::AddLearner { pod, id } => {
+            node_client.add_learner(*id, &builders::pod_url(c, pod)).await.map_err(node)?;
+            ("ScalingUp", format!("added {pod} (node {id}) as a learner; it caught up"), true)
+        }
+        Step::Promote { pod, id } => {
+            node_client.promote(*id).await.map_err(node)?;
+            ("ScalingUp", format!("promoted {pod} (node {id}) to voter"), true)
+        }
+        Step::TransferLeader { from, reason } => {
+            let to = node_client.transfer_leader(None).await.map_err(node)?;
+            ("MovingLeader", format!("moved leadership from node {from} to {to:?}: {reason}"), true)
+        }
+        Step::Remove { pod, id } => {
+            node_client.remove(*id).await.map_err(node)?;
+            (
+                "ScalingDown",
+                format!(
+                    "removed {} (node {id}) from the group; the change is committed",
+                    if pod.is_empty() { "a stray member" } else { pod }
+                ),
+                true,
+            )
+        }
+        Step::Replace { pod } => {
+            Api::<Pod>::namespaced(ctx.client.clone(), &ns).delete(pod, &DeleteParams::default()).await?;
+            ("Upgrading", format!("replacing {pod} with the current revision (followers first, leader last)"), true)
+        }
+    };
+    if event {
+        tracing::info!(cluster = %key(c), reason, %note, "membership step");
+        publish(ctx, c, EventType::Normal, reason, note.clone(), "Membership").await;
+    }
+    Ok(Some((reason, note)))
+}
+
+/// Builds and applies every child, then takes one membership step; returns what the
+/// StatefulSet reports, the progress, and the members for the status.
 async fn apply_children(
     ctx: &Context,
     c: &ConfmanCluster,
     tuning: &confman_tuning::Tuning,
     sts: Option<&StatefulSet>,
-) -> Result<(Observed, Option<i32>), Error> {
+) -> Result<(Observed, Option<(&'static str, String)>, Vec<MemberStatus>, Option<String>), Error> {
     let ns = c.namespace().unwrap_or_default();
     let client = &ctx.client;
-
-    // The token is created once; an existing Secret is never rewritten (no accidental rotation).
-    if get_opt::<Secret>(client, &ns, &builders::token_name(c)).await?.is_none() {
-        apply(client, &builders::token_secret(c, &builders::generate_token())?).await?;
-        publish(ctx, c, EventType::Normal, "TokenCreated", "generated the cluster token Secret".into(), "Create").await;
-    }
-
-    // Until membership changes are driven by the operator, never shrink below the pods that
-    // exist: removing a pod without removing its Raft member would leave a dead voter.
-    let current = sts.and_then(|s| s.spec.replicas).unwrap_or(0);
-    let held = (current > c.spec.replicas).then_some(current);
-    let replicas = held.unwrap_or(c.spec.replicas);
+    let token = ensure_token(ctx, c).await?;
 
     let stored = get_opt::<ConfigMap>(client, &ns, &builders::members_name(c)).await?;
     let mut ledger = match &stored {
         Some(cm) => Ledger::parse(cm)?,
-        None => Ledger::bootstrap(c, u32::try_from(replicas).unwrap_or(0)),
+        None => Ledger::bootstrap(c, u32::try_from(c.spec.replicas).unwrap_or(0)),
     };
-    let added = ledger.allocate(c, u32::try_from(replicas).unwrap_or(0));
+    let current = sts.and_then(|s| s.spec.replicas).and_then(|r| u32::try_from(r).ok()).unwrap_or(0);
+    let node_client = nodes::client(c, current.max(u32::try_from(c.spec.replicas).unwrap_or(0)), &token, &ctx.resolve)
+        .map_err(|e| Error::Node(e.to_string()))?;
+    let (plan, views, raft) = plan(ctx, c, sts, &ledger, &node_client).await?;
+
+    // Ledger: ids for every ordinal the StatefulSet will run; a removed ordinal is forgotten.
+    if let Step::Shrink { pod, .. } = &plan.step {
+        ledger.ids.remove(pod);
+    }
+    let added = ledger.allocate(c, plan.replicas);
+    for pod in &added {
+        // A volume left by an earlier member of this ordinal must not rejoin under the new id.
+        let pvc = format!("data-{pod}");
+        if get_opt::<PersistentVolumeClaim>(client, &ns, &pvc).await?.is_some() {
+            Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+                .delete(&pvc, &DeleteParams::default())
+                .await?;
+            let note = format!("deleted {pvc}: it holds an earlier member's data and {pod} joins under a new id");
+            publish(ctx, c, EventType::Normal, "StaleVolumeDeleted", note, "Delete").await;
+        }
+    }
     apply(client, &ledger.config_map(c)?).await?;
     if stored.is_none() {
         let note = format!("bootstrap members: {}", ledger.bootstrap_peers);
@@ -162,24 +299,42 @@ async fn apply_children(
     apply(client, &builders::headless_service(c)?).await?;
     apply(client, &builders::client_service(c)?).await?;
     let mut desired = builders::statefulset(c, tuning, &hash)?;
-    desired.spec.replicas = Some(replicas);
+    desired.spec.replicas = Some(i32::try_from(plan.replicas).unwrap_or(i32::MAX));
     let old_hash = sts.and_then(|s| {
         s.spec.template.metadata.as_ref()?.annotations.as_ref()?.get(builders::CONFIG_HASH_ANNOTATION).cloned()
     });
     let applied = apply(client, &desired).await?;
     if old_hash.is_some_and(|h| h != hash) {
-        publish(
-            ctx,
-            c,
-            EventType::Normal,
-            "ConfigChanged",
-            format!("node config changed (hash {hash}); rolling the members"),
-            "Update",
-        )
-        .await;
+        let note = format!("node config changed (hash {hash}); members are replaced one at a time, leader last");
+        publish(ctx, c, EventType::Normal, "ConfigChanged", note, "Update").await;
     }
     apply(client, &builders::pod_disruption_budget(c)?).await?;
-    Ok((Observed::of(Some(&applied)), held))
+
+    let progress = execute(ctx, c, &plan.step, &node_client).await?;
+    let members = raft
+        .as_ref()
+        .map(|r| {
+            r.members
+                .iter()
+                .map(|(id, voter)| {
+                    let pod = ledger.ids.iter().find(|(_, i)| *i == id).map(|(p, _)| p.clone()).unwrap_or_default();
+                    let view = views.iter().find(|v| v.name == pod);
+                    MemberStatus {
+                        id: *id,
+                        pod,
+                        role: if *voter { "voter" } else { "learner" }.into(),
+                        healthy: view.is_some_and(|v| v.ready),
+                        applied_index: view.and_then(|v| v.applied),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let leader = raft
+        .as_ref()
+        .and_then(|r| r.leader)
+        .and_then(|l| ledger.ids.iter().find(|(_, i)| **i == l).map(|(p, _)| p.clone()));
+    Ok((Observed::of(Some(&applied)), progress, members, leader))
 }
 
 /// Reconciles one ConfmanCluster.
@@ -214,12 +369,16 @@ async fn reconcile_inner(c: &ConfmanCluster, ctx: &Context) -> Result<Action, Er
         }
     };
     match apply_children(ctx, c, &tuning, sts.as_ref()).await {
-        Ok((observed, held)) => {
-            let outcome = Outcome::Applied { tuning: tuning.into(), scale_down_held: held };
-            let new = status::next_status(c, &outcome, observed, now);
-            let settled = new.phase.as_deref() == Some("Running") && held.is_none();
+        Ok((observed, progress, members, leader)) => {
+            let outcome = Outcome::Applied { tuning: tuning.into(), progress: progress.clone() };
+            let mut new = status::next_status(c, &outcome, observed, now);
+            if !members.is_empty() {
+                new.members = members;
+                new.leader = leader;
+            }
+            let settled = new.phase.as_deref() == Some("Running") && progress.is_none();
             write_status(ctx, c, new).await?;
-            Ok(Action::requeue(if settled { RESYNC } else { CONVERGING }))
+            Ok(Action::requeue(if settled { RESYNC } else { ctx.converging }))
         }
         Err(e) => {
             let outcome = Outcome::Failed { message: e.to_string() };

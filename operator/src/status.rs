@@ -20,12 +20,12 @@ pub const INVALID_SPEC: &str = "InvalidSpec";
 /// What this reconcile did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// Children applied with this tuning; `scale_down_held` when a shrink was refused.
+    /// Children applied with this tuning; `progress` names the membership step under way.
     Applied {
         /// Tuning rolled out.
         tuning: EffectiveTuning,
-        /// Members the StatefulSet keeps beyond `spec.replicas` until they leave the group.
-        scale_down_held: Option<i32>,
+        /// Progressing reason and message of the membership step, None when settled.
+        progress: Option<(&'static str, String)>,
     },
     /// The spec was refused; nothing was changed.
     InvalidSpec {
@@ -138,15 +138,11 @@ pub fn next_status(c: &ConfmanCluster, outcome: &Outcome, observed: Observed, no
             condition(DEGRADED, true, "ApplyFailed", message.clone(), generation, &now),
             "Degraded",
         ),
-        Outcome::Applied { scale_down_held, .. } => {
-            let (prog, reason, msg) = if let Some(kept) = scale_down_held {
-                (
-                    true,
-                    "ScaleDownHeld",
-                    format!("keeping {kept} members until removed members have left the Raft group"),
-                )
-            } else if !was_available && !available {
+        Outcome::Applied { progress, .. } => {
+            let (prog, reason, msg) = if !was_available && !available {
                 (true, "Bootstrapping", ready_msg.clone())
+            } else if let Some((reason, message)) = progress {
+                (true, *reason, message.clone())
             } else if !observed.settled || observed.replicas != desired || observed.updated < desired {
                 (true, "RollingOut", format!("{} of {desired} members updated", observed.updated))
             } else {
@@ -229,7 +225,7 @@ mod tests {
     }
 
     fn applied() -> Outcome {
-        Outcome::Applied { tuning: PayloadClassSpec::Small.into_tuning().into(), scale_down_held: None }
+        Outcome::Applied { tuning: PayloadClassSpec::Small.into_tuning().into(), progress: None }
     }
 
     fn ready(n: i32) -> Observed {
@@ -294,16 +290,20 @@ mod tests {
     }
 
     #[test]
-    fn a_rollout_and_a_held_scale_down_are_progress() {
+    fn a_rollout_and_a_membership_step_are_progress() {
         let mut c = cluster(3, PayloadClassSpec::Small);
         c.status = Some(next_status(&c, &applied(), ready(3), at(100)));
         let rolling = Observed { updated: 1, ..ready(3) };
         assert_eq!(get(&next_status(&c, &applied(), rolling, at(200)), PROGRESSING).reason, "RollingOut");
-        let held = Outcome::Applied { tuning: PayloadClassSpec::Small.into_tuning().into(), scale_down_held: Some(5) };
-        let s = next_status(&c, &held, ready(3), at(200));
+        let step = Outcome::Applied {
+            tuning: PayloadClassSpec::Small.into_tuning().into(),
+            progress: Some(("ScalingDown", "removed config-4".into())),
+        };
+        let s = next_status(&c, &step, ready(3), at(200));
+        let p = get(&s, PROGRESSING);
         assert_eq!(
-            (get(&s, PROGRESSING).status.as_str(), get(&s, PROGRESSING).reason.as_str()),
-            ("True", "ScaleDownHeld")
+            (p.status.as_str(), p.reason.as_str(), p.message.as_str()),
+            ("True", "ScalingDown", "removed config-4")
         );
     }
 }

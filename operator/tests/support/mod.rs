@@ -124,6 +124,18 @@ impl FakeApi {
         match method.as_str() {
             "GET" => match st.objects.get(&path) {
                 Some(obj) => respond(StatusCode::OK, obj),
+                // A collection (plural resource name): list what is stored under it.
+                None if path.ends_with('s')
+                    && !path.rsplit('/').nth(1).is_some_and(|p| p.ends_with('s') && p != "namespaces") =>
+                {
+                    let prefix = format!("{path}/");
+                    let items: Vec<Value> =
+                        st.objects.iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(_, v)| v.clone()).collect();
+                    respond(
+                        StatusCode::OK,
+                        &json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}),
+                    )
+                }
                 None => status(StatusCode::NOT_FOUND, "NotFound", format!("{path} not found")),
             },
             "POST" if path.ends_with("/events") => respond(StatusCode::CREATED, &body),

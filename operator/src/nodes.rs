@@ -1,0 +1,86 @@
+//! Talking to the members: what each pod's node reports (alive, applied index, its view of the
+//! group) and the admin calls that carry out a membership step. Uses `confman-client` with the
+//! cluster token (an unscoped admin credential on every node).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use confman_client::{Client, ClusterStatus};
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::builders::pod_url;
+use crate::crd::ConfmanCluster;
+use crate::membership::{PodView, RaftView};
+
+/// How long one node gets to answer a status query.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A client for the members of `c` (pods `0..ordinals`).
+pub fn client(
+    c: &ConfmanCluster,
+    ordinals: u32,
+    token: &str,
+    resolve: &[(String, IpAddr)],
+) -> Result<Client, confman_client::Error> {
+    let endpoints: Vec<String> = (0..ordinals.max(1)).map(|o| pod_url(c, &crate::builders::pod_name(c, o))).collect();
+    let mut b =
+        Client::builder(endpoints, token).retry_for(Duration::from_secs(10)).request_timeout(Duration::from_secs(120));
+    for (host, ip) in resolve {
+        b = b.resolve(host.clone(), *ip);
+    }
+    b.build()
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Views of ordinals `0..ordinals` from the pod objects and their nodes' answers, plus the
+/// group as the leader reports it.
+pub async fn observe(
+    c: &ConfmanCluster,
+    client: &Client,
+    ordinals: u32,
+    pods: &[Pod],
+    update_revision: Option<&str>,
+) -> (Vec<PodView>, Option<RaftView>) {
+    let by_name: BTreeMap<String, &Pod> =
+        pods.iter().map(|p| (p.metadata.name.clone().unwrap_or_default(), p)).collect();
+    let mut views = Vec::new();
+    let mut statuses: Vec<ClusterStatus> = Vec::new();
+    for ordinal in 0..ordinals {
+        let name = crate::builders::pod_name(c, ordinal);
+        let pod = by_name.get(&name).filter(|p| p.metadata.deletion_timestamp.is_none());
+        let status = match pod {
+            Some(_) => tokio::time::timeout(STATUS_TIMEOUT, client.cluster_of(&pod_url(c, &name)))
+                .await
+                .ok()
+                .and_then(Result::ok),
+            None => None,
+        };
+        let revision = pod.and_then(|p| p.metadata.labels.as_ref()?.get("controller-revision-hash").cloned());
+        views.push(PodView {
+            ordinal,
+            name,
+            exists: pod.is_some(),
+            ready: pod.is_some_and(|p| pod_ready(p)),
+            alive: status.is_some(),
+            updated: match (revision.as_deref(), update_revision) {
+                (Some(r), Some(u)) => r == u,
+                _ => true,
+            },
+            applied: status.as_ref().and_then(|s| s.applied_index),
+        });
+        statuses.extend(status);
+    }
+    let raft = statuses.iter().find(|s| s.role == "leader").map(|s| RaftView {
+        leader: Some(s.node_id),
+        members: s.members.iter().map(|m| (m.id, m.role == "voter")).collect(),
+        commit_index: s.commit_index.unwrap_or(0),
+    });
+    (views, raft)
+}
