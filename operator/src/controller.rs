@@ -9,11 +9,12 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Api;
 use kube::runtime::Controller;
 use kube::runtime::events::Reporter;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube_lease_manager::LeaseManagerBuilder;
 
@@ -74,10 +75,12 @@ async fn serve_http(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
     }
 }
 
-async fn run_controller(
+/// Runs the controller (watches and reconcile loop) with `ctx` until `stop` resolves or a
+/// signal arrives. Used by `run` and by end-to-end tests against a stand-in API server.
+pub async fn run_controller(
     client: kube::Client,
-    opts: &RunOptions,
-    metrics: Arc<Metrics>,
+    namespace: Option<&str>,
+    ctx: Arc<Context>,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     fn api<K>(client: &kube::Client, ns: Option<&str>) -> Api<K>
@@ -90,16 +93,24 @@ async fn run_controller(
             None => Api::all(client.clone()),
         }
     }
-    let ns = opts.namespace.as_deref();
+    let ns = namespace;
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=confman-operator");
-    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(opts.identity.clone()) };
-    let ctx = Arc::new(Context::new(client.clone(), reporter, metrics));
     tracing::info!(namespace = ns.unwrap_or("<all>"), "controller started");
     Controller::new(api::<ConfmanCluster>(&client, ns), watcher::Config::default())
         .owns(api::<StatefulSet>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned.clone())
         .owns(api::<ConfigMap>(&client, ns), owned.clone())
         .owns(api::<PodDisruptionBudget>(&client, ns), owned)
+        // Pods belong to the StatefulSet, not to the cluster: map them back by their instance
+        // label, so readiness changes drive the membership steps without waiting for a requeue.
+        .watches(api::<Pod>(&client, ns), watcher::Config::default().labels("app.kubernetes.io/name=confman"), |pod| {
+            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            pod.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("app.kubernetes.io/instance").cloned())
+                .map(|name| ObjectRef::<ConfmanCluster>::new(&name).within(&ns))
+        })
         .shutdown_on_signal()
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
@@ -136,9 +147,12 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         .map_err(|source| RunError::Listen { addr: opts.listen, source })?;
     tokio::spawn(serve_http(listener, metrics.clone()));
 
+    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(opts.identity.clone()) };
+    let ctx = Arc::new(Context::new(client.clone(), reporter, metrics.clone()));
+    let ns = opts.namespace.clone();
     if !opts.leader_election {
         metrics.set_leader(true);
-        run_controller(client, &opts, metrics, std::future::pending()).await;
+        run_controller(client, ns.as_deref(), ctx, std::future::pending()).await;
         return Ok(());
     }
 
@@ -161,7 +175,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     tracing::info!(identity = %opts.identity, "acquired the leader lease");
     metrics.set_leader(true);
     let mut lost_watch = leading.clone();
-    run_controller(client, &opts, metrics.clone(), async move {
+    run_controller(client, ns.as_deref(), ctx, async move {
         // Lost, or the lease manager stopped: either way this replica must stop reconciling.
         let _ = lost_watch.wait_for(|l| !*l).await;
     })

@@ -308,7 +308,11 @@ async fn apply_children(
         let note = format!("node config changed (hash {hash}); members are replaced one at a time, leader last");
         publish(ctx, c, EventType::Normal, "ConfigChanged", note, "Update").await;
     }
-    apply(client, &builders::pod_disruption_budget(c)?).await?;
+    let group = raft.as_ref().map(|r| {
+        let voters = r.members.values().filter(|v| **v).count();
+        (i32::try_from(voters).unwrap_or(0), i32::try_from(plan.replicas).unwrap_or(0))
+    });
+    apply(client, &builders::pod_disruption_budget(c, group)?).await?;
 
     let progress = execute(ctx, c, &plan.step, &node_client).await?;
     let members = raft

@@ -44,7 +44,7 @@ pub fn render(yaml: &str) -> Result<String, RenderError> {
         serde_yaml_ng::to_string(&builders::headless_service(&c)?)?,
         serde_yaml_ng::to_string(&builders::client_service(&c)?)?,
         serde_yaml_ng::to_string(&builders::statefulset(&c, &tuning, &hash)?)?,
-        serde_yaml_ng::to_string(&builders::pod_disruption_budget(&c)?)?,
+        serde_yaml_ng::to_string(&builders::pod_disruption_budget(&c, None)?)?,
     ];
     Ok(docs.iter().map(|d| format!("---\n{d}")).collect())
 }

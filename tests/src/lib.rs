@@ -5,4 +5,5 @@
 pub mod cluster;
 pub mod etcd;
 pub mod floors;
+pub mod kube;
 pub mod stats;

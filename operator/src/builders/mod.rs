@@ -147,7 +147,7 @@ mod tests {
             headless_service(&c)?.metadata,
             client_service(&c)?.metadata,
             config_map(&c, &t)?.metadata,
-            pod_disruption_budget(&c)?.metadata,
+            pod_disruption_budget(&c, None)?.metadata,
             token_secret(&c, "t0k3n")?.metadata,
             statefulset(&c, &t, "hash")?.metadata,
         ];
