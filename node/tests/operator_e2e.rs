@@ -347,6 +347,18 @@ async fn an_image_change_replaces_followers_first_and_the_leader_last() -> Resul
         .filter_map(|e| if let SimEvent::Deleted(p) = e { Some(p.clone()) } else { None })
         .collect();
     assert_eq!(replaced.len(), 3, "each pod replaced once: {replaced:?}");
+    // One at a time: every replaced pod is back (created again) before the next one goes.
+    let steps: Vec<(bool, String)> = env.sim.events()[before..]
+        .iter()
+        .filter_map(|e| match e {
+            SimEvent::Deleted(p) => Some((false, p.clone())),
+            SimEvent::Created(p, _) => Some((true, p.clone())),
+            _ => None,
+        })
+        .collect();
+    for pair in steps.chunks(2) {
+        assert!(matches!(pair, [(false, a), (true, b)] if a == b), "pods were not replaced one at a time: {steps:?}");
+    }
     assert_eq!(replaced.last(), Some(&leader), "the leader goes last: {replaced:?}");
     assert!(env.event_reasons().iter().any(|r| r == "MovingLeader"), "leadership moved before the leader's turn");
     assert!(!acked.is_empty());

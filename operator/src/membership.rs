@@ -96,6 +96,9 @@ pub enum Step {
     TransferLeader {
         /// Current leader id.
         from: u64,
+        /// The healthy voter to hand over to (lowest ordinal that stays and is up to date);
+        /// None lets the leader pick.
+        to: Option<u64>,
         /// Why.
         reason: String,
     },
@@ -158,10 +161,16 @@ pub fn next_step(o: &Observation<'_>) -> Step {
     // A member that belongs to no ordinal the StatefulSet runs (e.g. left behind by an earlier
     // operator crash) is a dead voter: remove it. Ordinals are named even when their pod is
     // missing, so a restarting pod is never mistaken for one.
+    // Hand-over target: a Ready, updated voter of an ordinal that stays, lowest ordinal first.
+    let target = (0..current.min(o.desired))
+        .filter_map(|ord| pod(ord))
+        .filter(|p| p.exists && p.ready && p.updated)
+        .filter_map(|p| id_of(&p.name))
+        .find(|id| *id != leader && raft.members.get(id) == Some(&true));
     let wanted: Vec<u64> = (0..current).filter_map(|o| pod(o).and_then(|p| id_of(&p.name))).collect();
     if let Some(stray) = raft.members.keys().copied().find(|id| !wanted.contains(id)) {
         return if stray == leader {
-            Step::TransferLeader { from: stray, reason: format!("node {stray} belongs to no pod") }
+            Step::TransferLeader { from: stray, to: target, reason: format!("node {stray} belongs to no pod") }
         } else {
             Step::Remove { pod: String::new(), id: stray }
         };
@@ -174,7 +183,7 @@ pub fn next_step(o: &Observation<'_>) -> Step {
         return match id_of(&name) {
             Some(id) if raft.members.contains_key(&id) => {
                 if leader == id {
-                    Step::TransferLeader { from: id, reason: format!("{name} is leaving the group") }
+                    Step::TransferLeader { from: id, to: target, reason: format!("{name} is leaving the group") }
                 } else {
                     Step::Remove { pod: name, id }
                 }
@@ -201,7 +210,11 @@ pub fn next_step(o: &Observation<'_>) -> Step {
         return Step::Replace { pod: follower.name.clone() };
     }
     if let Some(p) = outdated.first() {
-        return Step::TransferLeader { from: leader, reason: format!("{} (the leader) is upgraded last", p.name) };
+        return Step::TransferLeader {
+            from: leader,
+            to: target,
+            reason: format!("{} (the leader) is upgraded last", p.name),
+        };
     }
     Step::Settled
 }
@@ -270,7 +283,7 @@ mod tests {
     #[test]
     fn scale_down_moves_leadership_removes_then_shrinks() {
         let r5 = raft(&[1, 2, 3, 4, 5], &[], 5);
-        assert!(matches!(step(3, 5, &ids(5), &pods(5), &r5), Step::TransferLeader { from: 5, .. }));
+        assert!(matches!(step(3, 5, &ids(5), &pods(5), &r5), Step::TransferLeader { from: 5, to: Some(1), .. }));
         let r5 = raft(&[1, 2, 3, 4, 5], &[], 1);
         assert_eq!(step(3, 5, &ids(5), &pods(5), &r5), Step::Remove { pod: "c-4".into(), id: 5 });
         let r4 = raft(&[1, 2, 3, 4], &[], 1);
@@ -308,7 +321,7 @@ mod tests {
         p[2].updated = true;
         assert_eq!(step(3, 3, &ids(3), &p, &r3), Step::Replace { pod: "c-0".into() });
         p[0].updated = true;
-        assert!(matches!(step(3, 3, &ids(3), &p, &r3), Step::TransferLeader { from: 2, .. }));
+        assert!(matches!(step(3, 3, &ids(3), &p, &r3), Step::TransferLeader { from: 2, to: Some(1), .. }));
         let r3 = raft(&[1, 2, 3], &[], 1);
         assert_eq!(step(3, 3, &ids(3), &p, &r3), Step::Replace { pod: "c-1".into() });
     }

@@ -219,8 +219,8 @@ async fn execute(
             node_client.promote(*id).await.map_err(node)?;
             ("ScalingUp", format!("promoted {pod} (node {id}) to voter"), true)
         }
-        Step::TransferLeader { from, reason } => {
-            let to = node_client.transfer_leader(None).await.map_err(node)?;
+        Step::TransferLeader { from, to, reason } => {
+            let to = node_client.transfer_leader(*to).await.map_err(node)?;
             ("MovingLeader", format!("moved leadership from node {from} to {to:?}: {reason}"), true)
         }
         Step::Remove { pod, id } => {
