@@ -163,7 +163,7 @@ pub fn next_step(o: &Observation<'_>) -> Step {
     // missing, so a restarting pod is never mistaken for one.
     // Hand-over target: a Ready, updated voter of an ordinal that stays, lowest ordinal first.
     let target = (0..current.min(o.desired))
-        .filter_map(|ord| pod(ord))
+        .filter_map(&pod)
         .filter(|p| p.exists && p.ready && p.updated)
         .filter_map(|p| id_of(&p.name))
         .find(|id| *id != leader && raft.members.get(id) == Some(&true));
