@@ -250,10 +250,10 @@ impl Client {
         self.json(|b| self.req(Method::GET, b, "/api/v1/cluster")).await
     }
 
-    /// Cluster status of the node at `endpoint` specifically (no failover; one attempt).
-    pub async fn cluster_of(&self, endpoint: &str) -> Result<ClusterStatus, Error> {
+    /// One GET of `path` on the node at `endpoint` specifically (no retry, no failover).
+    async fn get_from<T: DeserializeOwned>(&self, endpoint: &str, path: &str) -> Result<T, Error> {
         let resp = self
-            .req(Method::GET, endpoint.trim_end_matches('/'), "/api/v1/cluster")
+            .req(Method::GET, endpoint.trim_end_matches('/'), path)
             .bearer_auth(&self.credential)
             .send()
             .await
@@ -262,6 +262,11 @@ impl Client {
             return Err(Error::Api(Problem::read(resp).await));
         }
         resp.json().await.map_err(Error::Decode)
+    }
+
+    /// Cluster status of the node at `endpoint` specifically (no failover; one attempt).
+    pub async fn cluster_of(&self, endpoint: &str) -> Result<ClusterStatus, Error> {
+        self.get_from(endpoint, "/api/v1/cluster").await
     }
 
     /// Whether the node at `endpoint` reports ready (`/health/ready`).
@@ -298,16 +303,7 @@ impl Client {
 
     /// State digest of the node at `endpoint` (SHA-256 of its state and the applied index).
     pub async fn digest_of(&self, endpoint: &str) -> Result<serde_json::Value, Error> {
-        let resp = self
-            .req(Method::GET, endpoint.trim_end_matches('/'), "/api/v1/cluster/digest")
-            .bearer_auth(&self.credential)
-            .send()
-            .await
-            .map_err(Error::Transport)?;
-        if !resp.status().is_success() {
-            return Err(Error::Api(Problem::read(resp).await));
-        }
-        resp.json().await.map_err(Error::Decode)
+        self.get_from(endpoint, "/api/v1/cluster/digest").await
     }
 }
 

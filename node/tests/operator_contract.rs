@@ -33,31 +33,7 @@ fn node_accepts_the_operator_config_for_every_class() -> Result<(), Box<dyn std:
 }
 
 fn cluster() -> ConfmanCluster {
-    let mut c = ConfmanCluster::new(
-        "conf",
-        ConfmanClusterSpec {
-            replicas: 3,
-            image: "confman:1".into(),
-            payload_class: Default::default(),
-            tuning: None,
-            storage: StorageSpec {
-                size: "1Gi".into(),
-                storage_class_name: None,
-                retain_on_delete: false,
-                retain_on_scale_down: false,
-            },
-            resources: None,
-            affinity: None,
-            tolerations: None,
-            node_selector: None,
-            topology_spread_constraints: None,
-            priority_class_name: None,
-            auth: None,
-            tls: None,
-            service: None,
-            paused: false,
-        },
-    );
+    let mut c = ConfmanCluster::new("conf", ConfmanClusterSpec::minimal(3, "confman:1", "1Gi"));
     c.metadata.namespace = Some("ns".into());
     c
 }

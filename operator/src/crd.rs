@@ -86,6 +86,35 @@ pub struct ConfmanClusterSpec {
     pub paused: bool,
 }
 
+impl ConfmanClusterSpec {
+    /// A spec with only the required fields (everything else at its default), as the shortest
+    /// manifest a user can write.
+    pub fn minimal(replicas: i32, image: impl Into<String>, storage_size: impl Into<String>) -> Self {
+        ConfmanClusterSpec {
+            replicas,
+            image: image.into(),
+            payload_class: PayloadClassSpec::default(),
+            tuning: None,
+            storage: StorageSpec {
+                size: storage_size.into(),
+                storage_class_name: None,
+                retain_on_delete: false,
+                retain_on_scale_down: false,
+            },
+            resources: None,
+            affinity: None,
+            tolerations: None,
+            node_selector: None,
+            topology_spread_constraints: None,
+            priority_class_name: None,
+            auth: None,
+            tls: None,
+            service: None,
+            paused: false,
+        }
+    }
+}
+
 /// Payload class as written in the spec.
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

@@ -43,31 +43,10 @@ fn camel(setting: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{PayloadClassSpec, StorageSpec, TuningSpec};
+    use crate::crd::{PayloadClassSpec, TuningSpec};
 
     fn spec(class: PayloadClassSpec, tuning: Option<TuningSpec>) -> ConfmanClusterSpec {
-        ConfmanClusterSpec {
-            replicas: 3,
-            image: "confman:test".into(),
-            payload_class: class,
-            tuning,
-            storage: StorageSpec {
-                size: "1Gi".into(),
-                storage_class_name: None,
-                retain_on_delete: false,
-                retain_on_scale_down: false,
-            },
-            resources: None,
-            affinity: None,
-            tolerations: None,
-            node_selector: None,
-            topology_spread_constraints: None,
-            priority_class_name: None,
-            auth: None,
-            tls: None,
-            service: None,
-            paused: false,
-        }
+        ConfmanClusterSpec { payload_class: class, tuning, ..ConfmanClusterSpec::minimal(3, "confman:test", "1Gi") }
     }
 
     #[test]

@@ -25,26 +25,8 @@ fn cluster(replicas: i32) -> ConfmanCluster {
     let mut c = ConfmanCluster::new(
         "config",
         ConfmanClusterSpec {
-            replicas,
-            image: "confman:1".into(),
             payload_class: PayloadClassSpec::Small,
-            tuning: None,
-            storage: StorageSpec {
-                size: "10Gi".into(),
-                storage_class_name: None,
-                retain_on_delete: false,
-                retain_on_scale_down: false,
-            },
-            resources: None,
-            affinity: None,
-            tolerations: None,
-            node_selector: None,
-            topology_spread_constraints: None,
-            priority_class_name: None,
-            auth: None,
-            tls: None,
-            service: None,
-            paused: false,
+            ..ConfmanClusterSpec::minimal(replicas, "confman:1", "10Gi")
         },
     );
     c.metadata.namespace = Some(NS.into());

@@ -97,34 +97,13 @@ pub fn meta(c: &ConfmanCluster, name: String) -> Result<ObjectMeta, BuildError> 
 
 #[cfg(test)]
 pub(crate) mod fixtures {
-    use crate::crd::{ConfmanCluster, ConfmanClusterSpec, PayloadClassSpec, StorageSpec};
+    use crate::crd::{ConfmanCluster, ConfmanClusterSpec, PayloadClassSpec};
 
     /// A cluster as the API server would hand it over (namespace and uid set).
     pub fn cluster(replicas: i32, class: PayloadClassSpec) -> ConfmanCluster {
         let mut c = ConfmanCluster::new(
             "config",
-            ConfmanClusterSpec {
-                replicas,
-                image: "confman:1".into(),
-                payload_class: class,
-                tuning: None,
-                storage: StorageSpec {
-                    size: "10Gi".into(),
-                    storage_class_name: None,
-                    retain_on_delete: false,
-                    retain_on_scale_down: false,
-                },
-                resources: None,
-                affinity: None,
-                tolerations: None,
-                node_selector: None,
-                topology_spread_constraints: None,
-                priority_class_name: None,
-                auth: None,
-                tls: None,
-                service: None,
-                paused: false,
-            },
+            ConfmanClusterSpec { payload_class: class, ..ConfmanClusterSpec::minimal(replicas, "confman:1", "10Gi") },
         );
         c.metadata.namespace = Some("platform".into());
         c.metadata.uid = Some("0f5a-uid".into());
