@@ -5,7 +5,7 @@
 use confman_node::config::{Overrides, Settings};
 use confman_node::tuning::PayloadClass;
 use confman_operator::builders::{node_config, pod_url};
-use confman_operator::crd::{ConfmanCluster, ConfmanClusterSpec, StorageSpec};
+use confman_operator::crd::{ConfmanCluster, ConfmanClusterSpec};
 use confman_operator::members::Ledger;
 
 #[test]

@@ -6,7 +6,7 @@ mod support;
 
 use std::sync::Arc;
 
-use confman_operator::crd::{ConfmanCluster, ConfmanClusterSpec, PayloadClassSpec, StorageSpec, TuningSpec};
+use confman_operator::crd::{ConfmanCluster, ConfmanClusterSpec, PayloadClassSpec, TuningSpec};
 use confman_operator::metrics::Metrics;
 use confman_operator::reconcile::{Context, FIELD_MANAGER, reconcile};
 use kube::runtime::events::Reporter;
