@@ -227,7 +227,9 @@ async fn create_scale_up_scale_down_and_pod_loss() -> Result<()> {
     }
 
     // 3. Scale 5 → 3 while writing: the removed ordinals leave the group, their volumes go
-    //    (retention Delete), nothing acknowledged is lost.
+    //    (retention Delete), nothing acknowledged is lost. The highest ordinal leads when the
+    //    scale-down starts, so the operator must move leadership off it first.
+    assert_eq!(client5.transfer_leader(Some(5)).await?, Some(5));
     env.patch_spec(json!({"replicas": 3}));
     let writer = {
         let c = env.client(3)?;
@@ -243,6 +245,8 @@ async fn create_scale_up_scale_down_and_pod_loss() -> Result<()> {
     };
     let st = env.wait_members(&[1, 2, 3]).await?;
     acked.extend(writer.await?);
+    assert!(env.event_reasons().iter().any(|r| r == "MovingLeader"), "leadership moved off config-4 first");
+    assert!(st["leader"].as_str().is_some_and(|l| ["config-0", "config-1", "config-2"].contains(&l)));
     assert_eq!(st["readyReplicas"], json!(3));
     let sts = env.store().get(&sts_key()).ok_or("no statefulset")?;
     assert_eq!(sts["spec"]["replicas"], json!(3));
