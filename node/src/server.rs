@@ -78,6 +78,8 @@ pub struct Running {
     listener: tokio::net::TcpListener,
     router: axum::Router,
     drain_timeout: Duration,
+    /// Tells long-lived responses (watch streams) to end when shutdown begins.
+    shutdown_tx: tokio::sync::watch::Sender<bool>,
 }
 
 fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
@@ -147,6 +149,7 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
     let keys = keys.with_cluster_token(&token);
 
     let node = RaftNode::start(&settings.raft(), db, &dir, Arc::from(token.as_str())).await?;
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let ctx = Arc::new(AppContext {
         node: node.clone(),
         keys,
@@ -154,6 +157,7 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
         history_depth: settings.history_depth,
         metrics: Arc::new(Metrics::default()),
         forward_client: crate::raft::network::http_client(&settings.resolve)?,
+        shutdown: shutdown_rx,
     });
     let router = api::router(ctx);
     let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -168,6 +172,7 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
         listener,
         router,
         drain_timeout: Duration::from_millis(settings.tuning.request_timeout_ms) + Duration::from_secs(5),
+        shutdown_tx,
     })
 }
 
@@ -200,6 +205,7 @@ impl Running {
             () = shutdown => {}
         }
         tracing::info!("shutting down: draining in-flight requests");
+        self.shutdown_tx.send_replace(true);
         let _ = stop_tx.send(());
         match tokio::time::timeout(self.drain_timeout, &mut server).await {
             Ok(Ok(Ok(()))) => {}

@@ -9,6 +9,7 @@ pub mod forward;
 pub mod health;
 pub mod namespaces;
 pub mod problem;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -46,6 +47,8 @@ pub struct AppContext {
     pub metrics: Arc<Metrics>,
     /// HTTP client used to forward writes to the leader.
     pub forward_client: reqwest::Client,
+    /// Becomes true when the node shuts down (ends long-lived watch streams).
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Shared handler state.
@@ -99,6 +102,7 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/api/v1/namespaces/{ns}/config", get(entries::list))
         .route("/api/v1/namespaces/{ns}/config/{*key}", get(entries::get).put(entries::put).delete(entries::delete))
         .route("/api/v1/namespaces/{ns}/audit", get(namespaces::audit))
+        .route("/api/v1/namespaces/{ns}/watch", get(watch::watch))
         .route("/api/v1/cluster", get(cluster::info))
         .route("/api/v1/cluster/members", post(cluster::add_learner))
         .route("/api/v1/cluster/members/{id}", post(cluster::promote).delete(cluster::remove))
@@ -179,6 +183,7 @@ mod tests {
             "/api/v1/namespaces/{ns}/config/{key}",
             "/api/v1/namespaces/{ns}/config/{key}/history",
             "/api/v1/namespaces/{ns}/audit",
+            "/api/v1/namespaces/{ns}/watch",
             "/api/v1/cluster",
             "/api/v1/cluster/digest",
             "/api/v1/cluster/members",

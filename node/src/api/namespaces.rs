@@ -54,7 +54,8 @@ pub struct NamespaceBody {
     owner: String,
 }
 
-fn check_name(ns: &str) -> Result<(), Problem> {
+/// Refuses an invalid namespace name with a 400 problem naming the rule.
+pub fn check_name(ns: &str) -> Result<(), Problem> {
     validate_namespace(ns).map_err(|e| Problem::bad_request("invalid-name", e.to_string()))
 }
 
@@ -131,10 +132,10 @@ pub struct AuditQuery {
     consistency: Option<String>,
 }
 
-/// Audit event as shown by the API.
+/// Audit event as shown by the API (audit listing and watch events).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct AuditView {
+pub struct AuditView {
     action: &'static str,
     actor: String,
     namespace: String,

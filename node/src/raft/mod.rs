@@ -338,7 +338,13 @@ impl RaftNode {
         self.leader()
     }
 
-    /// The last applied revision on this node.
+    /// A receiver of this node's applied revision (changes after every applied entry); watchers
+    /// wait on it instead of polling.
+    pub fn applied_watch(&self) -> watch::Receiver<u64> {
+        self.applied_rx.clone()
+    }
+
+    /// The last applied revision.
     pub fn applied_revision(&self) -> u64 {
         *self.applied_rx.borrow()
     }

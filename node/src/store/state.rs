@@ -144,6 +144,27 @@ pub fn history(db: &RocksDb, ns: &str, key: &str, limit: usize) -> Result<Vec<En
     Ok(out)
 }
 
+/// Audit events of a namespace with revision above `after`, oldest first: up to `limit`, but
+/// always whole revisions (a revision is never split across pages, so a watcher resuming after
+/// a revision misses nothing; one revision may exceed `limit`, e.g. a cascading delete).
+pub fn audit_after(db: &RocksDb, ns: &str, after: u64, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+    let cf = cf(db, CF_STATE)?;
+    let prefix = keys::audit_prefix(ns);
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_lower_bound(keys::audit(ns, after.saturating_add(1), 0));
+    opts.set_iterate_upper_bound(keys::prefix_end(&prefix));
+    let mut out: Vec<AuditEvent> = Vec::new();
+    for item in db.iterator_cf_opt(&cf, opts, IteratorMode::Start) {
+        let (_, v) = item?;
+        let event: AuditEvent = decode(&v)?;
+        if out.len() >= limit && out.last().is_some_and(|l| l.revision != event.revision) {
+            break;
+        }
+        out.push(event);
+    }
+    Ok(out)
+}
+
 /// Returns up to `limit` audit events of a namespace, newest first.
 pub fn audit(db: &RocksDb, ns: &str, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
     let cf = cf(db, CF_STATE)?;
