@@ -16,6 +16,7 @@
 
 mod error;
 mod types;
+mod watch;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +27,7 @@ use serde::de::DeserializeOwned;
 
 pub use error::{Error, Problem};
 pub use types::{ClusterStatus, Entry, EntryMeta, Member, Page, WriteResult};
+pub use watch::{Watch, WatchEvent};
 
 /// Builder of a [`Client`].
 #[derive(Debug, Clone)]
@@ -65,8 +67,14 @@ impl ClientBuilder {
         for (host, ip) in &self.resolve {
             b = b.resolve(host, SocketAddr::new(*ip, 0));
         }
+        // Watches are long-lived: no total timeout, only a connect timeout.
+        let mut wb = reqwest::Client::builder().no_proxy().tcp_nodelay(true).connect_timeout(Duration::from_secs(5));
+        for (host, ip) in &self.resolve {
+            wb = wb.resolve(host, SocketAddr::new(*ip, 0));
+        }
         Ok(Client {
             http: b.build().map_err(Error::Transport)?,
+            watch_http: wb.build().map_err(Error::Transport)?,
             endpoints: self.endpoints.into_iter().map(|e| e.trim_end_matches('/').to_string()).collect(),
             credential: self.credential,
             retry_for: self.retry_for,
@@ -79,6 +87,7 @@ impl ClientBuilder {
 #[derive(Debug)]
 pub struct Client {
     http: reqwest::Client,
+    watch_http: reqwest::Client,
     endpoints: Vec<String>,
     credential: String,
     retry_for: Duration,
@@ -90,7 +99,7 @@ fn encode_key(key: &str) -> String {
     key.split('/').map(encode_segment).collect::<Vec<_>>().join("/")
 }
 
-fn encode_segment(s: &str) -> String {
+pub(crate) fn encode_segment(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -236,6 +245,30 @@ impl Client {
     pub async fn history(&self, ns: &str, key: &str) -> Result<serde_json::Value, Error> {
         let path = format!("/api/v1/namespaces/{}/config/{}/history", encode_segment(ns), encode_key(key));
         self.json(|b| self.req(Method::GET, b, &path)).await
+    }
+
+    /// Watches a namespace: every change after `from_revision` (None: from now), in order,
+    /// resuming on another endpoint if the connection drops.
+    pub async fn watch(&self, ns: &str, from_revision: Option<u64>) -> Result<Watch, Error> {
+        let after = match from_revision {
+            Some(r) => Some(r),
+            None => self.cluster().await?.applied_index,
+        };
+        let mut w = Watch {
+            http: self.watch_http.clone(),
+            endpoints: self.endpoints.clone(),
+            credential: self.credential.clone(),
+            ns: ns.to_string(),
+            next_endpoint: self.next.load(Ordering::Relaxed),
+            after,
+            retry_for: self.retry_for,
+            body: None,
+            buf: String::new(),
+            partial: None,
+            skip: 0,
+        };
+        w.connect().await?;
+        Ok(w)
     }
 
     /// Creates or updates a namespace.

@@ -25,6 +25,8 @@ async fn the_client_reads_writes_fails_over_and_administers() -> Result<()> {
     let client = Client::builder(endpoints.clone(), ADMIN_KEY).retry_for(Duration::from_secs(20)).build()?;
 
     client.put_namespace("app", "client test", "tests").await?;
+    // A watch from the start, connected to the first endpoint (which is killed below).
+    let mut watch = client.watch("app", Some(0)).await?;
     let w1 = client.put("app", "db/url", b"postgres://a".to_vec(), Some(0)).await?;
     assert_eq!(w1.version, 1);
     let again = client.put("app", "db/url", b"postgres://b".to_vec(), Some(0)).await;
@@ -47,6 +49,26 @@ async fn the_client_reads_writes_fails_over_and_administers() -> Result<()> {
     let w3 = client.put("app", "after-kill", b"x".to_vec(), None).await?;
     assert_eq!(w3.version, 1);
     assert!(client.get("app", "after-kill").await?.is_some());
+
+    // The watch saw every change once, in order, across the loss of the node it was reading.
+    let mut seen = Vec::new();
+    while seen.last().map(|(_, k, _): &(String, Option<String>, u64)| k.as_deref()) != Some(Some("after-kill")) {
+        let e = tokio::time::timeout(Duration::from_secs(30), watch.next()).await??;
+        seen.push((e.action, e.key, e.revision));
+    }
+    let actions: Vec<(&str, Option<&str>)> = seen.iter().map(|(a, k, _)| (a.as_str(), k.as_deref())).collect();
+    assert_eq!(
+        actions,
+        [
+            ("namespace.created", None),
+            ("config.created", Some("db/url")),
+            ("config.updated", Some("db/url")),
+            ("config.created", Some("db/pool")),
+            ("config.deleted", Some("db/pool")),
+            ("config.created", Some("after-kill")),
+        ]
+    );
+    assert!(seen.windows(2).all(|w| w[0].2 < w[1].2), "no repeats: {seen:?}");
 
     // Administration with the cluster token: remove the dead member, cluster shrinks to 2.
     let admin = Client::builder(endpoints, CLUSTER_TOKEN).build()?;
