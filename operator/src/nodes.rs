@@ -50,18 +50,23 @@ pub async fn observe(
 ) -> (Vec<PodView>, Option<RaftView>) {
     let by_name: BTreeMap<String, &Pod> =
         pods.iter().map(|p| (p.metadata.name.clone().unwrap_or_default(), p)).collect();
+    // Every pod's node is asked at once: one unreachable pod costs one timeout, not one each.
+    let names: Vec<String> = (0..ordinals).map(|o| crate::builders::pod_name(c, o)).collect();
+    let answers = futures::future::join_all(names.iter().map(|name| {
+        let exists = by_name.get(name).is_some_and(|p| p.metadata.deletion_timestamp.is_none());
+        let url = pod_url(c, name);
+        async move {
+            if !exists {
+                return None;
+            }
+            tokio::time::timeout(STATUS_TIMEOUT, client.cluster_of(&url)).await.ok().and_then(Result::ok)
+        }
+    }))
+    .await;
     let mut views = Vec::new();
     let mut statuses: Vec<ClusterStatus> = Vec::new();
-    for ordinal in 0..ordinals {
-        let name = crate::builders::pod_name(c, ordinal);
+    for ((ordinal, name), status) in (0..ordinals).zip(names).zip(answers) {
         let pod = by_name.get(&name).filter(|p| p.metadata.deletion_timestamp.is_none());
-        let status = match pod {
-            Some(_) => tokio::time::timeout(STATUS_TIMEOUT, client.cluster_of(&pod_url(c, &name)))
-                .await
-                .ok()
-                .and_then(Result::ok),
-            None => None,
-        };
         let revision = pod.and_then(|p| p.metadata.labels.as_ref()?.get("controller-revision-hash").cloned());
         views.push(PodView {
             ordinal,
