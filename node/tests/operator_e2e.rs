@@ -77,9 +77,13 @@ impl Env {
     }
 
     fn create(&self, replicas: u32) {
+        self.create_with(replicas, json!({"size": "1Gi"}));
+    }
+
+    fn create_with(&self, replicas: u32, storage: Value) {
         let cmc = json!({"apiVersion": "confman.io/v1alpha1", "kind": "ConfmanCluster",
             "metadata": {"name": "config", "namespace": NS},
-            "spec": {"replicas": replicas, "image": "confman-node:1", "payloadClass": "small", "storage": {"size": "1Gi"}}});
+            "spec": {"replicas": replicas, "image": "confman-node:1", "payloadClass": "small", "storage": storage}});
         self.store().put(cmc_key(), cmc);
     }
 
@@ -412,23 +416,52 @@ async fn an_invalid_spec_and_pausing_change_nothing() -> Result<()> {
     env.store()
         .wait_for("phase Paused", STEP, |s| (s.get(&cmc_key())?["status"]["phase"] == json!("Paused")).then_some(()))
         .await?;
-    let reconciles = |m: &Metrics| {
-        m.render()
-            .lines()
-            .find_map(|l| l.strip_prefix("confman_operator_reconciles_total ").and_then(|v| v.parse::<u64>().ok()))
-            .unwrap_or(0)
-    };
-    let seen = reconciles(&env.metrics);
-    // Touch the cluster twice (each edit triggers a reconcile) and wait until both ran.
+    // Touch the cluster twice; each edit triggers a reconcile, which (paused) only rewrites the
+    // status: wait for that status write, visible as a newer resourceVersion than the edit's.
+    let rv = |v: &Value| v["metadata"]["resourceVersion"].as_str().and_then(|r| r.parse::<u64>().ok()).unwrap_or(0);
     for n in 0..2 {
-        env.store().patch(&cmc_key(), &json!({"metadata": {"annotations": {"touch": n.to_string()}}}), false);
+        let touched = env
+            .store()
+            .patch(&cmc_key(), &json!({"metadata": {"annotations": {"touch": n.to_string()}}}), false)
+            .ok_or("cluster gone")?;
+        let after = rv(&touched);
         env.store()
-            .wait_for("a paused reconcile", STEP, |_| (reconciles(&env.metrics) > seen + n).then_some(()))
+            .wait_for("a paused reconcile after the edit", STEP, |s| {
+                let c = s.get(&cmc_key())?;
+                (rv(&c) > after && c["status"]["phase"] == json!("Paused")).then_some(())
+            })
             .await?;
     }
     assert_eq!(env.store().get(&sts_key()).map(|s| s["spec"]["replicas"].clone()), Some(json!(5)));
     assert_eq!(ids_of(&env.status()).len(), 5, "no membership change while paused");
     env.patch_spec(json!({"paused": false}));
     env.wait_members(&[1, 2, 3]).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retained_volume_never_rejoins_under_a_new_id() -> Result<()> {
+    let env = Env::start(104).await?;
+    env.create_with(3, json!({"size": "1Gi", "retainOnScaleDown": true}));
+    env.wait_members(&[1, 2, 3]).await?;
+    env.patch_spec(json!({"replicas": 5}));
+    env.wait_members(&[1, 2, 3, 4, 5]).await?;
+    env.patch_spec(json!({"replicas": 3}));
+    env.wait_members(&[1, 2, 3]).await?;
+    // Retain: the claims and their data stay after the scale-down.
+    let pvc = key("/api/v1", "persistentvolumeclaims", "data-config-4");
+    assert!(env.store().get(&pvc).is_some(), "claim retained");
+    assert!(env.sim.volume("config-4").join("node-id").exists(), "data retained");
+    let old_id = std::fs::read_to_string(env.sim.volume("config-4").join("node-id"))?;
+    assert_eq!(old_id.trim(), "5");
+
+    // Scaling up again: the operator deletes the stale claims first, so ordinals 3 and 4 join
+    // with fresh volumes under new ids instead of rejoining with old data.
+    env.patch_spec(json!({"replicas": 5}));
+    let st = env.wait_members(&[1, 2, 3, 6, 7]).await?;
+    assert_eq!(ids_of(&st)[3..], [("config-3".to_string(), 6), ("config-4".to_string(), 7)]);
+    assert!(env.event_reasons().iter().any(|r| r == "StaleVolumeDeleted"), "{:?}", env.event_reasons());
+    let new_id = std::fs::read_to_string(env.sim.volume("config-4").join("node-id"))?;
+    assert_eq!(new_id.trim(), "7", "config-4 runs on a fresh volume");
     Ok(())
 }

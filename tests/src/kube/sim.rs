@@ -259,6 +259,8 @@ impl PodSim {
             "spec": sts["spec"]["template"]["spec"]});
         let pvc = format!("data-{pod}");
         if self.store.get(&key(CORE, ns, "persistentvolumeclaims", &pvc)).is_none() {
+            // A new claim is a new, empty volume (the old one went with its deleted claim).
+            let _ = std::fs::remove_dir_all(self.volume(&pod));
             let claim = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                 "metadata": {"name": pvc, "namespace": ns, "labels": sts["spec"]["selector"]["matchLabels"]},
                 "spec": sts["spec"]["volumeClaimTemplates"][0]["spec"]});
