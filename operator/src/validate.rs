@@ -113,4 +113,31 @@ mod tests {
             assert!(err.message.contains(needle), "{} lacks {needle}", err.message);
         }
     }
+
+    #[test]
+    fn every_tuning_rule_is_named_in_invalid_spec() {
+        // Overrides of the small class that each break exactly one rule of confman-tuning.
+        let cases: Vec<(TuningSpec, &str)> = vec![
+            (TuningSpec { heartbeat_ms: Some(600), ..TuningSpec::default() }, "heartbeat-below-election-min"),
+            (TuningSpec { election_min_ms: Some(1600), ..TuningSpec::default() }, "election-min-below-max"),
+            (
+                TuningSpec { request_timeout_ms: Some(1000), append_timeout_ms: Some(500), ..TuningSpec::default() },
+                "request-timeout-above-election-max",
+            ),
+            (TuningSpec { append_timeout_ms: Some(9000), ..TuningSpec::default() }, "append-timeout-within-request-timeout"),
+            (TuningSpec { snapshot_timeout_ms: Some(1000), ..TuningSpec::default() }, "snapshot-timeout-above-election-max"),
+            (TuningSpec { body_limit_bytes: Some(100_000), ..TuningSpec::default() }, "body-limit-covers-max-value"),
+            (TuningSpec { compaction_bytes: Some(1_000_000), ..TuningSpec::default() }, "compaction-covers-append-batch"),
+            (TuningSpec { logs_to_keep: Some(30_000), ..TuningSpec::default() }, "kept-tail-below-compaction"),
+            (TuningSpec { max_append_entries: Some(0), ..TuningSpec::default() }, "positive"),
+        ];
+        for (tuning, rule) in cases {
+            let spec = ConfmanClusterSpec { tuning: Some(tuning), ..cluster(3, PayloadClassSpec::Small).spec };
+            let err = validate(&spec).err().unwrap_or_else(|| panic!("{rule}: accepted"));
+            assert_eq!(err.reason, "InvalidTuning", "{rule}");
+            assert!(err.message.contains(&format!("violates {rule}:")), "{rule}: {}", err.message);
+            assert!(err.message.starts_with("spec.tuning."), "{rule}: {}", err.message);
+            assert_eq!(err.message.matches(" violates ").count(), 1, "only {rule}: {}", err.message);
+        }
+    }
 }
