@@ -124,10 +124,19 @@ mod tests {
                 TuningSpec { request_timeout_ms: Some(1000), append_timeout_ms: Some(500), ..TuningSpec::default() },
                 "request-timeout-above-election-max",
             ),
-            (TuningSpec { append_timeout_ms: Some(9000), ..TuningSpec::default() }, "append-timeout-within-request-timeout"),
-            (TuningSpec { snapshot_timeout_ms: Some(1000), ..TuningSpec::default() }, "snapshot-timeout-above-election-max"),
+            (
+                TuningSpec { append_timeout_ms: Some(9000), ..TuningSpec::default() },
+                "append-timeout-within-request-timeout",
+            ),
+            (
+                TuningSpec { snapshot_timeout_ms: Some(1000), ..TuningSpec::default() },
+                "snapshot-timeout-above-election-max",
+            ),
             (TuningSpec { body_limit_bytes: Some(100_000), ..TuningSpec::default() }, "body-limit-covers-max-value"),
-            (TuningSpec { compaction_bytes: Some(1_000_000), ..TuningSpec::default() }, "compaction-covers-append-batch"),
+            (
+                TuningSpec { compaction_bytes: Some(1_000_000), ..TuningSpec::default() },
+                "compaction-covers-append-batch",
+            ),
             (TuningSpec { logs_to_keep: Some(30_000), ..TuningSpec::default() }, "kept-tail-below-compaction"),
             (TuningSpec { max_append_entries: Some(0), ..TuningSpec::default() }, "positive"),
         ];
