@@ -447,19 +447,27 @@ impl Cluster {
 
     /// Creates a namespace through node `id`.
     pub async fn create_namespace(&self, id: u64, ns: &str) -> Result<()> {
-        let (st, v) = self
-            .call(
-                id,
-                Method::PUT,
-                &format!("/api/v1/namespaces/{ns}"),
-                ADMIN_KEY,
-                Some(serde_json::json!({"description": "test"})),
-            )
-            .await?;
-        if !st.is_success() {
-            return Err(HarnessError::Unexpected(format!("create namespace {ns}: {st} {v}")));
+        // A 503 (no leader known right now, e.g. just after an election) is retried for up to
+        // 10 s, as a client would.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (st, v) = self
+                .call(
+                    id,
+                    Method::PUT,
+                    &format!("/api/v1/namespaces/{ns}"),
+                    ADMIN_KEY,
+                    Some(serde_json::json!({"description": "test"})),
+                )
+                .await?;
+            if st.is_success() {
+                return Ok(());
+            }
+            if st != StatusCode::SERVICE_UNAVAILABLE || Instant::now() > deadline {
+                return Err(HarnessError::Unexpected(format!("create namespace {ns}: {st} {v}")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(())
     }
 
     /// Writes a text value through node `id`; returns status and body. A 503 (no leader right
