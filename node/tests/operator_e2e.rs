@@ -41,7 +41,8 @@ struct Env {
     sim: Arc<PodSim>,
     metrics: Arc<Metrics>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    _root: tempfile::TempDir,
+    /// Deleted on drop unless `CONFMAN_TEST_KEEP` is set (pod logs and volumes stay for a look).
+    _root: Option<tempfile::TempDir>,
 }
 
 impl Drop for Env {
@@ -54,12 +55,16 @@ impl Drop for Env {
 
 impl Env {
     async fn start(block: u8) -> Result<Env> {
-        let root = tempfile::tempdir()?;
-        if std::env::var_os("CONFMAN_TEST_KEEP").is_some() {
-            eprintln!("e2e files in {}", root.path().display());
-        }
+        let tmp = tempfile::tempdir()?;
+        let root_path = tmp.path().to_path_buf();
+        let root = if std::env::var_os("CONFMAN_TEST_KEEP").is_some() {
+            eprintln!("e2e files kept in {}", tmp.keep().display());
+            None
+        } else {
+            Some(tmp)
+        };
         let api = FakeApiServer::start().await?;
-        let sim = PodSim::new(api.store.clone(), Path::new(BIN), root.path(), block);
+        let sim = PodSim::new(api.store.clone(), Path::new(BIN), &root_path, block);
         let metrics = Arc::new(Metrics::default());
         let client = api.client()?;
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some("e2e".into()) };
