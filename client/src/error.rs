@@ -12,6 +12,9 @@ pub struct Problem {
     /// Human-readable explanation.
     #[serde(default)]
     pub detail: String,
+    /// The node id the problem is about, when the node names one (e.g. `data-lost`).
+    #[serde(default, rename = "nodeId")]
+    pub node_id: Option<u64>,
 }
 
 impl Problem {
@@ -23,6 +26,22 @@ impl Problem {
             serde_json::from_str(&text).unwrap_or_else(|_| Problem { detail: text.clone(), ..Problem::default() });
         p.status = status;
         p
+    }
+}
+
+impl Problem {
+    /// Whether the node says the outcome of the request is unknown (it timed out waiting for
+    /// the cluster, or lost the leader mid-request): the change may or may not have been made.
+    pub fn outcome_unknown(&self) -> bool {
+        self.kind.ends_with("/timeout") || self.kind == "timeout"
+    }
+}
+
+impl Problem {
+    /// The node that answered lost its volume: it refuses to start under its id (which has
+    /// held a place in the group) and must be replaced by a member with a fresh id.
+    pub fn data_lost(&self) -> bool {
+        self.kind.ends_with("/data-lost") || self.kind == "data-lost"
     }
 }
 
@@ -47,6 +66,10 @@ pub enum Error {
     /// The HTTP exchange failed.
     #[error("transport: {0}")]
     Transport(reqwest::Error),
+    /// A conditional write or membership change was sent but never answered: it may or may not
+    /// have been applied. Read the current state before deciding to repeat it.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
     /// The response was not what the API documents.
     #[error("unexpected response: {0}")]
     Decode(reqwest::Error),

@@ -6,6 +6,12 @@
 //! install in progress) with backoff until a deadline, and fails over to the next endpoint when
 //! one cannot be reached.
 //!
+//! A request that may have reached the leader but got no answer (the connection dropped, the
+//! node timed out) has an unknown outcome. Calls whose repetition leaves the same state (reads,
+//! unconditional puts, deletes, namespace upserts) are retried on the next endpoint; conditional
+//! puts and membership changes return [`Error::OutcomeUnknown`] instead, because repeating them
+//! could report a failure for a change that was in fact made.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), confman_client::Error> {
 //! let client = confman_client::Client::builder(["http://confman:8080"], "my-api-key").build()?;
@@ -129,8 +135,9 @@ impl Client {
     }
 
     /// Sends a request built by `make` (given a base URL), retrying 503 and unreachable
-    /// endpoints with backoff until the retry deadline.
-    async fn send<F>(&self, make: F) -> Result<reqwest::Response, Error>
+    /// endpoints with backoff until the retry deadline; `replay` says whether an attempt with an
+    /// unknown outcome may be repeated.
+    async fn send<F>(&self, replay: Replay, make: F) -> Result<reqwest::Response, Error>
     where
         F: Fn(&str) -> RequestBuilder,
     {
@@ -143,13 +150,26 @@ impl Client {
             let retry = match result {
                 Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => {
                     let problem = Problem::read(resp).await;
+                    if problem.outcome_unknown() && replay == Replay::Unsafe {
+                        return Err(Error::OutcomeUnknown(problem.detail));
+                    }
                     tracing::debug!(endpoint = %base, detail = %problem.detail, "503, retrying");
                     Error::Unavailable(problem)
                 }
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) => return Err(Error::Api(Problem::read(resp).await)),
-                Err(e) if e.is_connect() || e.is_timeout() => {
+                // Never connected: the request cannot have reached a node.
+                Err(e) if e.is_connect() => {
                     tracing::debug!(endpoint = %base, error = %e, "endpoint unreachable, trying the next");
+                    self.next.fetch_add(1, Ordering::Relaxed);
+                    Error::Transport(e)
+                }
+                // Sent, but no answer: the node may or may not have acted on it.
+                Err(e) if e.is_timeout() || e.is_request() || e.is_body() => {
+                    if replay == Replay::Unsafe {
+                        return Err(Error::OutcomeUnknown(format!("{base}: {e}")));
+                    }
+                    tracing::debug!(endpoint = %base, error = %e, "no answer, repeating on the next endpoint");
                     self.next.fetch_add(1, Ordering::Relaxed);
                     Error::Transport(e)
                 }
@@ -163,11 +183,11 @@ impl Client {
         }
     }
 
-    async fn json<T: DeserializeOwned, F>(&self, make: F) -> Result<T, Error>
+    async fn json<T: DeserializeOwned, F>(&self, replay: Replay, make: F) -> Result<T, Error>
     where
         F: Fn(&str) -> RequestBuilder,
     {
-        let resp = self.send(make).await?;
+        let resp = self.send(replay, make).await?;
         resp.json().await.map_err(Error::Decode)
     }
 
@@ -178,7 +198,9 @@ impl Client {
     /// Reads an entry (linearizable); `None` when absent.
     pub async fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>, Error> {
         let path = format!("/api/v1/namespaces/{}/config/{}", encode_segment(ns), encode_key(key));
-        let result = self.send(|b| self.req(Method::GET, b, &path).header("accept", "application/octet-stream")).await;
+        let result = self
+            .send(Replay::Safe, |b| self.req(Method::GET, b, &path).header("accept", "application/octet-stream"))
+            .await;
         let resp = match result {
             Err(Error::Api(p)) if p.status == 404 => return Ok(None),
             other => other?,
@@ -210,7 +232,9 @@ impl Client {
     ) -> Result<WriteResult, Error> {
         let path = format!("/api/v1/namespaces/{}/config/{}", encode_segment(ns), encode_key(key));
         let value = bytes::Bytes::from(value);
-        self.json(|b| {
+        // Writing the same value again leaves the same state; a precondition might not hold twice.
+        let replay = if if_version.is_none() { Replay::Safe } else { Replay::Unsafe };
+        self.json(replay, |b| {
             let r =
                 self.req(Method::PUT, b, &path).header("content-type", "application/octet-stream").body(value.clone());
             match if_version {
@@ -222,10 +246,11 @@ impl Client {
         .await
     }
 
-    /// Deletes an entry; `false` when it did not exist.
+    /// Deletes an entry; `false` when it did not exist. (When an attempt went unanswered and was
+    /// repeated, `false` can also mean that this call's first attempt deleted it.)
     pub async fn delete(&self, ns: &str, key: &str) -> Result<bool, Error> {
         let path = format!("/api/v1/namespaces/{}/config/{}", encode_segment(ns), encode_key(key));
-        match self.send(|b| self.req(Method::DELETE, b, &path)).await {
+        match self.send(Replay::Safe, |b| self.req(Method::DELETE, b, &path)).await {
             Ok(_) => Ok(true),
             Err(Error::Api(p)) if p.status == 404 => Ok(false),
             Err(e) => Err(e),
@@ -238,13 +263,13 @@ impl Client {
         if let Some(c) = continue_token {
             path.push_str(&format!("&continue={}", encode_segment(c)));
         }
-        self.json(|b| self.req(Method::GET, b, &path)).await
+        self.json(Replay::Safe, |b| self.req(Method::GET, b, &path)).await
     }
 
     /// Superseded versions of an entry, newest first.
     pub async fn history(&self, ns: &str, key: &str) -> Result<serde_json::Value, Error> {
         let path = format!("/api/v1/namespaces/{}/config/{}/history", encode_segment(ns), encode_key(key));
-        self.json(|b| self.req(Method::GET, b, &path)).await
+        self.json(Replay::Safe, |b| self.req(Method::GET, b, &path)).await
     }
 
     /// Watches a namespace: every change after `from_revision` (None: from now), in order,
@@ -275,12 +300,12 @@ impl Client {
     pub async fn put_namespace(&self, ns: &str, description: &str, owner: &str) -> Result<(), Error> {
         let path = format!("/api/v1/namespaces/{}", encode_segment(ns));
         let body = serde_json::json!({ "description": description, "owner": owner });
-        self.send(|b| self.req(Method::PUT, b, &path).json(&body)).await.map(drop)
+        self.send(Replay::Safe, |b| self.req(Method::PUT, b, &path).json(&body)).await.map(drop)
     }
 
     /// Cluster status as seen by the first reachable endpoint.
     pub async fn cluster(&self) -> Result<ClusterStatus, Error> {
-        self.json(|b| self.req(Method::GET, b, "/api/v1/cluster")).await
+        self.json(Replay::Safe, |b| self.req(Method::GET, b, "/api/v1/cluster")).await
     }
 
     /// One GET of `path` on the node at `endpoint` specifically (no retry, no failover).
@@ -311,26 +336,26 @@ impl Client {
     /// Adds node `id` at `address` as a learner; returns when it has caught up.
     pub async fn add_learner(&self, id: u64, address: &str) -> Result<ClusterStatus, Error> {
         let body = serde_json::json!({ "id": id, "address": address });
-        self.json(|b| self.req(Method::POST, b, "/api/v1/cluster/members").json(&body)).await
+        self.json(Replay::Unsafe, |b| self.req(Method::POST, b, "/api/v1/cluster/members").json(&body)).await
     }
 
     /// Promotes learner `id` to voter.
     pub async fn promote(&self, id: u64) -> Result<ClusterStatus, Error> {
         let path = format!("/api/v1/cluster/members/{id}");
-        self.json(|b| self.req(Method::POST, b, &path)).await
+        self.json(Replay::Unsafe, |b| self.req(Method::POST, b, &path)).await
     }
 
     /// Removes member `id` (voter or learner); returns once the change is committed.
     pub async fn remove(&self, id: u64) -> Result<ClusterStatus, Error> {
         let path = format!("/api/v1/cluster/members/{id}");
-        self.json(|b| self.req(Method::DELETE, b, &path)).await
+        self.json(Replay::Unsafe, |b| self.req(Method::DELETE, b, &path)).await
     }
 
     /// Hands leadership to `to` (or any other voter) and waits until it moved.
     pub async fn transfer_leader(&self, to: Option<u64>) -> Result<Option<u64>, Error> {
         let body = serde_json::json!({ "to": to });
         let v: serde_json::Value =
-            self.json(|b| self.req(Method::POST, b, "/api/v1/cluster/leader").json(&body)).await?;
+            self.json(Replay::Unsafe, |b| self.req(Method::POST, b, "/api/v1/cluster/leader").json(&body)).await?;
         Ok(v.get("transferredTo").and_then(serde_json::Value::as_u64))
     }
 
@@ -338,6 +363,15 @@ impl Client {
     pub async fn digest_of(&self, endpoint: &str) -> Result<serde_json::Value, Error> {
         self.get_from(endpoint, "/api/v1/cluster/digest").await
     }
+}
+
+/// Whether an attempt whose outcome is unknown may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replay {
+    /// Repeating it leaves the same state.
+    Safe,
+    /// Repeating it could fail or act twice although the first attempt succeeded.
+    Unsafe,
 }
 
 #[cfg(test)]

@@ -107,7 +107,12 @@ impl Watch {
                     continue; // keep-alive comment
                 }
                 let event: WatchEvent = serde_json::from_str(&data).map_err(|e| {
-                    Error::Api(Problem { status: 200, kind: "bad-event".into(), detail: format!("{e}: {data}") })
+                    Error::Api(Problem {
+                        status: 200,
+                        kind: "bad-event".into(),
+                        detail: format!("{e}: {data}"),
+                        node_id: None,
+                    })
                 })?;
                 if self.after.is_some_and(|a| event.revision <= a) {
                     continue;

@@ -109,6 +109,11 @@ pub struct Overrides {
     /// Log format: `text` or `json`. [default: text]
     #[arg(long, env = "CONFMAN_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Set from --members-file (never a flag): the ledger lists this node id as one that has
+    /// held a place in the group, so an empty data directory means its volume was lost.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub was_member: Option<bool>,
 }
 
 /// A configuration error naming the setting at fault.
@@ -171,6 +176,10 @@ pub struct Settings {
     pub resolve: Vec<(String, std::net::IpAddr)>,
     /// Log format.
     pub log_format: LogFormat,
+    /// This node id has held a place in the group (operator ledger): starting it on an empty
+    /// data directory would forget its vote and log, so the node refuses to (see
+    /// `server::start`).
+    pub was_member: bool,
 }
 
 macro_rules! merge_fields {
@@ -212,6 +221,7 @@ impl Overrides {
             logs_to_keep,
             resolve,
             log_format,
+            was_member,
         )
     }
 }
@@ -272,6 +282,10 @@ pub struct MembersFile {
     /// Node id of each pod.
     #[serde(default)]
     pub ids: BTreeMap<String, NodeId>,
+    /// Ids that have held a place in the group with persisted state (the operator saw the node
+    /// report itself a member). Such an id never starts again on an empty data directory.
+    #[serde(default)]
+    pub admitted: Vec<NodeId>,
 }
 
 /// Reads a membership file (TOML).
@@ -295,6 +309,9 @@ pub fn apply_members_file(mut o: Overrides, file: &MembersFile) -> Result<Overri
             reason: format!("has no node id for pod {pod:?} yet (the operator allocates it before the pod starts)"),
         })?;
         o.node_id = Some(id);
+    }
+    if let Some(id) = o.node_id {
+        o.was_member = Some(file.admitted.contains(&id));
     }
     if o.peers.is_none() && o.join.is_none() {
         let bootstrap = match &file.bootstrap_peers {
@@ -422,6 +439,7 @@ impl Settings {
                 None => Vec::new(),
             },
             log_format,
+            was_member: o.was_member.unwrap_or(false),
         })
     }
 
@@ -533,6 +551,7 @@ mod tests {
         let file = MembersFile {
             bootstrap_peers: Some("1=http://c-0.p:8080,2=http://c-1.p:8080,3=http://c-2.p:8080".into()),
             ids: BTreeMap::from([("c-0".into(), 1), ("c-1".into(), 2), ("c-2".into(), 3), ("c-3".into(), 6)]),
+            admitted: vec![1, 6],
         };
         let base = |pod: &str| Overrides {
             pod_name: Some(pod.into()),
@@ -541,9 +560,9 @@ mod tests {
             ..Default::default()
         };
         let s = Settings::from_overrides(apply_members_file(base("c-1"), &file)?)?;
-        assert_eq!((s.node_id, s.peers.len(), s.join), (2, 3, false), "a bootstrap member");
+        assert_eq!((s.node_id, s.peers.len(), s.join, s.was_member), (2, 3, false, false), "a bootstrap member");
         let s = Settings::from_overrides(apply_members_file(base("c-3"), &file)?)?;
-        assert_eq!((s.node_id, s.peers.len(), s.join), (6, 0, true), "a later member joins");
+        assert_eq!((s.node_id, s.peers.len(), s.join, s.was_member), (6, 0, true, true), "a later member joins");
         let err = apply_members_file(base("c-4"), &file).err().ok_or("expected an error")?;
         assert!(matches!(err, ConfigError::Invalid { setting: "members-file", .. }), "{err}");
         let no_pod = Overrides { pod_name: None, ..base("c-0") };

@@ -77,6 +77,13 @@ async fn run() -> ExitCode {
     init_tracing(settings.log_format);
     let running = match confman_node::server::start(&settings).await {
         Ok(r) => r,
+        Err(e @ confman_node::server::ServerError::DataLost { .. }) => {
+            tracing::error!("refusing to start: {e}");
+            if let Err(serve) = confman_node::server::serve_data_lost(&settings, &e, shutdown_signal()).await {
+                tracing::error!("cannot serve the data-lost state: {serve}");
+            }
+            return ExitCode::from(3);
+        }
         Err(e) => {
             tracing::error!("startup failed: {e}");
             return ExitCode::from(1);

@@ -63,6 +63,18 @@ pub enum ServerError {
         /// Id this node was started with.
         configured: u64,
     },
+    /// This node id held a place in the group (the operator's ledger says so) but its data
+    /// directory is empty: the volume was lost. Starting would forget its vote and its log, so
+    /// it does not; `serve_data_lost` explains the state until the member is replaced.
+    #[error(
+        "node {node_id} was a member of the cluster but data-dir {dir} is empty: its volume was lost. It must not rejoin under the same id (it would forget its vote and log); the operator replaces it with a fresh id. Outside Kubernetes: remove node {node_id} from the cluster and start this node with a new --node-id"
+    )]
+    DataLost {
+        /// Node id.
+        node_id: u64,
+        /// Data directory.
+        dir: String,
+    },
     /// The HTTP client could not be built.
     #[error("http client: {0}")]
     Http(#[from] reqwest::Error),
@@ -128,10 +140,21 @@ fn claim_data_dir(dir: &Path, node_id: u64) -> Result<(), ServerError> {
     }
 }
 
+/// Refuses an empty data directory for a node id that has been a member (see
+/// [`ServerError::DataLost`]). The `node-id` file is written before Raft starts, so a member's
+/// directory always has one.
+fn check_not_lost(dir: &Path, node_id: u64, was_member: bool) -> Result<(), ServerError> {
+    if was_member && !dir.join("node-id").exists() {
+        return Err(ServerError::DataLost { node_id, dir: dir.display().to_string() });
+    }
+    Ok(())
+}
+
 /// Opens storage, starts Raft and binds the listener.
 pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
     let dir = settings.data_dir.clone();
     std::fs::create_dir_all(&dir).map_err(file_err(&dir))?;
+    check_not_lost(&dir, settings.node_id, settings.was_member)?;
     claim_data_dir(&dir, settings.node_id)?;
     let db = {
         let dir = dir.clone();
@@ -174,6 +197,19 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
         drain_timeout: Duration::from_millis(settings.tuning.request_timeout_ms) + Duration::from_secs(5),
         shutdown_tx,
     })
+}
+
+/// Serves the data-lost explanation (`api::data_lost`) on the node's address until `shutdown`
+/// resolves; nothing is written to the data directory.
+pub async fn serve_data_lost<F>(settings: &Settings, why: &ServerError, shutdown: F) -> Result<(), ServerError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| ServerError::Bind { addr: settings.listen, source })?;
+    let router = api::data_lost::router(settings.node_id, why.to_string());
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await.map_err(ServerError::Serve)
 }
 
 impl Running {
@@ -240,6 +276,17 @@ mod tests {
         let err = claim_data_dir(dir.path(), 7).err().ok_or("a foreign id must be refused")?;
         assert!(matches!(err, ServerError::ForeignData { stored: 4, configured: 7, .. }), "{err}");
         assert!(err.to_string().contains("data-dir"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn an_admitted_id_never_starts_on_an_empty_data_dir() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        check_not_lost(dir.path(), 2, false)?;
+        let err = check_not_lost(dir.path(), 2, true).err().ok_or("an empty dir of a member must be refused")?;
+        assert!(matches!(err, ServerError::DataLost { node_id: 2, .. }), "{err}");
+        claim_data_dir(dir.path(), 2)?;
+        check_not_lost(dir.path(), 2, true)?;
         Ok(())
     }
 }

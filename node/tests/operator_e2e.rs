@@ -470,3 +470,46 @@ async fn a_retained_volume_never_rejoins_under_a_new_id() -> Result<()> {
     assert_eq!(new_id.trim(), "7", "config-4 runs on a fresh volume");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_volume_is_replaced_under_a_fresh_id_and_no_write_is_lost() -> Result<()> {
+    let env = Env::start(105).await?;
+    env.create(3);
+    env.wait_members(&[1, 2, 3]).await?;
+    // Every member reported itself a member once: the ledger admits their ids.
+    let ledger = key("/api/v1", "configmaps", "config-members");
+    env.store()
+        .wait_for("ids 1-3 admitted in the ledger", STEP, |s| {
+            s.get(&ledger)?["data"]["members.toml"].as_str()?.contains("admitted = [1, 2, 3]").then_some(())
+        })
+        .await
+        .map_err(|e| env.explain(e))?;
+    let client = env.client(3)?;
+    client.put_namespace("app", "lost volume test", "e2e").await?;
+    for i in 0..20 {
+        client.put("app", &format!("k{i}"), format!("v{i}").into_bytes(), None).await?;
+    }
+
+    // config-1's disk is replaced while its process is down: same pod, same claim, no data.
+    env.sim.lose_volume("config-1");
+    // Its node refuses to run as node 2 on an empty volume; the operator removes node 2 from
+    // the group and restarts the ordinal under a fresh id, which joins and is promoted.
+    let st = env.wait_members(&[1, 3, 4]).await?;
+    assert_eq!(ids_of(&st), [("config-0".to_string(), 1), ("config-1".to_string(), 4), ("config-2".to_string(), 3)]);
+    assert!(env.sim.events().contains(&SimEvent::VolumeLost("config-1".into())));
+    let log = env.sim.pod_log("config-1");
+    assert!(log.contains("node 2 was a member of the cluster but data-dir"), "{log}");
+    let reasons = env.event_reasons();
+    assert!(reasons.iter().any(|r| r == "MemberLost"), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r == "ReplacingLostMember"), "{reasons:?}");
+    let id = std::fs::read_to_string(env.sim.volume("config-1").join("node-id"))?;
+    assert_eq!(id.trim(), "4", "config-1 runs on its (emptied) volume as node 4");
+
+    // Nothing acknowledged was lost, and the new member holds the same state as the others.
+    for i in 0..20 {
+        let got = client.get("app", &format!("k{i}")).await?;
+        assert_eq!(got.map(|e| e.value.to_vec()), Some(format!("v{i}").into_bytes()), "k{i}");
+    }
+    wait_digests_equal(&client, 3).await?;
+    Ok(())
+}

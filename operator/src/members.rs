@@ -3,7 +3,7 @@
 //! grows); the first allocation also records the bootstrap members, so exactly the initial pods
 //! form the group and any later pod waits to be added. Pure: parse, allocate, render.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 
@@ -35,12 +35,17 @@ pub struct Ledger {
     pub bootstrap_peers: String,
     /// Next id to hand out (greater than every id ever used).
     pub next_id: u64,
+    /// Ids whose node reported itself a member (it has persisted Raft state): such an id never
+    /// starts again on an empty volume (the node refuses; the operator replaces it).
+    pub admitted: BTreeSet<u64>,
 }
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MembersToml {
     bootstrap_peers: String,
+    #[serde(default)]
+    admitted: BTreeSet<u64>,
     #[serde(default)]
     ids: BTreeMap<String, u64>,
 }
@@ -52,7 +57,7 @@ impl Ledger {
         let ids: BTreeMap<String, u64> = (0..replicas).map(|o| (pod_name(c, o), u64::from(o) + 1)).collect();
         let bootstrap_peers =
             ids.iter().map(|(pod, id)| format!("{id}={}", pod_url(c, pod))).collect::<Vec<_>>().join(",");
-        Ledger { ids, bootstrap_peers, next_id: u64::from(replicas) + 1 }
+        Ledger { ids, bootstrap_peers, next_id: u64::from(replicas) + 1, admitted: BTreeSet::new() }
     }
 
     /// Reads a stored ledger.
@@ -73,7 +78,7 @@ impl Ledger {
                 reason: format!("{next_id} is not above the largest allocated id {max}"),
             });
         }
-        Ok(Ledger { ids: parsed.ids, bootstrap_peers: parsed.bootstrap_peers, next_id })
+        Ok(Ledger { ids: parsed.ids, bootstrap_peers: parsed.bootstrap_peers, next_id, admitted: parsed.admitted })
     }
 
     /// Gives every ordinal below `replicas` an id, allocating fresh ones; returns the pods that
@@ -91,10 +96,33 @@ impl Ledger {
         added
     }
 
+    /// Forgets `pod`'s id (scale-down, or a lost volume): the ordinal gets a fresh id if it
+    /// comes back.
+    pub fn forget(&mut self, pod: &str) {
+        if let Some(id) = self.ids.remove(pod) {
+            self.admitted.remove(&id);
+        }
+    }
+
+    /// Records that the nodes `(pod, id)` reported themselves members; returns the ids newly
+    /// admitted. Reports that do not match the ledger (a pod still running an old id) are
+    /// ignored.
+    pub fn admit(&mut self, reports: impl IntoIterator<Item = (String, u64)>) -> Vec<u64> {
+        let mut new = Vec::new();
+        for (pod, id) in reports {
+            if self.ids.get(&pod) == Some(&id) && self.admitted.insert(id) {
+                new.push(id);
+            }
+        }
+        new
+    }
+
     /// The file the nodes read (`confman-node --members-file`).
     pub fn members_toml(&self) -> String {
         let mut s = String::from("# Written by confman-operator: node ids are never reused.\n");
-        s.push_str(&format!("bootstrap_peers = {:?}\n\n[ids]\n", self.bootstrap_peers));
+        s.push_str(&format!("bootstrap_peers = {:?}\n", self.bootstrap_peers));
+        let admitted: Vec<String> = self.admitted.iter().map(u64::to_string).collect();
+        s.push_str(&format!("admitted = [{}]\n\n[ids]\n", admitted.join(", ")));
         for (pod, id) in &self.ids {
             s.push_str(&format!("{pod:?} = {id}\n"));
         }
@@ -134,7 +162,10 @@ mod tests {
     fn the_ledger_round_trips_and_ids_are_never_reused() -> Result<(), Box<dyn std::error::Error>> {
         let c = cluster(3, PayloadClassSpec::Small);
         let mut l = Ledger::bootstrap(&c, 3);
-        l.ids.remove("config-2"); // removed by a scale-down
+        assert_eq!(l.admit([("config-0".into(), 1), ("config-2".into(), 3), ("config-1".into(), 9)]), vec![1, 3]);
+        assert!(l.admit([("config-0".into(), 1)]).is_empty(), "admitted once");
+        l.forget("config-2"); // removed by a scale-down
+        assert_eq!(l.admitted, BTreeSet::from([1]));
         let mut back = Ledger::parse(&l.config_map(&c)?)?;
         assert_eq!(back, l);
         assert_eq!(back.allocate(&c, 5), vec!["config-2", "config-3", "config-4"]);

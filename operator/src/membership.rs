@@ -9,6 +9,9 @@
 //!   so the ordinal comes back later under a fresh id;
 //! - a pod that is missing or unready while its ordinal is wanted is waited for, never treated
 //!   as a scale-down, and blocks upgrades;
+//! - a pod whose volume was lost (its node refuses to start on an empty directory under an id
+//!   that held a place in the group) is replaced: the old id is removed from the group, then
+//!   the ordinal restarts under a fresh id and joins like a new member;
 //! - upgrades (pods on an old template revision): followers one at a time, the leader last after
 //!   a transfer, only while every member is healthy.
 
@@ -31,6 +34,11 @@ pub struct PodView {
     pub updated: bool,
     /// The node's applied index, when alive.
     pub applied: Option<u64>,
+    /// The node's id when it reports itself a member of its group (it has persisted Raft
+    /// state under that id).
+    pub member_id: Option<u64>,
+    /// The node refuses to start because the volume of this id was lost (the id it names).
+    pub data_lost: Option<u64>,
 }
 
 /// The Raft group as the leader reports it.
@@ -116,6 +124,21 @@ pub enum Step {
         /// The removed pod.
         pod: String,
     },
+    /// Remove member `id`, whose volume was lost (its pod refuses to run under it).
+    RemoveLost {
+        /// Pod.
+        pod: String,
+        /// The lost node id.
+        id: u64,
+    },
+    /// Give `pod` a fresh id in place of `lost` (no longer a member) and delete the pod, so it
+    /// starts on its empty volume under the new id and joins as a learner.
+    ReplaceLost {
+        /// Pod.
+        pod: String,
+        /// The lost node id.
+        lost: u64,
+    },
     /// Delete `pod` so the StatefulSet recreates it on the current revision (upgrade).
     Replace {
         /// Pod.
@@ -143,6 +166,14 @@ pub fn next_step(o: &Observation<'_>) -> Step {
         let Some(id) = id_of(&p.name) else {
             return Step::Wait(format!("no node id allocated for {}", p.name));
         };
+        // A lost volume: the old id leaves the group, then the ordinal restarts under a new one.
+        if let Some(lost) = p.data_lost.map(|l| if l == 0 { id } else { l }) {
+            return if raft.members.contains_key(&lost) {
+                Step::RemoveLost { pod: p.name.clone(), id: lost }
+            } else {
+                Step::ReplaceLost { pod: p.name.clone(), lost }
+            };
+        }
         match raft.members.get(&id) {
             Some(true) => {}
             Some(false) => {
@@ -233,6 +264,8 @@ mod tests {
                 alive: true,
                 updated: true,
                 applied: Some(100),
+                member_id: None,
+                data_lost: None,
             })
             .collect()
     }
@@ -339,6 +372,28 @@ mod tests {
     fn a_member_of_no_ordinal_is_removed() {
         let r = raft(&[1, 2, 3, 9], &[], 1);
         assert_eq!(step(3, 3, &ids(3), &pods(3), &r), Step::Remove { pod: String::new(), id: 9 });
+    }
+
+    #[test]
+    fn a_lost_volume_leaves_the_group_then_rejoins_under_a_fresh_id() {
+        let mut p = pods(3);
+        p[1].alive = false;
+        p[1].ready = false;
+        p[1].data_lost = Some(2);
+        // Node 2 is still a voter: it leaves the group first (never re-added under id 2).
+        let r3 = raft(&[1, 2, 3], &[], 1);
+        assert_eq!(step(3, 3, &ids(3), &p, &r3), Step::RemoveLost { pod: "c-1".into(), id: 2 });
+        // Gone from the group: the ordinal is given a new id and restarted.
+        let r2 = raft(&[1, 3], &[], 1);
+        assert_eq!(step(3, 3, &ids(3), &p, &r2), Step::ReplaceLost { pod: "c-1".into(), lost: 2 });
+        // The pod still runs the old assignment after the ledger moved on: restart it again.
+        let mut moved = ids(3);
+        moved.insert("c-1".into(), 4);
+        assert_eq!(step(3, 3, &moved, &p, &r2), Step::ReplaceLost { pod: "c-1".into(), lost: 2 });
+        // Restarted under id 4 and waiting to join: added like any new member, never as node 2.
+        p[1].data_lost = None;
+        p[1].alive = true;
+        assert_eq!(step(3, 3, &moved, &p, &r2), Step::AddLearner { pod: "c-1".into(), id: 4 });
     }
 
     #[test]

@@ -39,6 +39,16 @@ fn pod_ready(p: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// What one pod's node said.
+enum Answer {
+    /// Its cluster status.
+    Status(Box<ClusterStatus>),
+    /// It refuses to run: the volume of this (member) id was lost.
+    DataLost(Option<u64>),
+    /// Nothing (no pod, not listening yet, timed out).
+    Silent,
+}
+
 /// Views of ordinals `0..ordinals` from the pod objects and their nodes' answers, plus the
 /// group as the leader reports it.
 pub async fn observe(
@@ -57,15 +67,26 @@ pub async fn observe(
         let url = pod_url(c, name);
         async move {
             if !exists {
-                return None;
+                return Answer::Silent;
             }
-            tokio::time::timeout(STATUS_TIMEOUT, client.cluster_of(&url)).await.ok().and_then(Result::ok)
+            match tokio::time::timeout(STATUS_TIMEOUT, client.cluster_of(&url)).await {
+                Ok(Ok(status)) => Answer::Status(Box::new(status)),
+                Ok(Err(confman_client::Error::Api(p))) if p.data_lost() => Answer::DataLost(p.node_id),
+                _ => Answer::Silent,
+            }
         }
     }))
     .await;
     let mut views = Vec::new();
     let mut statuses: Vec<ClusterStatus> = Vec::new();
-    for ((ordinal, name), status) in (0..ordinals).zip(names).zip(answers) {
+    for ((ordinal, name), answer) in (0..ordinals).zip(names).zip(answers) {
+        let (status, data_lost) = match answer {
+            Answer::Status(s) => (Some(*s), None),
+            Answer::DataLost(id) => (None, Some(id.unwrap_or_default())),
+            Answer::Silent => (None, None),
+        };
+        // The node reports itself in its group's membership: its id has persisted Raft state.
+        let member_id = status.as_ref().filter(|s| s.members.iter().any(|m| m.id == s.node_id)).map(|s| s.node_id);
         let pod = by_name.get(&name).filter(|p| p.metadata.deletion_timestamp.is_none());
         let revision = pod.and_then(|p| p.metadata.labels.as_ref()?.get("controller-revision-hash").cloned());
         views.push(PodView {
@@ -79,6 +100,8 @@ pub async fn observe(
                 _ => true,
             },
             applied: status.as_ref().and_then(|s| s.applied_index),
+            member_id,
+            data_lost,
         });
         statuses.extend(status);
     }

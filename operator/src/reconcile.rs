@@ -234,6 +234,20 @@ async fn execute(
                 true,
             )
         }
+        Step::RemoveLost { pod, id } => {
+            node_client.remove(*id).await.map_err(node)?;
+            let note = format!("{pod} lost its volume: removed node {id} from the group (it never rejoins as {id})");
+            publish(ctx, c, EventType::Warning, "MemberLost", note.clone(), "Membership").await;
+            ("ReplacingLostMember", note, false)
+        }
+        Step::ReplaceLost { pod, lost } => {
+            Api::<Pod>::namespaced(ctx.client.clone(), &ns).delete(pod, &DeleteParams::default()).await?;
+            (
+                "ReplacingLostMember",
+                format!("restarting {pod} under a fresh node id in place of lost node {lost}"),
+                true,
+            )
+        }
         Step::Replace { pod } => {
             Api::<Pod>::namespaced(ctx.client.clone(), &ns).delete(pod, &DeleteParams::default()).await?;
             ("Upgrading", format!("replacing {pod} with the current revision (followers first, leader last)"), true)
@@ -268,12 +282,24 @@ async fn apply_children(
         .map_err(|e| Error::Node(e.to_string()))?;
     let (plan, views, raft) = plan(ctx, c, sts, &ledger, &node_client).await?;
 
-    // Ledger: ids for every ordinal the StatefulSet will run; a removed ordinal is forgotten.
-    if let Step::Shrink { pod, .. } = &plan.step {
-        ledger.ids.remove(pod);
+    // Ledger: ids for every ordinal the StatefulSet will run; a removed ordinal is forgotten, and
+    // so is the id of a lost volume. Nodes that report themselves members are admitted (their
+    // id never starts again on an empty volume).
+    let admitted = ledger.admit(views.iter().filter_map(|v| Some((v.name.clone(), v.member_id?))));
+    let mut lost_pod = None;
+    match &plan.step {
+        Step::Shrink { pod, .. } => ledger.forget(pod),
+        Step::ReplaceLost { pod, lost } => {
+            if ledger.ids.get(pod) == Some(lost) {
+                ledger.forget(pod);
+            }
+            lost_pod = Some(pod.as_str());
+        }
+        _ => {}
     }
     let added = ledger.allocate(c, plan.replicas);
-    for pod in &added {
+    // The lost pod's claim is empty (that is why it was replaced) and still mounted: it is kept.
+    for pod in added.iter().filter(|p| Some(p.as_str()) != lost_pod) {
         // A volume left by an earlier member of this ordinal must not rejoin under the new id.
         let pvc = format!("data-{pod}");
         if get_opt::<PersistentVolumeClaim>(client, &ns, &pvc).await?.is_some() {
@@ -291,6 +317,9 @@ async fn apply_children(
     } else if !added.is_empty() {
         let note = format!("allocated node ids for {}", added.join(", "));
         publish(ctx, c, EventType::Normal, "MembersAllocated", note, "Allocate").await;
+    }
+    if !admitted.is_empty() {
+        tracing::info!(cluster = %key(c), ?admitted, "members admitted: their ids never start on an empty volume");
     }
 
     let config = builders::config_map(c, tuning)?;

@@ -58,10 +58,14 @@ async fn proxy(ctx: &super::AppContext, leader: &str, req: Request) -> Result<Re
         }
     }
     let out = out.body(reqwest::Body::wrap_stream(body.into_data_stream()));
-    let resp = out
-        .send()
-        .await
-        .map_err(|e| Problem::unavailable(format!("forwarding to the leader at {leader} failed: {e}")))?;
+    let resp = out.send().await.map_err(|e| {
+        if e.is_connect() {
+            Problem::unavailable(format!("the leader at {leader} could not be reached: {e}"))
+        } else {
+            // The leader may have received it: say so, so the caller does not repeat it blindly.
+            Problem::outcome_unknown(format!("the leader at {leader} did not answer a forwarded request: {e}"))
+        }
+    })?;
     let mut builder = Response::builder().status(resp.status());
     for (name, value) in resp.headers().iter() {
         if !is_hop_header(name) && name != header::CONTENT_LENGTH {

@@ -4,6 +4,7 @@
 //! leader.
 
 pub mod cluster;
+pub mod data_lost;
 pub mod entries;
 pub mod forward;
 pub mod health;

@@ -86,6 +86,12 @@ impl Problem {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail).retry_after(1)
     }
 
+    /// 503 of type `timeout`: the request may or may not have taken effect (clients must not
+    /// blindly repeat a conditional write after it).
+    pub fn outcome_unknown(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "Timed out", detail).retry_after(1)
+    }
+
     /// 500 (details go to the log, not the client).
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!("internal error: {detail}");
@@ -139,14 +145,12 @@ impl From<RaftNodeError> for Problem {
             RaftNodeError::NoLeader | RaftNodeError::NotLeader { .. } | RaftNodeError::Network(_) => {
                 Problem::unavailable(format!("no leader is reachable right now ({e}); retry shortly"))
             }
-            RaftNodeError::Timeout(_) => Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "timeout",
-                "Timed out",
-                format!("the cluster did not answer in time ({e}); the outcome of a write is unknown, retry with a precondition"),
-            )
-            .retry_after(1),
-            RaftNodeError::Membership(m) => Problem::new(StatusCode::CONFLICT, "membership", "Membership change refused", m),
+            RaftNodeError::Timeout(_) => Problem::outcome_unknown(format!(
+                "the cluster did not answer in time ({e}); the outcome of a write is unknown, retry with a precondition"
+            )),
+            RaftNodeError::Membership(m) => {
+                Problem::new(StatusCode::CONFLICT, "membership", "Membership change refused", m)
+            }
             RaftNodeError::Stopped(m) => Problem::unavailable(format!("the node is shutting down or stopped: {m}")),
             RaftNodeError::Store(e) => Problem::internal(e),
             RaftNodeError::Config(m) => Problem::internal(m),

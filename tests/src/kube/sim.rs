@@ -47,6 +47,8 @@ pub enum SimEvent {
     VolumeDeleted(String),
     /// A process exited on its own and was restarted.
     Restarted(String),
+    /// A pod's volume was emptied while its process was down (a replaced disk).
+    VolumeLost(String),
 }
 
 /// The simulator; dropping it stops every process.
@@ -56,6 +58,8 @@ pub struct PodSim {
     root: PathBuf,
     block: u8,
     procs: Mutex<BTreeMap<String, PodProc>>,
+    /// Pods whose volume is emptied before their next restart.
+    losing: Mutex<std::collections::BTreeSet<String>>,
     log: Mutex<Vec<SimEvent>>,
     http: reqwest::Client,
 }
@@ -83,6 +87,7 @@ impl PodSim {
             root: root.to_path_buf(),
             block,
             procs: Mutex::default(),
+            losing: Mutex::default(),
             log: Mutex::default(),
             http: reqwest::Client::builder().no_proxy().timeout(Duration::from_millis(800)).build().unwrap_or_default(),
         })
@@ -124,6 +129,15 @@ impl PodSim {
         if let Some(proc_) = self.procs.lock().ok().as_mut().and_then(|p| p.get_mut(pod)) {
             let _ = proc_.child.start_kill();
         }
+    }
+
+    /// Crashes a pod and empties its volume before the restart, as when a node's disk is
+    /// replaced: the pod comes back with the same name and claim and no data.
+    pub fn lose_volume(&self, pod: &str) {
+        if let Ok(mut l) = self.losing.lock() {
+            l.insert(pod.to_string());
+        }
+        self.crash(pod);
     }
 
     /// Runs the control loop until the returned handle is aborted or the simulator dropped.
@@ -281,6 +295,12 @@ impl PodSim {
             .unwrap_or(false);
         if exited {
             let rev = self.procs.lock().ok().and_then(|mut p| p.remove(&pod).map(|x| x.revision)).unwrap_or_default();
+            if self.losing.lock().is_ok_and(|mut l| l.remove(&pod)) {
+                let volume = self.volume(&pod);
+                let _ = std::fs::remove_dir_all(&volume);
+                let _ = std::fs::create_dir_all(&volume);
+                self.record(SimEvent::VolumeLost(pod.clone()));
+            }
             self.record(SimEvent::Restarted(pod));
             self.spawn(sts, ns, name, ord, &rev);
         }

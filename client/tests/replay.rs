@@ -1,0 +1,119 @@
+//! What the client does when a request was sent but never answered: calls whose repetition
+//! leaves the same state move on to the next endpoint; conditional writes and membership changes
+//! report that their outcome is unknown instead of repeating themselves.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use confman_client::{Client, Error};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// What a fake endpoint does with each request it receives.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    /// Reads the request, then closes the connection without answering (a node killed
+    /// mid-request).
+    HangUp,
+    /// Answers 200 with a write result.
+    Answer,
+}
+
+/// A one-purpose HTTP/1.1 endpoint on loopback; returns its URL and a count of requests seen.
+async fn endpoint(behaviour: Behaviour) -> Result<(String, Arc<AtomicUsize>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read until the end of the headers and the (small) body that follows them.
+                while let Ok(n) = sock.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                if let Behaviour::Answer = behaviour {
+                    let body = r#"{"version":1,"revision":7}"#;
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                }
+                // Dropping the socket closes the connection (without an answer for HangUp).
+            });
+        }
+    });
+    Ok((url, seen))
+}
+
+fn client(endpoints: Vec<String>) -> Result<Client> {
+    Ok(Client::builder(endpoints, "key").retry_for(Duration::from_secs(10)).build()?)
+}
+
+#[tokio::test]
+async fn an_unanswered_unconditional_put_moves_on_to_the_next_endpoint() -> Result<()> {
+    let (dead, dead_seen) = endpoint(Behaviour::HangUp).await?;
+    let (live, live_seen) = endpoint(Behaviour::Answer).await?;
+    let w = client(vec![dead, live])?.put("app", "k", b"v".to_vec(), None).await?;
+    assert_eq!((w.version, w.revision), (1, 7));
+    assert_eq!((dead_seen.load(Ordering::SeqCst), live_seen.load(Ordering::SeqCst)), (1, 1));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unanswered_conditional_put_reports_an_unknown_outcome_and_is_not_repeated() -> Result<()> {
+    let (dead, dead_seen) = endpoint(Behaviour::HangUp).await?;
+    let (live, live_seen) = endpoint(Behaviour::Answer).await?;
+    let c = client(vec![dead, live])?;
+    for if_version in [Some(0), Some(3)] {
+        let r = c.put("app", "k", b"v".to_vec(), if_version).await;
+        assert!(matches!(r, Err(Error::OutcomeUnknown(_))), "{if_version:?}: {r:?}");
+    }
+    assert_eq!((dead_seen.load(Ordering::SeqCst), live_seen.load(Ordering::SeqCst)), (2, 0));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unanswered_membership_change_reports_an_unknown_outcome() -> Result<()> {
+    let (dead, dead_seen) = endpoint(Behaviour::HangUp).await?;
+    let (live, live_seen) = endpoint(Behaviour::Answer).await?;
+    let r = client(vec![dead, live])?.remove(4).await;
+    assert!(matches!(r, Err(Error::OutcomeUnknown(_))), "{r:?}");
+    assert_eq!((dead_seen.load(Ordering::SeqCst), live_seen.load(Ordering::SeqCst)), (1, 0));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_is_skipped_even_for_conditional_writes() -> Result<()> {
+    // A port with nothing listening: the request never left, so repeating it is safe.
+    let closed = TcpListener::bind("127.0.0.1:0").await?;
+    let closed_url = format!("http://{}", closed.local_addr()?);
+    drop(closed);
+    let (live, live_seen) = endpoint(Behaviour::Answer).await?;
+    let w = client(vec![closed_url, live])?.put("app", "k", b"v".to_vec(), Some(0)).await?;
+    assert_eq!(w.version, 1);
+    assert_eq!(live_seen.load(Ordering::SeqCst), 1);
+    Ok(())
+}
