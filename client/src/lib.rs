@@ -43,9 +43,32 @@ pub struct ClientBuilder {
     retry_for: Duration,
     request_timeout: Duration,
     resolve: Vec<(String, IpAddr)>,
+    trusted_cas: Vec<Vec<u8>>,
+}
+
+/// Makes ring the process-wide rustls provider, which reqwest needs before it builds any
+/// client (this workspace avoids aws-lc's C build). Idempotent; [`ClientBuilder::build`] calls
+/// it, and so should code that builds its own `reqwest::Client`.
+pub fn install_crypto_provider() {
+    // Err means a provider is installed already, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A `reqwest` client builder that is safe to build (crypto provider installed), without
+/// proxies: for tests and tools that talk to nodes directly.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    install_crypto_provider();
+    reqwest::Client::builder().no_proxy()
 }
 
 impl ClientBuilder {
+    /// Trusts the CA certificates in `pem` (a PEM bundle) for https:// endpoints, in addition
+    /// to the system's roots.
+    pub fn trust_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.trusted_cas.push(pem.into());
+        self
+    }
+
     /// How long to keep retrying 503s and unreachable endpoints (default 30 s).
     pub fn retry_for(mut self, d: Duration) -> Self {
         self.retry_for = d;
@@ -69,15 +92,22 @@ impl ClientBuilder {
         if self.endpoints.is_empty() {
             return Err(Error::NoEndpoints);
         }
-        let mut b = reqwest::Client::builder().no_proxy().tcp_nodelay(true).timeout(self.request_timeout);
-        for (host, ip) in &self.resolve {
-            b = b.resolve(host, SocketAddr::new(*ip, 0));
+        let mut cas = Vec::new();
+        for pem in &self.trusted_cas {
+            cas.extend(reqwest::Certificate::from_pem_bundle(pem).map_err(Error::Transport)?);
         }
+        let configure = |mut b: reqwest::ClientBuilder| {
+            for (host, ip) in &self.resolve {
+                b = b.resolve(host, SocketAddr::new(*ip, 0));
+            }
+            for ca in &cas {
+                b = b.add_root_certificate(ca.clone());
+            }
+            b.tcp_nodelay(true)
+        };
+        let b = configure(http_builder()).timeout(self.request_timeout);
         // Watches are long-lived: no total timeout, only a connect timeout.
-        let mut wb = reqwest::Client::builder().no_proxy().tcp_nodelay(true).connect_timeout(Duration::from_secs(5));
-        for (host, ip) in &self.resolve {
-            wb = wb.resolve(host, SocketAddr::new(*ip, 0));
-        }
+        let wb = configure(http_builder()).connect_timeout(Duration::from_secs(5));
         Ok(Client {
             http: b.build().map_err(Error::Transport)?,
             watch_http: wb.build().map_err(Error::Transport)?,
@@ -131,6 +161,7 @@ impl Client {
             retry_for: Duration::from_secs(30),
             request_timeout: Duration::from_secs(60),
             resolve: Vec::new(),
+            trusted_cas: Vec::new(),
         }
     }
 

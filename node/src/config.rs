@@ -109,6 +109,16 @@ pub struct Overrides {
     /// Log format: `text` or `json`. [default: text]
     #[arg(long, env = "CONFMAN_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// PEM certificate chain: serve the client API and Raft RPC over TLS (with --tls-key-file).
+    #[arg(long, env = "CONFMAN_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "CONFMAN_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA bundle that peers' certificates are checked against (for Raft RPC and forwarded
+    /// writes to https:// peers). [default: the system's roots]
+    #[arg(long, env = "CONFMAN_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
     /// Set from --members-file (never a flag): the ledger lists this node id as one that has
     /// held a place in the group, so an empty data directory means its volume was lost.
     #[arg(skip)]
@@ -176,6 +186,10 @@ pub struct Settings {
     pub resolve: Vec<(String, std::net::IpAddr)>,
     /// Log format.
     pub log_format: LogFormat,
+    /// TLS certificate chain and key for the listener (None: plain HTTP).
+    pub tls: Option<TlsFiles>,
+    /// CA bundle for outgoing calls to https:// peers.
+    pub tls_ca_file: Option<PathBuf>,
     /// This node id has held a place in the group (operator ledger): starting it on an empty
     /// data directory would forget its vote and log, so the node refuses to (see
     /// `server::start`).
@@ -221,6 +235,9 @@ impl Overrides {
             logs_to_keep,
             resolve,
             log_format,
+            tls_cert_file,
+            tls_key_file,
+            tls_ca_file,
             was_member,
         )
     }
@@ -269,6 +286,15 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
         }
     }
     Ok(peers)
+}
+
+/// The listener's certificate chain and key (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
 }
 
 /// The membership file the operator writes into a ConfigMap: node ids by pod name (an id is
@@ -377,11 +403,31 @@ impl Settings {
             setting: "listen",
             reason: format!("{listen_s:?} is not an IP:port address ({e})"),
         })?;
-        let advertise = o.advertise.unwrap_or_else(|| format!("http://{listen}")).trim_end_matches('/').to_string();
-        if !(advertise.starts_with("http://") || advertise.starts_with("https://")) {
+        let tls = match (o.tls_cert_file, o.tls_key_file) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    setting: "tls-key-file",
+                    reason: "is required with --tls-cert-file".into(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    setting: "tls-cert-file",
+                    reason: "is required with --tls-key-file".into(),
+                });
+            }
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let advertise = o.advertise.unwrap_or_else(|| format!("{scheme}://{listen}")).trim_end_matches('/').to_string();
+        if !advertise.starts_with(&format!("{scheme}://")) {
             return Err(ConfigError::Invalid {
                 setting: "advertise",
-                reason: format!("{advertise:?} must be an http(s) URL"),
+                reason: format!(
+                    "{advertise:?} must be an {scheme}:// URL (TLS is {})",
+                    if tls.is_some() { "on" } else { "off" }
+                ),
             });
         }
         let node_id = o.node_id.unwrap_or(1);
@@ -439,6 +485,8 @@ impl Settings {
                 None => Vec::new(),
             },
             log_format,
+            tls,
+            tls_ca_file: o.tls_ca_file,
             was_member: o.was_member.unwrap_or(false),
         })
     }
@@ -451,7 +499,7 @@ impl Settings {
             advertise: self.advertise.clone(),
             peers: self.peers.clone(),
             join: self.join,
-            resolve: self.resolve.clone(),
+            outgoing: crate::raft::network::Outgoing { resolve: self.resolve.clone(), trusted_cas: Vec::new() },
             heartbeat: Duration::from_millis(t.heartbeat_ms),
             election_min: Duration::from_millis(t.election_min_ms),
             election_max: Duration::from_millis(t.election_max_ms),
@@ -571,6 +619,29 @@ mod tests {
         let explicit = Overrides { node_id: Some(9), join: Some(false), ..base("c-0") };
         let o = apply_members_file(explicit, &file)?;
         assert_eq!((o.node_id, o.join, o.peers), (Some(9), Some(false), None), "explicit settings win");
+        Ok(())
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_an_https_advertise_url() -> Result<(), Box<dyn std::error::Error>> {
+        let tls = |cert: Option<&str>, key: Option<&str>, advertise: Option<&str>| Overrides {
+            tls_cert_file: cert.map(PathBuf::from),
+            tls_key_file: key.map(PathBuf::from),
+            advertise: advertise.map(str::to_string),
+            ..Default::default()
+        };
+        let s = Settings::from_overrides(tls(Some("/c"), Some("/k"), None))?;
+        assert_eq!(s.advertise, "https://127.0.0.1:8080");
+        assert_eq!(s.tls, Some(TlsFiles { cert: "/c".into(), key: "/k".into() }));
+        for (o, setting) in [
+            (tls(Some("/c"), None, None), "tls-key-file"),
+            (tls(None, Some("/k"), None), "tls-cert-file"),
+            (tls(Some("/c"), Some("/k"), Some("http://a:1")), "advertise"),
+            (tls(None, None, Some("https://a:1")), "advertise"),
+        ] {
+            let err = Settings::from_overrides(o).err().ok_or("expected an error")?;
+            assert!(matches!(err, ConfigError::Invalid { setting: s, .. } if s == setting), "{err}");
+        }
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //! API. Modules by job: `model` (data types and name rules), `command` (replicated
 //! operations), `store` (RocksDB layout, reads, apply), `raft` (everything openraft-facing),
 //! `api` (HTTP), `auth`, `config` and `tuning` (settings and their invariants), `metrics`,
-//! `server` (startup and ordered shutdown).
+//! `server` (startup and ordered shutdown), `tls` (rustls for the listener and peer calls).
 
 pub mod api;
 pub mod auth;
@@ -13,5 +13,6 @@ pub mod model;
 pub mod raft;
 pub mod server;
 pub mod store;
+pub mod tls;
 /// Timing and size settings with their invariants (shared with the operator).
 pub use confman_tuning as tuning;

@@ -15,6 +15,7 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::raft::{RaftNode, RaftNodeError};
 use crate::store::{self, StoreError};
+use crate::tls::{self, TlsError};
 
 /// Why the node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +76,9 @@ pub enum ServerError {
         /// Data directory.
         dir: String,
     },
+    /// The TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The HTTP client could not be built.
     #[error("http client: {0}")]
     Http(#[from] reqwest::Error),
@@ -89,6 +93,8 @@ pub struct Running {
     node: Arc<RaftNode>,
     listener: tokio::net::TcpListener,
     router: axum::Router,
+    /// TLS for the listener (None: plain HTTP).
+    tls: Option<Arc<rustls::ServerConfig>>,
     drain_timeout: Duration,
     /// Tells long-lived responses (watch streams) to end when shutdown begins.
     shutdown_tx: tokio::sync::watch::Sender<bool>,
@@ -171,7 +177,15 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
     let (token, _) = secret(settings.cluster_token_file.as_deref(), &dir.join("cluster.token"))?;
     let keys = keys.with_cluster_token(&token);
 
-    let node = RaftNode::start(&settings.raft(), db, &dir, Arc::from(token.as_str())).await?;
+    let tls = match &settings.tls {
+        Some(files) => Some(tls::server_config(&files.cert, &files.key)?),
+        None => None,
+    };
+    let mut raft = settings.raft();
+    if let Some(ca) = &settings.tls_ca_file {
+        raft.outgoing.trusted_cas = tls::trusted_cas(ca)?;
+    }
+    let node = RaftNode::start(&raft, db, &dir, Arc::from(token.as_str())).await?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let ctx = Arc::new(AppContext {
         node: node.clone(),
@@ -179,7 +193,7 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
         tuning: settings.tuning,
         history_depth: settings.history_depth,
         metrics: Arc::new(Metrics::default()),
-        forward_client: crate::raft::network::http_client(&settings.resolve)?,
+        forward_client: crate::raft::network::http_client(&raft.outgoing)?,
         shutdown: shutdown_rx,
     });
     let router = api::router(ctx);
@@ -194,6 +208,7 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
         node,
         listener,
         router,
+        tls,
         drain_timeout: Duration::from_millis(settings.tuning.request_timeout_ms) + Duration::from_secs(5),
         shutdown_tx,
     })
@@ -219,16 +234,26 @@ impl Running {
         F: Future<Output = ()> + Send + 'static,
     {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        // TCP_NODELAY: small Raft replies and API responses must not wait for delayed ACKs.
-        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!("TCP_NODELAY: {e}");
-            }
-        });
-        let server = axum::serve(listener, self.router).with_graceful_shutdown(async move {
+        let stopped = async move {
             let _ = stop_rx.await;
-        });
-        let mut server = tokio::spawn(async move { server.await });
+        };
+        let mut server = match self.tls {
+            Some(config) => {
+                let listener = tls::TlsListener::new(self.listener, config).map_err(ServerError::Serve)?;
+                let server = axum::serve(listener, self.router).with_graceful_shutdown(stopped);
+                tokio::spawn(async move { server.await })
+            }
+            None => {
+                // TCP_NODELAY: small Raft replies and API responses must not wait for delayed ACKs.
+                let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!("TCP_NODELAY: {e}");
+                    }
+                });
+                let server = axum::serve(listener, self.router).with_graceful_shutdown(stopped);
+                tokio::spawn(async move { server.await })
+            }
+        };
         tokio::select! {
             r = &mut server => {
                 // The server stopped on its own: an I/O error.

@@ -80,7 +80,7 @@ async fn run_takes_the_lease_reconciles_and_stops_cleanly() -> Result<()> {
         .await?;
 
     // /health and /metrics answer; this replica reports itself as leader.
-    let http = reqwest::Client::builder().no_proxy().build()?;
+    let http = confman_client::http_builder().build()?;
     let health = http.get(format!("http://127.0.0.1:{port}/health")).send().await?;
     assert!(health.status().is_success());
     let metrics = http.get(format!("http://127.0.0.1:{port}/metrics")).send().await?.text().await?;

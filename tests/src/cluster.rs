@@ -56,6 +56,9 @@ pub enum HarnessError {
     /// A condition was not reached in time.
     #[error("timed out waiting for {0}")]
     Timeout(String),
+    /// Test certificates could not be made.
+    #[error(transparent)]
+    Certs(#[from] crate::certs::CertError),
     /// Something unexpected.
     #[error("{0}")]
     Unexpected(String),
@@ -106,8 +109,10 @@ pub struct Cluster {
     root: PathBuf,
     peers: String,
     extra_args: Vec<String>,
-    /// HTTP client for tests.
+    /// HTTP client for tests (trusts the test CA when TLS is on).
     pub http: reqwest::Client,
+    /// The certificates, when the nodes serve TLS.
+    pub tls: Option<crate::certs::TestCerts>,
 }
 
 /// Picks a free loopback port (bound and released; the node binds it right after).
@@ -125,6 +130,18 @@ impl Cluster {
 
     /// Starts `n` nodes (ids 1..=n) with exactly `extra_args` (node defaults otherwise).
     pub async fn start_with(binary: &Path, n: u64, extra_args: &[&str]) -> Result<Cluster> {
+        Self::start_opts(binary, n, extra_args, false).await
+    }
+
+    /// Like `start`, with every node serving TLS (a test CA generated for this cluster; the
+    /// certificate names `localhost` and `127.0.0.1`; peers and the harness trust the CA).
+    pub async fn start_tls(binary: &Path, n: u64, extra_args: &[&str]) -> Result<Cluster> {
+        let mut args: Vec<&str> = TEST_TIMING.to_vec();
+        args.extend_from_slice(extra_args);
+        Self::start_opts(binary, n, &args, true).await
+    }
+
+    async fn start_opts(binary: &Path, n: u64, extra_args: &[&str], tls: bool) -> Result<Cluster> {
         let tmp = tempfile::tempdir()?;
         let root = tmp.path().to_path_buf();
         let tmp = if std::env::var_os("CONFMAN_TEST_KEEP").is_some() {
@@ -139,7 +156,18 @@ impl Cluster {
         for id in 1..=n {
             ports.insert(id, free_port()?);
         }
-        let peers = ports.iter().map(|(id, p)| format!("{id}=http://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let mut extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let certs =
+            if tls { Some(crate::certs::generate(&root.join("certs"), &["localhost", "127.0.0.1"])?) } else { None };
+        let mut http = confman_client::http_builder().timeout(Duration::from_secs(30));
+        if let Some(c) = &certs {
+            for (flag, path) in [("--tls-cert-file", &c.cert), ("--tls-key-file", &c.key), ("--tls-ca-file", &c.ca)] {
+                extra.extend([flag.to_string(), path.display().to_string()]);
+            }
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(c.ca_pem.as_bytes())?);
+        }
+        let scheme = if tls { "https" } else { "http" };
+        let peers = ports.iter().map(|(id, p)| format!("{id}={scheme}://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
         let mut nodes = BTreeMap::new();
         for (id, port) in ports {
             let data_dir = root.join(format!("node{id}"));
@@ -147,7 +175,7 @@ impl Cluster {
                 id,
                 NodeProc {
                     id,
-                    url: format!("http://127.0.0.1:{port}"),
+                    url: format!("{scheme}://127.0.0.1:{port}"),
                     addr: format!("127.0.0.1:{port}"),
                     log_path: root.join(format!("node{id}.log")),
                     data_dir,
@@ -156,15 +184,15 @@ impl Cluster {
                 },
             );
         }
-        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build()?;
         let mut c = Cluster {
             nodes,
             binary: binary.to_path_buf(),
             _tmp: tmp,
             root,
             peers,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            http,
+            extra_args: extra,
+            http: http.build()?,
+            tls: certs,
         };
         let ids: Vec<u64> = c.nodes.keys().copied().collect();
         for id in &ids {

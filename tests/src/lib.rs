@@ -2,6 +2,7 @@
 //! loopback ports, talk to them over HTTP, kill and restart them, and compute latency
 //! statistics.
 
+pub mod certs;
 pub mod cluster;
 pub mod etcd;
 pub mod floors;

@@ -46,8 +46,8 @@ pub struct RaftSettings {
     pub peers: BTreeMap<NodeId, String>,
     /// Never initialise a cluster; wait to be added through the admin API.
     pub join: bool,
-    /// Host name overrides for peer URLs.
-    pub resolve: Vec<(String, std::net::IpAddr)>,
+    /// How peers are reached (host overrides, trusted CAs).
+    pub outgoing: network::Outgoing,
     /// Heartbeat interval.
     pub heartbeat: Duration,
     /// Election timeout lower bound.
@@ -219,7 +219,7 @@ impl RaftNode {
             Arc::new(applied_tx),
         )?;
         let timeouts = NetworkTimeouts { append: settings.append_timeout, snapshot_idle: settings.snapshot_timeout };
-        let network = NetworkFactory::new(token.clone(), timeouts, snapshots.stats(), &settings.resolve)
+        let network = NetworkFactory::new(token.clone(), timeouts, snapshots.stats(), &settings.outgoing)
             .map_err(|e| RaftNodeError::Network(e.to_string()))?;
         let raft = Raft::new(settings.node_id, Arc::new(config), network, log_store, sm).await.map_err(stopped)?;
 
@@ -276,7 +276,7 @@ impl RaftNode {
             db,
             snapshots,
             token,
-            http: network::http_client(&settings.resolve).map_err(|e| RaftNodeError::Network(e.to_string()))?,
+            http: network::http_client(&settings.outgoing).map_err(|e| RaftNodeError::Network(e.to_string()))?,
             applied_rx,
             log_bytes,
             syncer: Mutex::new(Some(syncer)),

@@ -65,12 +65,25 @@ pub struct PeerClient {
     stats: Arc<SnapshotStats>,
 }
 
-/// Builds an HTTP client for intra-cluster traffic (no proxies, TCP_NODELAY), with fixed
-/// addresses for the host names in `resolve`.
-pub fn http_client(resolve: &[(String, std::net::IpAddr)]) -> Result<reqwest::Client, reqwest::Error> {
+/// How this node reaches its peers: fixed addresses for host names (`--resolve`) and the CAs
+/// trusted for https:// peers (`--tls-ca-file`; none: the system's roots).
+#[derive(Debug, Clone, Default)]
+pub struct Outgoing {
+    /// Host name overrides.
+    pub resolve: Vec<(String, std::net::IpAddr)>,
+    /// Extra trusted CA certificates.
+    pub trusted_cas: Vec<reqwest::Certificate>,
+}
+
+/// Builds an HTTP client for intra-cluster traffic (no proxies, TCP_NODELAY) as `out` says.
+pub fn http_client(out: &Outgoing) -> Result<reqwest::Client, reqwest::Error> {
+    crate::tls::install_crypto_provider();
     let mut b = reqwest::Client::builder();
-    for (host, ip) in resolve {
+    for (host, ip) in &out.resolve {
         b = b.resolve(host, std::net::SocketAddr::new(*ip, 0));
+    }
+    for ca in &out.trusted_cas {
+        b = b.add_root_certificate(ca.clone());
     }
     b.no_proxy()
         .tcp_nodelay(true)
@@ -85,13 +98,13 @@ impl NetworkFactory {
         token: Arc<str>,
         timeouts: NetworkTimeouts,
         stats: Arc<SnapshotStats>,
-        resolve: &[(String, std::net::IpAddr)],
+        out: &Outgoing,
     ) -> Result<Self, reqwest::Error> {
         Ok(Self {
             token,
-            replication: http_client(resolve)?,
-            heartbeat: http_client(resolve)?,
-            snapshot: http_client(resolve)?,
+            replication: http_client(out)?,
+            heartbeat: http_client(out)?,
+            snapshot: http_client(out)?,
             timeouts,
             stats,
         })

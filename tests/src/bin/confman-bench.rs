@@ -143,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
             urls.push(cluster.url(id)?);
         }
     }
-    let http = reqwest::Client::builder().no_proxy().tcp_nodelay(true).pool_max_idle_per_host(128).build()?;
+    let http = confman_client::http_builder().tcp_nodelay(true).pool_max_idle_per_host(128).build()?;
     // Preload the read key space.
     let preload = Arc::new(urls[0].clone());
     let mut value = vec![0u8; 1024];

@@ -274,7 +274,7 @@ async fn main() -> anyhow::Result<()> {
         let c = Cluster::start_with(&node_bin, 3, &[]).await.context("confman cluster")?;
         let leader = c.wait_leader(&[1, 2, 3], &[1, 2, 3]).await?;
         c.create_namespace(leader, "bench").await?;
-        let http = reqwest::Client::builder().no_proxy().tcp_nodelay(true).pool_max_idle_per_host(128).build()?;
+        let http = confman_client::http_builder().tcp_nodelay(true).pool_max_idle_per_host(128).build()?;
         let mut all = vec![c.url(leader)?];
         all.extend([1, 2, 3].into_iter().filter(|i| *i != leader).filter_map(|i| c.url(i).ok()));
         let sut = Sut::Confman { http, leader: c.url(leader)?, all };

@@ -88,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
     c.create_namespace(leader, "stress").await?;
     let leader_url = c.url(leader)?;
     let initial: Vec<Value> = vec![c.cluster_info(1).await?, c.cluster_info(2).await?, c.cluster_info(3).await?];
-    let http = reqwest::Client::builder().no_proxy().tcp_nodelay(true).build()?;
+    let http = confman_client::http_builder().tcp_nodelay(true).build()?;
 
     // Log size over time, sampled from the leader every 500 ms.
     let sampling = Arc::new(AtomicBool::new(true));

@@ -32,6 +32,8 @@ struct PodProc {
     child: Child,
     revision: String,
     ip: IpAddr,
+    /// `http` or `https`, from the readiness probe's `httpGet.scheme`.
+    scheme: &'static str,
 }
 
 /// What the simulator did, in order (for assertions on ordering).
@@ -89,7 +91,12 @@ impl PodSim {
             procs: Mutex::default(),
             losing: Mutex::default(),
             log: Mutex::default(),
-            http: reqwest::Client::builder().no_proxy().timeout(Duration::from_millis(800)).build().unwrap_or_default(),
+            // Like the kubelet's HTTPS probes: the certificate is not verified.
+            http: confman_client::http_builder()
+                .timeout(Duration::from_millis(800))
+                .tls_danger_accept_invalid_certs(true)
+                .build()
+                .unwrap_or_default(),
         })
     }
 
@@ -257,9 +264,10 @@ impl PodSim {
     }
 
     async fn probe(&self, pod: &str) -> bool {
-        let ip = self.procs.lock().ok().and_then(|p| p.get(pod).map(|x| x.ip));
-        let Some(ip) = ip else { return false };
-        matches!(self.http.get(format!("http://{ip}:{POD_PORT}/health/ready")).send().await, Ok(r) if r.status().is_success())
+        let target = self.procs.lock().ok().and_then(|p| p.get(pod).map(|x| (x.scheme, x.ip)));
+        let Some((scheme, ip)) = target else { return false };
+        let url = format!("{scheme}://{ip}:{POD_PORT}/health/ready");
+        matches!(self.http.get(url).send().await, Ok(r) if r.status().is_success())
     }
 
     async fn create_pod(&self, sts: &Value, ns: &str, name: &str, ord: u32, revision: &str) {
@@ -419,7 +427,12 @@ impl PodSim {
         match child {
             Ok(child) => {
                 if let Ok(mut p) = self.procs.lock() {
-                    p.insert(pod, PodProc { child, revision: revision.to_string(), ip });
+                    let scheme = if container["readinessProbe"]["httpGet"]["scheme"] == json!("HTTPS") {
+                        "https"
+                    } else {
+                        "http"
+                    };
+                    p.insert(pod, PodProc { child, revision: revision.to_string(), ip, scheme });
                 }
             }
             Err(e) => tracing_free_log(&pod_dir, &format!("spawn failed: {e}")),
