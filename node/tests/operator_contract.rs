@@ -11,23 +11,29 @@ use confman_operator::members::Ledger;
 #[test]
 fn node_accepts_the_operator_config_for_every_class() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    for class in PayloadClass::ALL {
+    for (class, tls) in PayloadClass::ALL.into_iter().flat_map(|c| [(c, false), (c, true)]) {
         let tuning = class.tuning();
-        let path = dir.path().join(format!("{}.toml", class.as_str()));
-        std::fs::write(&path, node_config(&tuning, Some("/etc/confman/keys/keys.yaml")))?;
+        let path = dir.path().join(format!("{}-{tls}.toml", class.as_str()));
+        std::fs::write(&path, node_config(&tuning, Some("/etc/confman/keys/keys.yaml"), tls))?;
+        let scheme = if tls { "https" } else { "http" };
         let members = dir.path().join("members.toml");
-        std::fs::write(&members, "bootstrap_peers = \"1=http://127.0.0.1:8080\"\n[ids]\nc-0 = 1\n")?;
+        std::fs::write(&members, format!("bootstrap_peers = \"1={scheme}://127.0.0.1:8080\"\n[ids]\nc-0 = 1\n"))?;
         let cli = Overrides {
             config: Some(path),
             members_file: Some(members),
             pod_name: Some("c-0".into()),
-            advertise: Some("http://127.0.0.1:8080".into()),
+            advertise: Some(format!("{scheme}://127.0.0.1:8080")),
             ..Overrides::default()
         };
         let settings = Settings::resolve(cli)?;
         assert_eq!(settings.tuning, tuning, "{class:?}");
         assert_eq!(settings.listen.port(), 8080);
         assert!(settings.api_keys_file.is_some());
+        // The TLS files are the mounted Secret's keys.
+        let tls_files = settings.tls.as_ref().map(|t| (t.cert.display().to_string(), t.key.display().to_string()));
+        let expected = tls.then(|| ("/etc/confman/tls/tls.crt".to_string(), "/etc/confman/tls/tls.key".to_string()));
+        assert_eq!(tls_files, expected, "{class:?} tls={tls}");
+        assert_eq!(settings.tls_ca_file.is_some(), tls);
     }
     Ok(())
 }
@@ -48,17 +54,25 @@ fn node_reads_the_operator_ledger() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(&members, ledger.members_toml())?;
     let token = dir.path().join("token");
     std::fs::write(&token, "t")?;
+    // What a pod's environment gives the node besides the mounted files.
+    let pod_cli = |pod: &str| Overrides {
+        members_file: Some(members.clone()),
+        pod_name: Some(pod.into()),
+        advertise: Some(pod_url(&c, pod)),
+        cluster_token_file: Some(token.clone()),
+        ..Overrides::default()
+    };
     for (pod, id, bootstraps) in [("conf-0", 1, true), ("conf-2", 3, true), ("conf-4", 5, false)] {
-        let cli = Overrides {
-            members_file: Some(members.clone()),
-            pod_name: Some(pod.into()),
-            advertise: Some(pod_url(&c, pod)),
-            cluster_token_file: Some(token.clone()),
-            ..Overrides::default()
-        };
-        let s = Settings::resolve(cli)?;
+        let s = Settings::resolve(pod_cli(pod))?;
         assert_eq!(s.node_id, id, "{pod}");
         assert_eq!((s.peers.len(), s.join), if bootstraps { (3, false) } else { (0, true) }, "{pod}");
+        assert!(!s.was_member, "{pod}: nothing admitted yet");
+    }
+    // Ids the operator admitted are known to their nodes (which then refuse an empty volume).
+    ledger.admit([("conf-2".to_string(), 3)]);
+    std::fs::write(&members, ledger.members_toml())?;
+    for (pod, was_member) in [("conf-0", false), ("conf-2", true)] {
+        assert_eq!(Settings::resolve(pod_cli(pod))?.was_member, was_member, "{pod}");
     }
     Ok(())
 }

@@ -41,6 +41,8 @@ struct Env {
     sim: Arc<PodSim>,
     metrics: Arc<Metrics>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The test CA (PEM) when the cluster serves TLS.
+    ca: Option<String>,
     /// Deleted on drop unless `CONFMAN_TEST_KEEP` is set (pod logs and volumes stay for a look).
     _root: Option<tempfile::TempDir>,
 }
@@ -74,7 +76,7 @@ impl Env {
         let ctx = Arc::new(ctx);
         let controller = tokio::spawn(run_controller(client, Some(NS), ctx, std::future::pending()));
         let tasks = vec![sim.start(), controller];
-        Ok(Env { api, sim, metrics, tasks, _root: root })
+        Ok(Env { api, sim, metrics, tasks, ca: None, _root: root })
     }
 
     fn store(&self) -> &Store {
@@ -149,14 +151,18 @@ impl Env {
         Ok(String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64)?)?)
     }
 
-    fn url(pod: &str) -> String {
-        format!("http://{pod}.config-peers.{NS}.svc:8080")
+    fn url(&self, pod: &str) -> String {
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{pod}.config-peers.{NS}.svc:8080")
     }
 
     /// A client over pods `0..n` with the cluster token.
     fn client(&self, n: u32) -> Result<Client> {
-        let mut b = Client::builder((0..n).map(|o| Env::url(&format!("config-{o}"))), self.token()?)
+        let mut b = Client::builder((0..n).map(|o| self.url(&format!("config-{o}"))), self.token()?)
             .retry_for(Duration::from_secs(60));
+        if let Some(ca) = &self.ca {
+            b = b.trust_ca_pem(ca.clone());
+        }
         for (h, ip) in self.sim.resolve(NS, "config", "config-peers") {
             b = b.resolve(h, ip);
         }
@@ -188,11 +194,11 @@ fn ids_of(status: &Value) -> Vec<(String, u64)> {
 }
 
 /// All `n` pods report the same state digest at the same applied index.
-async fn wait_digests_equal(client: &Client, n: u32) -> Result<Value> {
+async fn wait_digests_equal(env: &Env, client: &Client, n: u32) -> Result<Value> {
     for _ in 0..600 {
         let mut digests = Vec::new();
         for o in 0..n {
-            digests.push(client.digest_of(&Env::url(&format!("config-{o}"))).await?);
+            digests.push(client.digest_of(&env.url(&format!("config-{o}"))).await?);
         }
         if digests.windows(2).all(|w| w[0] == w[1]) {
             return Ok(digests[0].clone());
@@ -229,7 +235,7 @@ async fn create_scale_up_scale_down_and_pod_loss() -> Result<()> {
         client5.put("app", &format!("k{i}"), format!("v{i}").into_bytes(), None).await?;
         acked.push(i);
     }
-    wait_digests_equal(&client5, 5).await?;
+    wait_digests_equal(&env, &client5, 5).await?;
     let reasons = env.event_reasons();
     for r in ["MembersAllocated", "ScalingUp"] {
         assert!(reasons.iter().any(|x| x == r), "no {r} event in {reasons:?}");
@@ -510,6 +516,56 @@ async fn a_lost_volume_is_replaced_under_a_fresh_id_and_no_write_is_lost() -> Re
         let got = client.get("app", &format!("k{i}")).await?;
         assert_eq!(got.map(|e| e.value.to_vec()), Some(format!("v{i}").into_bytes()), "k{i}");
     }
-    wait_digests_equal(&client, 3).await?;
+    wait_digests_equal(&env, &client, 3).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tls_cluster_bootstraps_scales_and_serves_only_https() -> Result<()> {
+    let mut env = Env::start(106).await?;
+    // A cert-manager-like Secret: certificate for the members' DNS names, key, and CA.
+    let dir = tempfile::tempdir()?;
+    let members_dns = format!("*.config-peers.{NS}.svc");
+    let certs = confman_tests::certs::generate(dir.path(), &[&members_dns, &format!("config.{NS}.svc")])?;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    env.store().put(
+        key("/api/v1", "secrets", "config-tls"),
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": "config-tls", "namespace": NS},
+            "data": {"tls.crt": b64(&certs.cert_pem), "tls.key": b64(&certs.key_pem), "ca.crt": b64(&certs.ca_pem)}}),
+    );
+    env.ca = Some(certs.ca_pem.clone());
+    let cmc = json!({"apiVersion": "confman.io/v1alpha1", "kind": "ConfmanCluster",
+        "metadata": {"name": "config", "namespace": NS},
+        "spec": {"replicas": 3, "image": "confman-node:1", "payloadClass": "small", "storage": {"size": "1Gi"},
+                 "tls": {"clientSecret": "config-tls"}}});
+    env.store().put(cmc_key(), cmc);
+
+    // Bootstrap over TLS: the operator's admin calls, Raft RPC and readiness all use https.
+    env.wait_members(&[1, 2, 3]).await?;
+    let client = env.client(3)?;
+    client.put_namespace("app", "tls e2e", "e2e").await?;
+    for i in 0..10 {
+        client.put("app", &format!("k{i}"), format!("v{i}").into_bytes(), None).await?;
+    }
+    let group = client.cluster().await?;
+    assert!(
+        group.members.iter().all(|m| m.address.starts_with("https://")),
+        "members advertise https: {:?}",
+        group.members
+    );
+    // A client without the CA gets nowhere.
+    let untrusting = Client::builder([env.url("config-0")], env.token()?)
+        .retry_for(Duration::ZERO)
+        .resolve(format!("config-0.config-peers.{NS}.svc"), env.sim.ip(1, 0))
+        .build()?;
+    assert!(untrusting.get("app", "k0").await.is_err(), "a client that does not trust the CA was answered");
+
+    // Scale-up over TLS: learners catch up from https peers and are promoted.
+    env.patch_spec(json!({"replicas": 5}));
+    env.wait_members(&[1, 2, 3, 4, 5]).await?;
+    let client5 = env.client(5)?;
+    wait_digests_equal(&env, &client5, 5).await?;
+    assert_eq!(client5.get("app", "k9").await?.map(|e| e.value.to_vec()), Some(b"v9".to_vec()));
     Ok(())
 }

@@ -36,7 +36,7 @@ fn default_replicas() -> i32 {
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     doc = "A Confman cluster: a Raft-replicated configuration store run as a StatefulSet"
 )]
-#[x_kube(cel)]
+#[x_kube(cel, validation = Rule::new("has(self.tls) == has(oldSelf.tls)").message("tls cannot be added or removed after creation: the members' addresses (http or https) are in the Raft log"))]
 #[serde(rename_all = "camelCase")]
 pub struct ConfmanClusterSpec {
     /// Number of Raft voters: odd, 1 to 9.
@@ -244,7 +244,9 @@ pub struct AuthSpec {
     pub api_keys_secret: String,
 }
 
-/// TLS.
+/// TLS: one `kubernetes.io/tls` Secret with `tls.crt`, `tls.key` and the CA as `ca.crt` (what
+/// cert-manager writes); the certificate must name `*.<cluster>-peers.<namespace>.svc`.
+/// Members check each other against the CA, and so does the operator. Set at creation only.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {

@@ -16,18 +16,23 @@ use crate::membership::{PodView, RaftView};
 /// How long one node gets to answer a status query.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A client for the members of `c` (pods `0..ordinals`).
+/// A client for the members of `c` (pods `0..ordinals`), trusting `ca` (PEM) when the members
+/// serve TLS.
 pub fn client(
     c: &ConfmanCluster,
     ordinals: u32,
     token: &str,
     resolve: &[(String, IpAddr)],
+    ca: Option<&str>,
 ) -> Result<Client, confman_client::Error> {
     let endpoints: Vec<String> = (0..ordinals.max(1)).map(|o| pod_url(c, &crate::builders::pod_name(c, o))).collect();
     let mut b =
         Client::builder(endpoints, token).retry_for(Duration::from_secs(10)).request_timeout(Duration::from_secs(120));
     for (host, ip) in resolve {
         b = b.resolve(host.clone(), *ip);
+    }
+    if let Some(ca) = ca {
+        b = b.trust_ca_pem(ca);
     }
     b.build()
 }

@@ -53,6 +53,14 @@ pub enum Error {
     /// The status could not be serialised.
     #[error("status: {0}")]
     Json(#[from] serde_json::Error),
+    /// The TLS Secret named by `spec.tls.clientSecret` is missing or incomplete.
+    #[error("TLS Secret {secret} (spec.tls.clientSecret): {reason}")]
+    TlsSecret {
+        /// Secret name.
+        secret: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Shared state of the controller.
@@ -148,6 +156,24 @@ async fn ensure_token(ctx: &Context, c: &ConfmanCluster) -> Result<String, Error
     apply(&ctx.client, &builders::token_secret(c, &token)?).await?;
     publish(ctx, c, EventType::Normal, "TokenCreated", "generated the cluster token Secret".into(), "Create").await;
     Ok(token)
+}
+
+/// The CA the members' certificates are signed by (`ca.crt` of the TLS Secret), so the
+/// operator's admin calls verify them; None without TLS. A missing Secret or key is an error
+/// (the pods could not start either).
+async fn tls_ca(ctx: &Context, c: &ConfmanCluster) -> Result<Option<String>, Error> {
+    let Some(tls) = &c.spec.tls else { return Ok(None) };
+    let ns = c.namespace().unwrap_or_default();
+    let fail = |reason: String| Error::TlsSecret { secret: tls.client_secret.clone(), reason };
+    let secret = get_opt::<Secret>(&ctx.client, &ns, &tls.client_secret)
+        .await?
+        .ok_or_else(|| fail(format!("does not exist in namespace {ns}")))?;
+    let data = secret.data.unwrap_or_default();
+    if let Some(missing) = builders::TLS_KEYS.iter().find(|k| !data.contains_key(**k)) {
+        return Err(fail(format!("has no {missing} key (needs {})", builders::TLS_KEYS.join(", "))));
+    }
+    let ca = data.get("ca.crt").map(|b| String::from_utf8_lossy(&b.0).into_owned()).unwrap_or_default();
+    Ok(Some(ca))
 }
 
 /// What the membership step decided, in terms of children and calls.
@@ -278,8 +304,10 @@ async fn apply_children(
         None => Ledger::bootstrap(c, u32::try_from(c.spec.replicas).unwrap_or(0)),
     };
     let current = sts.and_then(|s| s.spec.replicas).and_then(|r| u32::try_from(r).ok()).unwrap_or(0);
-    let node_client = nodes::client(c, current.max(u32::try_from(c.spec.replicas).unwrap_or(0)), &token, &ctx.resolve)
-        .map_err(|e| Error::Node(e.to_string()))?;
+    let ca = tls_ca(ctx, c).await?;
+    let ordinals = current.max(u32::try_from(c.spec.replicas).unwrap_or(0));
+    let node_client =
+        nodes::client(c, ordinals, &token, &ctx.resolve, ca.as_deref()).map_err(|e| Error::Node(e.to_string()))?;
     let (plan, views, raft) = plan(ctx, c, sts, &ledger, &node_client).await?;
 
     // Ledger: ids for every ordinal the StatefulSet will run; a removed ordinal is forgotten, and

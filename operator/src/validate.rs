@@ -49,11 +49,16 @@ pub fn validate(spec: &ConfmanClusterSpec) -> Result<Tuning, Invalid> {
     if spec.image.trim().is_empty() {
         return Err(invalid("InvalidImage", "spec.image must not be empty".into()));
     }
-    if spec.tls.is_some() {
-        return Err(invalid(
-            "Unsupported",
-            "spec.tls is set but this confman-node release serves plain HTTP only; remove spec.tls".into(),
-        ));
+    if let Some(tls) = &spec.tls {
+        if tls.client_secret.trim().is_empty() {
+            return Err(invalid("InvalidTLS", "spec.tls.clientSecret must name a Secret".into()));
+        }
+        if tls.peer_secret.as_ref().is_some_and(|p| *p != tls.client_secret) {
+            return Err(invalid(
+                "Unsupported",
+                "spec.tls.peerSecret differs from spec.tls.clientSecret, but a node serves the client API and Raft on one listener with one certificate; remove peerSecret".into(),
+            ));
+        }
     }
     effective_tuning(spec).map_err(|v| invalid("InvalidTuning", invalid_spec_message(&v)))
 }
@@ -92,11 +97,19 @@ mod tests {
             (ConfmanClusterSpec { image: " ".into(), ..base.clone() }, "InvalidImage", "spec.image"),
             (
                 ConfmanClusterSpec {
-                    tls: Some(TlsSpec { client_secret: "s".into(), peer_secret: None }),
+                    tls: Some(TlsSpec { client_secret: "s".into(), peer_secret: Some("p".into()) }),
                     ..base.clone()
                 },
                 "Unsupported",
-                "spec.tls",
+                "spec.tls.peerSecret",
+            ),
+            (
+                ConfmanClusterSpec {
+                    tls: Some(TlsSpec { client_secret: " ".into(), peer_secret: None }),
+                    ..base.clone()
+                },
+                "InvalidTLS",
+                "spec.tls.clientSecret",
             ),
             (
                 ConfmanClusterSpec {

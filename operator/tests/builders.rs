@@ -58,6 +58,9 @@ fn small_three_member_cluster() -> TestResult {
     assert_eq!(c["args"], json!(["--config", "/etc/confman/config/node.toml"]));
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], json!("/health/ready"));
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], json!("/health"));
+    assert_eq!(c["readinessProbe"]["httpGet"]["scheme"], json!("HTTP"));
+    assert!(env_value(c, "CONFMAN_ADVERTISE")["value"].as_str().is_some_and(|a| a.starts_with("http://")));
+    assert!(!pod["volumes"].as_array().into_iter().flatten().any(|v| v["name"] == json!("tls")), "no TLS volume");
     assert_eq!(c["startupProbe"]["httpGet"]["path"], json!("/health"));
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], json!(true));
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], json!(false));
@@ -114,6 +117,21 @@ fn large_five_member_cluster() -> TestResult {
         .and_then(|v| v.iter().find(|v| v["name"] == json!("keys")))
         .ok_or("no keys volume")?;
     assert_eq!(keys["secret"]["secretName"], json!("blobs-api-keys"));
+    // TLS: the Secret's certificate, key and CA mounted read-only; probes and URLs in https.
+    assert!(mounts.contains(&"/etc/confman/tls"), "{mounts:?}");
+    let tls =
+        pod["volumes"].as_array().and_then(|v| v.iter().find(|v| v["name"] == json!("tls"))).ok_or("no tls volume")?;
+    assert_eq!(tls["secret"]["secretName"], json!("blobs-tls"));
+    let items: Vec<&str> =
+        tls["secret"]["items"].as_array().into_iter().flatten().filter_map(|i| i["key"].as_str()).collect();
+    assert_eq!(items, ["tls.crt", "tls.key", "ca.crt"]);
+    for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+        assert_eq!(c[probe]["httpGet"]["scheme"], json!("HTTPS"), "{probe}");
+    }
+    assert_eq!(
+        env_value(c, "CONFMAN_ADVERTISE")["value"],
+        json!("https://$(CONFMAN_POD_NAME).blobs-peers.platform.svc:8080")
+    );
     let t = PayloadClassSpec::Large.into_tuning();
     let grace = pod["terminationGracePeriodSeconds"].as_i64().ok_or("no grace period")?;
     assert_eq!(u64::try_from(grace)?, (t.request_timeout_ms + t.snapshot_timeout_ms) / 1000 + 30);
@@ -129,6 +147,16 @@ fn large_five_member_cluster() -> TestResult {
     assert!(toml.contains("heartbeat_ms = 200\n"), "override applied: {toml}");
     assert!(toml.contains("max_value_bytes = 4194304\n"), "{toml}");
     assert!(toml.contains("api_keys_file = \"/etc/confman/keys/keys.yaml\"\n"), "{toml}");
+    for line in [
+        "tls_cert_file = \"/etc/confman/tls/tls.crt\"\n",
+        "tls_key_file = \"/etc/confman/tls/tls.key\"\n",
+        "tls_ca_file = \"/etc/confman/tls/ca.crt\"\n",
+    ] {
+        assert!(toml.contains(line), "{line} missing: {toml}");
+    }
+    let ledger = find(&docs, "ConfigMap", "blobs-members")?;
+    let members = ledger["data"]["members.toml"].as_str().unwrap_or_default();
+    assert!(members.contains("1=https://blobs-0.blobs-peers.platform.svc:8080"), "{members}");
     Ok(())
 }
 

@@ -75,6 +75,21 @@ fn cel_rules_reject_even_or_out_of_range_replicas() {
 }
 
 #[test]
+fn tls_is_set_at_creation_only() {
+    let plain = spec(3);
+    let mut tls = spec(3);
+    tls["tls"] = json!({ "clientSecret": "config-tls" });
+    assert!(ConfmanClusterSpec::validate_cel(&tls, None).is_ok(), "a new cluster may have TLS");
+    assert!(ConfmanClusterSpec::validate_cel(&tls, Some(&tls)).is_ok(), "unchanged TLS");
+    let mut rotated = tls.clone();
+    rotated["tls"]["clientSecret"] = json!("config-tls-2");
+    assert!(ConfmanClusterSpec::validate_cel(&rotated, Some(&tls)).is_ok(), "another Secret is fine");
+    let added = ConfmanClusterSpec::validate_cel(&tls, Some(&plain));
+    assert!(added.as_ref().is_err_and(|e| e.to_string().contains("tls cannot be added")), "{added:?}");
+    assert!(ConfmanClusterSpec::validate_cel(&plain, Some(&tls)).is_err(), "removing TLS is refused");
+}
+
+#[test]
 fn cel_rules_check_tuning_override_ranges() {
     assert!(TuningSpec::validate_cel(&json!({ "electionMinMs": 500, "electionMaxMs": 1000 }), None).is_ok());
     assert!(TuningSpec::validate_cel(&json!({ "electionMinMs": 1000, "electionMaxMs": 500 }), None).is_err());

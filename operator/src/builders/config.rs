@@ -17,7 +17,7 @@ pub const CONFIG_FILE: &str = "node.toml";
 
 /// The node config file (TOML, snake_case keys of `confman-node --config`) with the derived
 /// tuning; per-pod values (node id, advertise URL) come from the members file and environment.
-pub fn node_config(tuning: &Tuning, keys_file: Option<&str>) -> String {
+pub fn node_config(tuning: &Tuning, keys_file: Option<&str>, tls: bool) -> String {
     let mut s = String::from("# Written by confman-operator; edit the ConfmanCluster instead.\n");
     s.push_str(&format!("listen = \"0.0.0.0:{NODE_PORT}\"\n"));
     s.push_str(&format!("data_dir = \"{}\"\n", super::DATA_DIR));
@@ -25,6 +25,12 @@ pub fn node_config(tuning: &Tuning, keys_file: Option<&str>) -> String {
     s.push_str(&format!("members_file = \"{}/{}\"\n", super::MEMBERS_DIR, super::MEMBERS_FILE));
     if let Some(k) = keys_file {
         s.push_str(&format!("api_keys_file = \"{k}\"\n"));
+    }
+    if tls {
+        let [cert, key, ca] = super::TLS_KEYS;
+        let dir = super::TLS_DIR;
+        s.push_str(&format!("tls_cert_file = \"{dir}/{cert}\"\ntls_key_file = \"{dir}/{key}\"\n"));
+        s.push_str(&format!("tls_ca_file = \"{dir}/{ca}\"\n"));
     }
     s.push_str("log_format = \"json\"\n");
     for (k, v) in [
@@ -52,7 +58,7 @@ pub fn config_map(c: &ConfmanCluster, tuning: &Tuning) -> Result<ConfigMap, Buil
     let keys = c.spec.auth.as_ref().map(|_| "/etc/confman/keys/keys.yaml");
     Ok(ConfigMap {
         metadata: meta(c, config_name(c))?,
-        data: Some(BTreeMap::from([(CONFIG_FILE.to_string(), node_config(tuning, keys))])),
+        data: Some(BTreeMap::from([(CONFIG_FILE.to_string(), node_config(tuning, keys, c.spec.tls.is_some()))])),
         ..ConfigMap::default()
     })
 }

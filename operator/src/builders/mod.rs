@@ -64,9 +64,20 @@ pub fn pod_name(c: &ConfmanCluster, ordinal: u32) -> String {
     format!("{}-{ordinal}", c.name_any())
 }
 
+/// Where the TLS Secret (`spec.tls.clientSecret`) is mounted in the pods.
+pub const TLS_DIR: &str = "/etc/confman/tls";
+/// The TLS Secret's keys: a `kubernetes.io/tls` Secret plus the CA that signed it (`ca.crt`,
+/// as cert-manager writes it), which members and the operator trust.
+pub const TLS_KEYS: [&str; 3] = ["tls.crt", "tls.key", "ca.crt"];
+
+/// `https` when the cluster serves TLS, else `http`.
+pub fn scheme(c: &ConfmanCluster) -> &'static str {
+    if c.spec.tls.is_some() { "https" } else { "http" }
+}
+
 /// URL other members use to reach the pod named `pod` (stable DNS of the headless Service).
 pub fn pod_url(c: &ConfmanCluster, pod: &str) -> String {
-    format!("http://{pod}.{}.{}.svc:{NODE_PORT}", headless_name(c), c.namespace().unwrap_or_default())
+    format!("{}://{pod}.{}.{}.svc:{NODE_PORT}", scheme(c), headless_name(c), c.namespace().unwrap_or_default())
 }
 
 /// Labels selecting the pods of a cluster (stable: never include versions).

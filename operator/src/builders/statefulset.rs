@@ -41,11 +41,13 @@ pub fn termination_grace_seconds(t: &Tuning) -> i64 {
     i64::try_from(ms.div_ceil(1000)).unwrap_or(i64::MAX).max(60)
 }
 
-fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+fn http_probe(c: &ConfmanCluster, path: &str, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::Int(NODE_PORT),
+            // The kubelet does not verify the certificate of an HTTPS probe.
+            scheme: Some(super::scheme(c).to_uppercase()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -75,12 +77,16 @@ fn config_volume(name: &str, config_map: String, key: &str) -> Volume {
     }
 }
 
-fn secret_volume(name: &str, secret: String, key: &str) -> Volume {
+fn secret_volume(name: &str, secret: String, keys: &[&str]) -> Volume {
     Volume {
         name: name.into(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(secret),
-            items: Some(vec![KeyToPath { key: key.into(), path: key.into(), ..KeyToPath::default() }]),
+            items: Some(
+                keys.iter()
+                    .map(|k| KeyToPath { key: (*k).into(), path: (*k).into(), ..KeyToPath::default() })
+                    .collect(),
+            ),
             default_mode: Some(0o400),
             ..SecretVolumeSource::default()
         }),
@@ -120,6 +126,9 @@ fn container(c: &ConfmanCluster) -> Container {
     if c.spec.auth.is_some() {
         mounts.push(mount("keys", "/etc/confman/keys"));
     }
+    if c.spec.tls.is_some() {
+        mounts.push(mount("tls", super::TLS_DIR));
+    }
     Container {
         name: "confman".into(),
         image: Some(c.spec.image.clone()),
@@ -142,8 +151,8 @@ fn container(c: &ConfmanCluster) -> Container {
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        readiness_probe: Some(http_probe("/health/ready", 5, 2)),
-        liveness_probe: Some(http_probe("/health", 10, 6)),
+        readiness_probe: Some(http_probe(c, "/health/ready", 5, 2)),
+        liveness_probe: Some(http_probe(c, "/health", 10, 6)),
         resources: c.spec.resources.clone(),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -182,15 +191,18 @@ pub fn statefulset(c: &ConfmanCluster, tuning: &Tuning, config_hash: &str) -> Re
     let mut volumes = vec![
         config_volume("config", config_name(c), CONFIG_FILE),
         config_volume("members", members_name(c), MEMBERS_FILE),
-        secret_volume("token", token_name(c), TOKEN_KEY),
+        secret_volume("token", token_name(c), &[TOKEN_KEY]),
         Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() },
     ];
     if let Some(auth) = &c.spec.auth {
-        volumes.push(secret_volume("keys", auth.api_keys_secret.clone(), "keys.yaml"));
+        volumes.push(secret_volume("keys", auth.api_keys_secret.clone(), &["keys.yaml"]));
+    }
+    if let Some(tls) = &c.spec.tls {
+        volumes.push(secret_volume("tls", tls.client_secret.clone(), &super::TLS_KEYS));
     }
     let mut pod_labels = selector_labels(c);
     pod_labels.insert("app.kubernetes.io/component".into(), "node".into());
-    let mut startup = http_probe("/health", 5, 0);
+    let mut startup = http_probe(c, "/health", 5, 0);
     // A restarted member may finish a snapshot install before it listens: allow for it.
     startup.failure_threshold = Some(i32::try_from(grace / 5 + 1).unwrap_or(i32::MAX));
     let mut main = container(c);
