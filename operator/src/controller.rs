@@ -24,6 +24,11 @@ use crate::reconcile::{Context, FIELD_MANAGER, error_policy, reconcile};
 
 /// Name of the leader-election Lease.
 pub const LEASE_NAME: &str = "confman-operator";
+/// Lease duration (client-go's leader-election default): a crashed leader is replaced within
+/// this, a standby notices a released Lease within it.
+pub const LEASE_SECONDS: u64 = 15;
+/// The holder renews this long before the Lease would expire.
+pub const LEASE_GRACE_SECONDS: u64 = 5;
 
 /// How the controller runs.
 #[derive(Debug, Clone)]
@@ -159,6 +164,8 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let manager = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
         .with_namespace(opts.lease_namespace.clone())
         .with_identity(opts.identity.clone())
+        .with_duration(LEASE_SECONDS)
+        .with_grace(LEASE_GRACE_SECONDS)
         .build()
         .await?;
     let (mut leading, lease_task) = manager.watch().await;

@@ -2,7 +2,9 @@
 //! of the REST API for the operator and the pod simulator — get, list (label selectors), watch
 //! (JSON lines, replayed from a resourceVersion), server-side apply and merge patch (objects and
 //! `/status`), create, delete — for any namespaced kind, with resourceVersion, generation
-//! (bumped on spec changes), uid and creationTimestamp. Not a validator: it trusts its callers.
+//! (bumped on spec changes), uid and creationTimestamp, and field managers: an apply that would
+//! change another manager's field without `force` gets 409 Conflict (what Lease-based leader
+//! election relies on). Not a validator: it trusts its callers.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -55,6 +57,8 @@ struct Inner {
     objects: BTreeMap<ObjectKey, Value>,
     log: Vec<Change>,
     rv: u64,
+    /// Field managers: who set each leaf field of each object (see `managed`).
+    owners: BTreeMap<ObjectKey, super::managed::Owners>,
 }
 
 /// The object store behind the fake API server; also used directly by the pod simulator and
@@ -202,8 +206,12 @@ impl Store {
 
     /// Creates or replaces an object wholesale (keeps uid, creationTimestamp and status, bumps
     /// generation when `spec` changed).
-    pub fn put(&self, key: ObjectKey, mut obj: Value) -> Value {
+    pub fn put(&self, key: ObjectKey, obj: Value) -> Value {
         let mut inner = self.lock();
+        self.put_locked(&mut inner, key, obj)
+    }
+
+    fn put_locked(&self, inner: &mut Inner, key: ObjectKey, mut obj: Value) -> Value {
         let old = inner.objects.get(&key).cloned();
         match &old {
             Some(old) => {
@@ -224,7 +232,32 @@ impl Store {
         }
         obj["metadata"]["name"] = json!(key.name);
         obj["metadata"]["namespace"] = json!(key.namespace);
-        self.commit(&mut inner, key, Some(obj)).unwrap_or(Value::Null)
+        self.commit(inner, key, Some(obj)).unwrap_or(Value::Null)
+    }
+
+    /// Server-side apply of `body` by `manager`, atomically: refused with the conflicting field
+    /// paths when it would change a field another manager set (unless `force`); otherwise the
+    /// applied configuration replaces the object and `manager` owns its fields.
+    pub fn apply(&self, key: ObjectKey, body: Value, manager: &str, force: bool) -> Result<Value, Vec<String>> {
+        let mut inner = self.lock();
+        let owners = inner.owners.get(&key).cloned().unwrap_or_default();
+        if !force && let Some(old) = inner.objects.get(&key) {
+            let conflicts = super::managed::conflicts(old, &body, &owners, manager);
+            if !conflicts.is_empty() {
+                return Err(conflicts);
+            }
+        }
+        let owners = super::managed::take(owners, &body, manager);
+        inner.owners.insert(key.clone(), owners);
+        Ok(self.put_locked(&mut inner, key, body))
+    }
+
+    /// Records `manager` as the owner of the fields a merge patch set (nulls drop ownership),
+    /// as the API server does for update operations.
+    pub fn record_update(&self, key: &ObjectKey, patch: &Value, manager: &str) {
+        let mut inner = self.lock();
+        let owners = inner.owners.remove(key).unwrap_or_default();
+        inner.owners.insert(key.clone(), super::managed::take(owners, patch, manager));
     }
 
     /// Applies a JSON merge patch to an object (or to its status); None when absent.
@@ -253,6 +286,7 @@ impl Store {
     /// Deletes an object; returns it.
     pub fn delete(&self, key: &ObjectKey) -> Option<Value> {
         let mut inner = self.lock();
+        inner.owners.remove(key);
         self.commit(&mut inner, key.clone(), None)
     }
 
@@ -381,6 +415,7 @@ async fn handle(
         }
         (Method::PATCH, Some(name)) => {
             let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let manager = q.get("fieldManager").map_or("unknown", String::as_str);
             let k = key(name);
             if ct.starts_with("application/apply-patch") {
                 // Server-side apply by the only manager of these fields: the applied
@@ -391,10 +426,23 @@ async fn handle(
                         None => status_body(StatusCode::NOT_FOUND, "NotFound", format!("{name} not found")),
                     };
                 }
-                return ok_json(&store.put(k, body_json));
+                let force = q.get("force").is_some_and(|f| f == "true");
+                return match store.apply(k, body_json, manager, force) {
+                    Ok(o) => ok_json(&o),
+                    Err(fields) => status_body(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        format!("Apply failed with {} conflict(s): {}", fields.len(), fields.join(", ")),
+                    ),
+                };
             }
             match store.patch(&k, &body_json, t.status) {
-                Some(o) => ok_json(&o),
+                Some(o) => {
+                    if !t.status {
+                        store.record_update(&k, &body_json, manager);
+                    }
+                    ok_json(&o)
+                }
                 None => status_body(StatusCode::NOT_FOUND, "NotFound", format!("{name} not found")),
             }
         }

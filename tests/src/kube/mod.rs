@@ -3,4 +3,5 @@
 //! `confman-node` processes for StatefulSet pods on loopback addresses.
 
 pub mod api;
+pub mod managed;
 pub mod sim;
