@@ -61,9 +61,39 @@ pub fn http_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder().no_proxy()
 }
 
+/// Builds a client from `base` that verifies https endpoints against `cas` only, or, without
+/// CAs, against the system's roots. A system without roots (a minimal container image) still
+/// gets a working client: plain http works, and https endpoints fail verification with a clear
+/// error instead of the client failing to build.
+pub fn build_http(
+    base: impl Fn() -> reqwest::ClientBuilder,
+    cas: &[reqwest::Certificate],
+) -> Result<reqwest::Client, reqwest::Error> {
+    install_crypto_provider();
+    if !cas.is_empty() {
+        return base().tls_certs_only(cas.iter().cloned()).build();
+    }
+    // Once the system's roots failed to load, later clients skip straight to the fallback
+    // (and the warning is logged once per process).
+    static NO_SYSTEM_ROOTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !NO_SYSTEM_ROOTS.load(Ordering::Relaxed) {
+        match base().build() {
+            Ok(client) => return Ok(client),
+            Err(e) => {
+                if !NO_SYSTEM_ROOTS.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("no system CA roots ({e}); https endpoints need an explicitly trusted CA");
+                }
+            }
+        }
+    }
+    let no_roots =
+        rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth();
+    base().use_preconfigured_tls(no_roots).build()
+}
+
 impl ClientBuilder {
-    /// Trusts the CA certificates in `pem` (a PEM bundle) for https:// endpoints, in addition
-    /// to the system's roots.
+    /// Trusts the CA certificates in `pem` (a PEM bundle) for https:// endpoints — only these,
+    /// instead of the system's roots (cluster certificates come from a private CA).
     pub fn trust_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.trusted_cas.push(pem.into());
         self
@@ -96,21 +126,20 @@ impl ClientBuilder {
         for pem in &self.trusted_cas {
             cas.extend(reqwest::Certificate::from_pem_bundle(pem).map_err(Error::Transport)?);
         }
-        let configure = |mut b: reqwest::ClientBuilder| {
+        let configure = || {
+            let mut b = http_builder().tcp_nodelay(true);
             for (host, ip) in &self.resolve {
                 b = b.resolve(host, SocketAddr::new(*ip, 0));
             }
-            for ca in &cas {
-                b = b.add_root_certificate(ca.clone());
-            }
-            b.tcp_nodelay(true)
+            b
         };
-        let b = configure(http_builder()).timeout(self.request_timeout);
+        let http = build_http(|| configure().timeout(self.request_timeout), &cas).map_err(Error::Transport)?;
         // Watches are long-lived: no total timeout, only a connect timeout.
-        let wb = configure(http_builder()).connect_timeout(Duration::from_secs(5));
+        let watch_http =
+            build_http(|| configure().connect_timeout(Duration::from_secs(5)), &cas).map_err(Error::Transport)?;
         Ok(Client {
-            http: b.build().map_err(Error::Transport)?,
-            watch_http: wb.build().map_err(Error::Transport)?,
+            http,
+            watch_http,
             endpoints: self.endpoints.into_iter().map(|e| e.trim_end_matches('/').to_string()).collect(),
             credential: self.credential,
             retry_for: self.retry_for,

@@ -119,6 +119,10 @@ pub struct Overrides {
     /// writes to https:// peers). [default: the system's roots]
     #[arg(long, env = "CONFMAN_TLS_CA_FILE")]
     pub tls_ca_file: Option<PathBuf>,
+    /// How often the certificate files are re-read (a renewed certificate is served without a
+    /// restart), ms. [default: 30000]
+    #[arg(long, env = "CONFMAN_TLS_RELOAD_MS")]
+    pub tls_reload_ms: Option<u64>,
     /// Set from --members-file (never a flag): the ledger lists this node id as one that has
     /// held a place in the group, so an empty data directory means its volume was lost.
     #[arg(skip)]
@@ -190,6 +194,8 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     /// CA bundle for outgoing calls to https:// peers.
     pub tls_ca_file: Option<PathBuf>,
+    /// How often the certificate files are re-read.
+    pub tls_reload: Duration,
     /// This node id has held a place in the group (operator ledger): starting it on an empty
     /// data directory would forget its vote and log, so the node refuses to (see
     /// `server::start`).
@@ -238,6 +244,7 @@ impl Overrides {
             tls_cert_file,
             tls_key_file,
             tls_ca_file,
+            tls_reload_ms,
             was_member,
         )
     }
@@ -419,6 +426,13 @@ impl Settings {
                 });
             }
         };
+        let tls_reload_ms = o.tls_reload_ms.unwrap_or(30_000);
+        if tls_reload_ms < 100 {
+            return Err(ConfigError::Invalid {
+                setting: "tls-reload-ms",
+                reason: format!("{tls_reload_ms} is below the minimum of 100 ms"),
+            });
+        }
         let scheme = if tls.is_some() { "https" } else { "http" };
         let advertise = o.advertise.unwrap_or_else(|| format!("{scheme}://{listen}")).trim_end_matches('/').to_string();
         if !advertise.starts_with(&format!("{scheme}://")) {
@@ -487,6 +501,7 @@ impl Settings {
             log_format,
             tls,
             tls_ca_file: o.tls_ca_file,
+            tls_reload: Duration::from_millis(tls_reload_ms),
             was_member: o.was_member.unwrap_or(false),
         })
     }

@@ -93,8 +93,10 @@ pub struct Running {
     node: Arc<RaftNode>,
     listener: tokio::net::TcpListener,
     router: axum::Router,
-    /// TLS for the listener (None: plain HTTP).
-    tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS for the listener and the certificate it serves (None: plain HTTP).
+    tls: Option<(Arc<rustls::ServerConfig>, Arc<tls::CertReloader>)>,
+    /// How often the certificate files are checked for a rotation.
+    tls_reload: Duration,
     drain_timeout: Duration,
     /// Tells long-lived responses (watch streams) to end when shutdown begins.
     shutdown_tx: tokio::sync::watch::Sender<bool>,
@@ -178,7 +180,10 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
     let keys = keys.with_cluster_token(&token);
 
     let tls = match &settings.tls {
-        Some(files) => Some(tls::server_config(&files.cert, &files.key)?),
+        Some(files) => {
+            let reloader = tls::CertReloader::load(&files.cert, &files.key)?;
+            Some((tls::server_config(reloader.clone())?, reloader))
+        }
         None => None,
     };
     let mut raft = settings.raft();
@@ -209,6 +214,7 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
         listener,
         router,
         tls,
+        tls_reload: settings.tls_reload,
         drain_timeout: Duration::from_millis(settings.tuning.request_timeout_ms) + Duration::from_secs(5),
         shutdown_tx,
     })
@@ -237,8 +243,10 @@ impl Running {
         let stopped = async move {
             let _ = stop_rx.await;
         };
+        let mut reload_task = None;
         let mut server = match self.tls {
-            Some(config) => {
+            Some((config, reloader)) => {
+                reload_task = Some(tokio::spawn(reloader.watch(self.tls_reload)));
                 let listener = tls::TlsListener::new(self.listener, config).map_err(ServerError::Serve)?;
                 let server = axum::serve(listener, self.router).with_graceful_shutdown(stopped);
                 tokio::spawn(async move { server.await })
@@ -264,6 +272,9 @@ impl Running {
                 };
             }
             () = shutdown => {}
+        }
+        if let Some(t) = reload_task {
+            t.abort();
         }
         tracing::info!("shutting down: draining in-flight requests");
         self.shutdown_tx.send_replace(true);

@@ -176,6 +176,18 @@ fn stopped<E: std::fmt::Display>(e: E) -> RaftNodeError {
     RaftNodeError::Stopped(e.to_string())
 }
 
+/// What `RaftNode::start` built before wrapping it.
+struct Parts {
+    raft: Raft,
+    db: Arc<RocksDb>,
+    snapshots: Arc<SnapshotStore>,
+    token: Arc<str>,
+    http: reqwest::Client,
+    applied_rx: watch::Receiver<u64>,
+    log_bytes: Arc<LogBytes>,
+    syncer: SyncerHandle,
+}
+
 impl RaftNode {
     /// Opens storage, starts Raft and, on a pristine data directory, bootstraps the cluster
     /// (SPEC §2.4: the lowest listed id initialises it; the others wait to be contacted).
@@ -208,8 +220,13 @@ impl RaftNode {
         if let Some(current) = snapshots.current()? {
             log_bytes.reset(current.manifest.data_size);
         }
-        let (log_store, syncer) =
-            LogStore::new(db.clone(), settings.max_append_bytes, settings.max_append_entries, log_bytes.clone())?;
+        // Everything that can fail comes before the log store's syncer thread starts, or is
+        // followed by a Raft shutdown: the syncer is joined on drop and only exits once the
+        // log store (inside Raft) is gone.
+        let http = network::http_client(&settings.outgoing).map_err(|e| RaftNodeError::Network(e.to_string()))?;
+        let timeouts = NetworkTimeouts { append: settings.append_timeout, snapshot_idle: settings.snapshot_timeout };
+        let network = NetworkFactory::new(token.clone(), timeouts, snapshots.stats(), &settings.outgoing)
+            .map_err(|e| RaftNodeError::Network(e.to_string()))?;
         let (applied_tx, applied_rx) = watch::channel(0u64);
         let sm = StateMachine::new(
             db.clone(),
@@ -218,11 +235,21 @@ impl RaftNode {
             log_bytes.clone(),
             Arc::new(applied_tx),
         )?;
-        let timeouts = NetworkTimeouts { append: settings.append_timeout, snapshot_idle: settings.snapshot_timeout };
-        let network = NetworkFactory::new(token.clone(), timeouts, snapshots.stats(), &settings.outgoing)
-            .map_err(|e| RaftNodeError::Network(e.to_string()))?;
+        let (log_store, syncer) =
+            LogStore::new(db.clone(), settings.max_append_bytes, settings.max_append_entries, log_bytes.clone())?;
         let raft = Raft::new(settings.node_id, Arc::new(config), network, log_store, sm).await.map_err(stopped)?;
+        if let Err(e) = Self::bootstrap(&raft, settings).await {
+            if let Err(stop) = raft.shutdown().await {
+                tracing::warn!("raft did not shut down cleanly after a failed start: {stop}");
+            }
+            return Err(e);
+        }
+        let parts = Parts { raft, db, snapshots, token, http, applied_rx, log_bytes, syncer };
+        Ok(Self::assemble(parts, settings))
+    }
 
+    /// Initialises the group on a fresh node that is its first member (or a single node).
+    async fn bootstrap(raft: &Raft, settings: &RaftSettings) -> Result<(), RaftNodeError> {
         if !raft.is_initialized().await.map_err(stopped)? && !settings.join {
             let lowest = settings.peers.keys().next().copied().unwrap_or(settings.node_id);
             if settings.peers.is_empty() {
@@ -239,7 +266,12 @@ impl RaftNode {
                 tracing::info!(lowest, "waiting for node {lowest} to initialise the cluster");
             }
         }
+        Ok(())
+    }
 
+    /// Wraps a started Raft: leader tracking and the compaction trigger.
+    fn assemble(parts: Parts, settings: &RaftSettings) -> Arc<Self> {
+        let Parts { raft, db, snapshots, token, http, applied_rx, log_bytes, syncer } = parts;
         let leader_changes = Arc::new(AtomicU64::new(0));
         let leader_watch = {
             let (mut rx, counter) = (raft.metrics(), leader_changes.clone());
@@ -270,13 +302,13 @@ impl RaftNode {
             })
         };
 
-        Ok(Arc::new(Self {
+        Arc::new(Self {
             raft,
             id: settings.node_id,
             db,
             snapshots,
             token,
-            http: network::http_client(&settings.outgoing).map_err(|e| RaftNodeError::Network(e.to_string()))?,
+            http,
             applied_rx,
             log_bytes,
             syncer: Mutex::new(Some(syncer)),
@@ -285,7 +317,7 @@ impl RaftNode {
             leader_changes,
             snapshot_timeout: settings.snapshot_timeout,
             request_timeout: settings.request_timeout,
-        }))
+        })
     }
 
     /// The internal `/raft/*` routes.

@@ -77,19 +77,14 @@ pub struct Outgoing {
 
 /// Builds an HTTP client for intra-cluster traffic (no proxies, TCP_NODELAY) as `out` says.
 pub fn http_client(out: &Outgoing) -> Result<reqwest::Client, reqwest::Error> {
-    crate::tls::install_crypto_provider();
-    let mut b = reqwest::Client::builder();
-    for (host, ip) in &out.resolve {
-        b = b.resolve(host, std::net::SocketAddr::new(*ip, 0));
-    }
-    for ca in &out.trusted_cas {
-        b = b.add_root_certificate(ca.clone());
-    }
-    b.no_proxy()
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(2))
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build()
+    let base = || {
+        let mut b = confman_client::http_builder();
+        for (host, ip) in &out.resolve {
+            b = b.resolve(host, std::net::SocketAddr::new(*ip, 0));
+        }
+        b.tcp_nodelay(true).connect_timeout(Duration::from_secs(2)).pool_idle_timeout(Duration::from_secs(60))
+    };
+    confman_client::build_http(base, &out.trusted_cas)
 }
 
 impl NetworkFactory {
