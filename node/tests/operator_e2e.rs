@@ -567,5 +567,37 @@ async fn a_tls_cluster_bootstraps_scales_and_serves_only_https() -> Result<()> {
     let client5 = env.client(5)?;
     wait_digests_equal(&env, &client5, 5).await?;
     assert_eq!(client5.get("app", "k9").await?.map(|e| e.value.to_vec()), Some(b"v9".to_vec()));
+
+    // CA rotation, step one: the Secret's ca.crt becomes a bundle of the old and a new CA. The
+    // nodes read it at start, so the operator rolls them (one at a time) to trust both.
+    let next_ca = confman_tests::certs::TestCa::new()?;
+    let bundle = format!("{}{}", certs.ca_pem, next_ca.pem);
+    let secret = key("/api/v1", "secrets", "config-tls");
+    env.store().patch(&secret, &json!({"data": {"ca.crt": b64(&bundle)}}), false);
+    let before = env.sim.events().len();
+    let old_revision = env.store().get(&sts_key()).map(|s| s["status"]["updateRevision"].clone()).unwrap_or_default();
+    // The operator does not watch Secrets (no list/watch RBAC on them): it sees the change on its
+    // next reconcile, which an edit of the cluster object brings forward (like `kubectl annotate`).
+    env.store().patch(&cmc_key(), &json!({"metadata": {"annotations": {"rotate": "1"}}}), false);
+    env.store()
+        .wait_for("every pod restarted trusting the bundle", STEP, |s| {
+            let sts = s.get(&sts_key())?;
+            let st = s.get(&cmc_key())?["status"].clone();
+            let done = sts["status"]["updateRevision"] != old_revision
+                && sts["status"]["currentRevision"] == sts["status"]["updateRevision"]
+                && sts["status"]["readyReplicas"] == json!(5)
+                && st["phase"] == json!("Running")
+                && condition(&st, "Progressing") == Some("False");
+            done.then_some(())
+        })
+        .await
+        .map_err(|e| env.explain(e))?;
+    let replaced = env.sim.events()[before..].iter().filter(|e| matches!(e, SimEvent::Deleted(_))).count();
+    assert_eq!(replaced, 5, "each member restarted once");
+    assert!(env.event_reasons().iter().any(|r| r == "TrustChanged"), "{:?}", env.event_reasons());
+    let sts = env.store().get(&sts_key()).ok_or("no StatefulSet")?;
+    assert!(sts["spec"]["template"]["metadata"]["annotations"]["confman.io/ca-hash"].is_string());
+    env.wait_members(&[1, 2, 3, 4, 5]).await?;
+    assert_eq!(client5.get("app", "k0").await?.map(|e| e.value.to_vec()), Some(b"v0".to_vec()));
     Ok(())
 }

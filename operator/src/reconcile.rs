@@ -357,13 +357,23 @@ async fn apply_children(
     apply(client, &builders::client_service(c)?).await?;
     let mut desired = builders::statefulset(c, tuning, &hash)?;
     desired.spec.replicas = Some(i32::try_from(plan.replicas).unwrap_or(i32::MAX));
-    let old_hash = sts.and_then(|s| {
-        s.spec.template.metadata.as_ref()?.annotations.as_ref()?.get(builders::CONFIG_HASH_ANNOTATION).cloned()
-    });
+    let ca_hash = ca.as_deref().map(|ca| builders::with_trusted_ca(&mut desired, ca));
+    let old = |annotation: &str| {
+        sts.and_then(|s| s.spec.template.metadata.as_ref()?.annotations.as_ref()?.get(annotation).cloned())
+    };
+    let (old_hash, old_ca_hash) = (old(builders::CONFIG_HASH_ANNOTATION), old(builders::CA_HASH_ANNOTATION));
     let applied = apply(client, &desired).await?;
     if old_hash.is_some_and(|h| h != hash) {
         let note = format!("node config changed (hash {hash}); members are replaced one at a time, leader last");
         publish(ctx, c, EventType::Normal, "ConfigChanged", note, "Update").await;
+    }
+    if let (Some(old), Some(new)) = (&old_ca_hash, &ca_hash)
+        && old != new
+    {
+        let note = "ca.crt of the TLS Secret changed; members restart one at a time, leader last, to trust it \
+                    (keep the old CA in the bundle until every certificate is reissued)"
+            .to_string();
+        publish(ctx, c, EventType::Normal, "TrustChanged", note, "Update").await;
     }
     let group = raft.as_ref().map(|r| {
         let voters = r.members.values().filter(|v| **v).count();

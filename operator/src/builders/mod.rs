@@ -20,7 +20,8 @@ pub use pdb::pod_disruption_budget;
 pub use secret::{TOKEN_KEY, generate_token, token_secret};
 pub use services::{client_service, headless_service};
 pub use statefulset::{
-    CONFIG_HASH_ANNOTATION, DATA_DIR, MEMBERS_DIR, MEMBERS_FILE, statefulset, termination_grace_seconds,
+    CA_HASH_ANNOTATION, CONFIG_HASH_ANNOTATION, DATA_DIR, MEMBERS_DIR, MEMBERS_FILE, statefulset,
+    termination_grace_seconds, with_trusted_ca,
 };
 
 /// Port of the node's HTTP listener (client API and Raft RPC).

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use sha2::{Digest, Sha256};
+
 use confman_tuning::Tuning;
 use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec, StatefulSetUpdateStrategy,
@@ -31,6 +33,9 @@ pub const MEMBERS_DIR: &str = "/etc/confman/members";
 pub const MEMBERS_FILE: &str = "members.toml";
 /// Pod-template annotation carrying the config hash.
 pub const CONFIG_HASH_ANNOTATION: &str = "confman.io/config-hash";
+/// Pod-template annotation carrying the hash of the trusted CA (`ca.crt` of the TLS Secret):
+/// nodes read it at start, so a new CA bundle rolls the pods (followers first, leader last).
+pub const CA_HASH_ANNOTATION: &str = "confman.io/ca-hash";
 /// UID/GID the node runs as (matches the image's user).
 const NODE_UID: i64 = 10001;
 
@@ -182,6 +187,15 @@ fn volume_claim(c: &ConfmanCluster) -> PersistentVolumeClaim {
     }
 }
 
+/// Records the hash of the CA bundle the pods trust in the pod template (see
+/// [`CA_HASH_ANNOTATION`]); returns the hash.
+pub fn with_trusted_ca(sts: &mut StatefulSet, ca_pem: &str) -> String {
+    let hash = hex::encode(&Sha256::digest(ca_pem.trim().as_bytes())[..16]);
+    let meta = sts.spec.template.metadata.get_or_insert_default();
+    meta.annotations.get_or_insert_default().insert(CA_HASH_ANNOTATION.to_string(), hash.clone());
+    hash
+}
+
 /// The StatefulSet. `config_hash` goes into the pod template, so a config change rolls the pods.
 /// Pods start in parallel (the node tolerates it: only the lowest bootstrap id initialises the
 /// group, the others wait for it), which avoids the ordered-start deadlock where pod 0 cannot
@@ -256,4 +270,28 @@ pub fn statefulset(c: &ConfmanCluster, tuning: &Tuning, config_hash: &str) -> Re
         },
         ..StatefulSet::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builders::fixtures::cluster;
+    use crate::crd::PayloadClassSpec;
+
+    #[test]
+    fn a_new_ca_bundle_changes_the_pod_template() -> Result<(), Box<dyn std::error::Error>> {
+        let c = cluster(3, PayloadClassSpec::Small);
+        let t = PayloadClassSpec::Small.into_tuning();
+        let mut a = statefulset(&c, &t, "h")?;
+        let mut b = statefulset(&c, &t, "h")?;
+        let ha = with_trusted_ca(&mut a, "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n");
+        let same = with_trusted_ca(&mut b, "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----");
+        assert_eq!(ha, same, "whitespace around the bundle does not roll the pods");
+        let annotations = |s: &StatefulSet| s.spec.template.metadata.as_ref().and_then(|m| m.annotations.clone());
+        assert_eq!(annotations(&a).and_then(|m| m.get(CA_HASH_ANNOTATION).cloned()), Some(ha.clone()));
+        let other = with_trusted_ca(&mut b, "-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----");
+        assert_ne!(other, ha, "a different bundle rolls the pods");
+        assert_eq!(annotations(&b).and_then(|m| m.get(CONFIG_HASH_ANNOTATION).cloned()), Some("h".to_string()));
+        Ok(())
+    }
 }
