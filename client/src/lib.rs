@@ -133,7 +133,11 @@ impl ClientBuilder {
             }
             b
         };
-        let http = build_http(|| configure().timeout(self.request_timeout), &cas).map_err(Error::Transport)?;
+        // A connect timeout of its own: a dead endpoint must show as "never connected" (safe to
+        // repeat anywhere), not as a total timeout with an unknown outcome.
+        let http =
+            build_http(|| configure().timeout(self.request_timeout).connect_timeout(Duration::from_secs(5)), &cas)
+                .map_err(Error::Transport)?;
         // Watches are long-lived: no total timeout, only a connect timeout.
         let watch_http =
             build_http(|| configure().connect_timeout(Duration::from_secs(5)), &cas).map_err(Error::Transport)?;
@@ -213,7 +217,10 @@ impl Client {
                     if problem.outcome_unknown() && replay == Replay::Unsafe {
                         return Err(Error::OutcomeUnknown(problem.detail));
                     }
-                    tracing::debug!(endpoint = %base, detail = %problem.detail, "503, retrying");
+                    // Another member may do better (this one may have no leader, be joining,
+                    // or have lost its data): the next attempt goes to the next endpoint.
+                    tracing::debug!(endpoint = %base, detail = %problem.detail, "503, trying the next endpoint");
+                    self.next.fetch_add(1, Ordering::Relaxed);
                     Error::Unavailable(problem)
                 }
                 Ok(resp) if resp.status().is_success() => return Ok(resp),

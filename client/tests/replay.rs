@@ -20,6 +20,8 @@ enum Behaviour {
     HangUp,
     /// Answers 200 with a write result.
     Answer,
+    /// Answers 503 `data-lost` (a member whose volume was lost).
+    DataLost,
 }
 
 /// A one-purpose HTTP/1.1 endpoint on loopback; returns its URL and a count of requests seen.
@@ -53,10 +55,18 @@ async fn endpoint(behaviour: Behaviour) -> Result<(String, Arc<AtomicUsize>)> {
                     }
                 }
                 counter.fetch_add(1, Ordering::SeqCst);
-                if let Behaviour::Answer = behaviour {
-                    let body = r#"{"version":1,"revision":7}"#;
+                let answer = match behaviour {
+                    Behaviour::HangUp => None,
+                    Behaviour::Answer => Some(("200 OK", "application/json", r#"{"version":1,"revision":7}"#)),
+                    Behaviour::DataLost => Some((
+                        "503 Service Unavailable",
+                        "application/problem+json",
+                        r#"{"type":"https://confman.dev/problems/data-lost","status":503,"detail":"lost","nodeId":1}"#,
+                    )),
+                };
+                if let Some((status, content_type, body)) = answer {
                     let resp = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
                     );
                     let _ = sock.write_all(resp.as_bytes()).await;
@@ -115,5 +125,16 @@ async fn an_unreachable_endpoint_is_skipped_even_for_conditional_writes() -> Res
     let w = client(vec![closed_url, live])?.put("app", "k", b"v".to_vec(), Some(0)).await?;
     assert_eq!(w.version, 1);
     assert_eq!(live_seen.load(Ordering::SeqCst), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_member_answering_503_is_skipped_for_the_next_one() -> Result<()> {
+    // E.g. ordinal 0 lost its volume: every call must not keep going to it.
+    let (lost, lost_seen) = endpoint(Behaviour::DataLost).await?;
+    let (live, live_seen) = endpoint(Behaviour::Answer).await?;
+    let w = client(vec![lost, live])?.put("app", "k", b"v".to_vec(), Some(3)).await?;
+    assert_eq!(w.version, 1);
+    assert_eq!((lost_seen.load(Ordering::SeqCst), live_seen.load(Ordering::SeqCst)), (1, 1));
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! Node startup and ordered shutdown (seed lesson 9). Startup: data dir → RocksDB → keys and
-//! cluster token → Raft → HTTP listener. Shutdown: stop accepting, drain in-flight requests
+//! cluster token → HTTP clients and the bound listener → Raft (nothing fallible after it). Shutdown: stop accepting, drain in-flight requests
 //! (they still need Raft to commit), hand leadership away, stop Raft (pending applies finish),
 //! fsync, close RocksDB.
 
@@ -91,12 +91,8 @@ pub struct Running {
     /// The generated development admin key, when no keys file was configured.
     pub dev_admin_key: Option<String>,
     node: Arc<RaftNode>,
-    listener: tokio::net::TcpListener,
+    listener: Listener,
     router: axum::Router,
-    /// TLS for the listener and the certificate it serves (None: plain HTTP).
-    tls: Option<(Arc<rustls::ServerConfig>, Arc<tls::CertReloader>)>,
-    /// How often the certificate files are checked for a rotation.
-    tls_reload: Duration,
     drain_timeout: Duration,
     /// Tells long-lived responses (watch streams) to end when shutdown begins.
     shutdown_tx: tokio::sync::watch::Sender<bool>,
@@ -179,17 +175,14 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
     let (token, _) = secret(settings.cluster_token_file.as_deref(), &dir.join("cluster.token"))?;
     let keys = keys.with_cluster_token(&token);
 
-    let tls = match &settings.tls {
-        Some(files) => {
-            let reloader = tls::CertReloader::load(&files.cert, &files.key)?;
-            Some((tls::server_config(reloader.clone())?, reloader))
-        }
-        None => None,
-    };
+    // Everything that can fail happens before Raft starts: a started Raft must be shut down,
+    // not dropped (its log syncer is joined on drop).
     let mut raft = settings.raft();
     if let Some(ca) = &settings.tls_ca_file {
         raft.outgoing.trusted_cas = tls::trusted_cas(ca)?;
     }
+    let forward_client = crate::raft::network::http_client(&raft.outgoing)?;
+    let (listener, local_addr) = bind(settings)?;
     let node = RaftNode::start(&raft, db, &dir, Arc::from(token.as_str())).await?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let ctx = Arc::new(AppContext {
@@ -198,14 +191,10 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
         tuning: settings.tuning,
         history_depth: settings.history_depth,
         metrics: Arc::new(Metrics::default()),
-        forward_client: crate::raft::network::http_client(&raft.outgoing)?,
+        forward_client,
         shutdown: shutdown_rx,
     });
     let router = api::router(ctx);
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .map_err(|source| ServerError::Bind { addr: settings.listen, source })?;
-    let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: settings.listen, source })?;
     tracing::info!(node_id = settings.node_id, %local_addr, advertise = %settings.advertise, "confman node listening");
     Ok(Running {
         local_addr,
@@ -213,11 +202,61 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
         node,
         listener,
         router,
-        tls,
-        tls_reload: settings.tls_reload,
         drain_timeout: Duration::from_millis(settings.tuning.request_timeout_ms) + Duration::from_secs(5),
         shutdown_tx,
     })
+}
+
+/// The node's listener: plain TCP, or TLS with the certificate reloader and its interval.
+enum Listener {
+    Plain(tokio::net::TcpListener),
+    Tls(tls::TlsListener, Arc<tls::CertReloader>, Duration),
+}
+
+/// Binds the listen address, with TLS when configured; returns the listener and its address.
+fn bind(settings: &Settings) -> Result<(Listener, SocketAddr), ServerError> {
+    let bind_err = |source| ServerError::Bind { addr: settings.listen, source };
+    let std_listener = std::net::TcpListener::bind(settings.listen).map_err(bind_err)?;
+    std_listener.set_nonblocking(true).map_err(bind_err)?;
+    let local_addr = std_listener.local_addr().map_err(bind_err)?;
+    let tcp = tokio::net::TcpListener::from_std(std_listener).map_err(bind_err)?;
+    let listener = match &settings.tls {
+        Some(files) => {
+            let reloader = tls::CertReloader::load(&files.cert, &files.key)?;
+            let config = tls::server_config(reloader.clone())?;
+            Listener::Tls(tls::TlsListener::new(tcp, config).map_err(bind_err)?, reloader, settings.tls_reload)
+        }
+        None => Listener::Plain(tcp),
+    };
+    Ok((listener, local_addr))
+}
+
+/// Serves `router` on `listener` until `stop` resolves (a task, so the caller can wait on it).
+fn spawn_server<F>(listener: Listener, router: axum::Router, stop: F) -> tokio::task::JoinHandle<std::io::Result<()>>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    match listener {
+        Listener::Tls(listener, reloader, every) => {
+            let reload = tokio::spawn(reloader.watch(every));
+            let server = axum::serve(listener, router).with_graceful_shutdown(stop);
+            tokio::spawn(async move {
+                let r = server.await;
+                reload.abort();
+                r
+            })
+        }
+        Listener::Plain(listener) => {
+            // TCP_NODELAY: small Raft replies and API responses must not wait for delayed ACKs.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!("TCP_NODELAY: {e}");
+                }
+            });
+            let server = axum::serve(listener, router).with_graceful_shutdown(stop);
+            tokio::spawn(async move { server.await })
+        }
+    }
 }
 
 /// Serves the data-lost explanation (`api::data_lost`) on the node's address until `shutdown`
@@ -226,11 +265,13 @@ pub async fn serve_data_lost<F>(settings: &Settings, why: &ServerError, shutdown
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .map_err(|source| ServerError::Bind { addr: settings.listen, source })?;
+    // Same listener as a healthy node (TLS included), so the operator and probes reach it.
+    let (listener, _) = bind(settings)?;
     let router = api::data_lost::router(settings.node_id, why.to_string());
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await.map_err(ServerError::Serve)
+    match spawn_server(listener, router, shutdown).await {
+        Ok(r) => r.map_err(ServerError::Serve),
+        Err(e) => Err(ServerError::Serve(std::io::Error::other(e))),
+    }
 }
 
 impl Running {
@@ -243,38 +284,20 @@ impl Running {
         let stopped = async move {
             let _ = stop_rx.await;
         };
-        let mut reload_task = None;
-        let mut server = match self.tls {
-            Some((config, reloader)) => {
-                reload_task = Some(tokio::spawn(reloader.watch(self.tls_reload)));
-                let listener = tls::TlsListener::new(self.listener, config).map_err(ServerError::Serve)?;
-                let server = axum::serve(listener, self.router).with_graceful_shutdown(stopped);
-                tokio::spawn(async move { server.await })
-            }
-            None => {
-                // TCP_NODELAY: small Raft replies and API responses must not wait for delayed ACKs.
-                let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
-                    if let Err(e) = tcp.set_nodelay(true) {
-                        tracing::debug!("TCP_NODELAY: {e}");
-                    }
-                });
-                let server = axum::serve(listener, self.router).with_graceful_shutdown(stopped);
-                tokio::spawn(async move { server.await })
-            }
-        };
+        let mut server = spawn_server(self.listener, self.router, stopped);
         tokio::select! {
             r = &mut server => {
-                // The server stopped on its own: an I/O error.
-                return match r {
+                // The server stopped on its own (an I/O error): Raft is stopped in order anyway.
+                let served = match r {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(ServerError::Serve(e)),
                     Err(e) => Err(ServerError::Serve(std::io::Error::other(e))),
                 };
+                self.shutdown_tx.send_replace(true);
+                self.node.shutdown().await?;
+                return served;
             }
             () = shutdown => {}
-        }
-        if let Some(t) = reload_task {
-            t.abort();
         }
         tracing::info!("shutting down: draining in-flight requests");
         self.shutdown_tx.send_replace(true);

@@ -496,20 +496,21 @@ async fn a_lost_volume_is_replaced_under_a_fresh_id_and_no_write_is_lost() -> Re
         client.put("app", &format!("k{i}"), format!("v{i}").into_bytes(), None).await?;
     }
 
-    // config-1's disk is replaced while its process is down: same pod, same claim, no data.
-    env.sim.lose_volume("config-1");
-    // Its node refuses to run as node 2 on an empty volume; the operator removes node 2 from
+    // config-0's disk is replaced while its process is down: same pod, same claim, no data.
+    // (Ordinal 0 is the operator's first endpoint: its 503s must send calls to the others.)
+    env.sim.lose_volume("config-0");
+    // Its node refuses to run as node 1 on an empty volume; the operator removes node 1 from
     // the group and restarts the ordinal under a fresh id, which joins and is promoted.
-    let st = env.wait_members(&[1, 3, 4]).await?;
-    assert_eq!(ids_of(&st), [("config-0".to_string(), 1), ("config-1".to_string(), 4), ("config-2".to_string(), 3)]);
-    assert!(env.sim.events().contains(&SimEvent::VolumeLost("config-1".into())));
-    let log = env.sim.pod_log("config-1");
-    assert!(log.contains("node 2 was a member of the cluster but data-dir"), "{log}");
+    let st = env.wait_members(&[2, 3, 4]).await?;
+    assert_eq!(ids_of(&st), [("config-0".to_string(), 4), ("config-1".to_string(), 2), ("config-2".to_string(), 3)]);
+    assert!(env.sim.events().contains(&SimEvent::VolumeLost("config-0".into())));
+    let log = env.sim.pod_log("config-0");
+    assert!(log.contains("node 1 was a member of the cluster but data-dir"), "{log}");
     let reasons = env.event_reasons();
     assert!(reasons.iter().any(|r| r == "MemberLost"), "{reasons:?}");
     assert!(reasons.iter().any(|r| r == "ReplacingLostMember"), "{reasons:?}");
-    let id = std::fs::read_to_string(env.sim.volume("config-1").join("node-id"))?;
-    assert_eq!(id.trim(), "4", "config-1 runs on its (emptied) volume as node 4");
+    let id = std::fs::read_to_string(env.sim.volume("config-0").join("node-id"))?;
+    assert_eq!(id.trim(), "4", "config-0 runs on its (emptied) volume as node 4");
 
     // Nothing acknowledged was lost, and the new member holds the same state as the others.
     for i in 0..20 {
@@ -599,5 +600,13 @@ async fn a_tls_cluster_bootstraps_scales_and_serves_only_https() -> Result<()> {
     assert!(sts["spec"]["template"]["metadata"]["annotations"]["confman.io/ca-hash"].is_string());
     env.wait_members(&[1, 2, 3, 4, 5]).await?;
     assert_eq!(client5.get("app", "k0").await?.map(|e| e.value.to_vec()), Some(b"v0".to_vec()));
+
+    // A lost volume under TLS: the refusing node still answers over https (503 data-lost), so
+    // the operator sees it and replaces node 3 with node 6.
+    env.sim.lose_volume("config-2");
+    let st = env.wait_members(&[1, 2, 4, 5, 6]).await?;
+    assert!(ids_of(&st).contains(&("config-2".to_string(), 6)), "{st}");
+    assert!(env.sim.pod_log("config-2").contains("node 3 was a member of the cluster but data-dir"));
+    wait_digests_equal(&env, &client5, 5).await?;
     Ok(())
 }

@@ -173,6 +173,11 @@ async fn tls_ca(ctx: &Context, c: &ConfmanCluster) -> Result<Option<String>, Err
         return Err(fail(format!("has no {missing} key (needs {})", builders::TLS_KEYS.join(", "))));
     }
     let ca = data.get("ca.crt").map(|b| String::from_utf8_lossy(&b.0).into_owned()).unwrap_or_default();
+    // An empty or non-PEM bundle would quietly mean "trust the system's roots" to a client and
+    // a refusal to start to the node: name it instead.
+    if !ca.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(fail("ca.crt holds no PEM certificate".into()));
+    }
     Ok(Some(ca))
 }
 

@@ -145,6 +145,9 @@ impl From<RaftNodeError> for Problem {
             RaftNodeError::NoLeader | RaftNodeError::NotLeader { .. } | RaftNodeError::Network(_) => {
                 Problem::unavailable(format!("no leader is reachable right now ({e}); retry shortly"))
             }
+            RaftNodeError::OutcomeUnknown(_) => {
+                Problem::outcome_unknown(format!("{e}; read the entry before repeating a conditional write"))
+            }
             RaftNodeError::Timeout(_) => Problem::outcome_unknown(format!(
                 "the cluster did not answer in time ({e}); the outcome of a write is unknown, retry with a precondition"
             )),

@@ -91,6 +91,10 @@ pub enum RaftNodeError {
     /// The operation did not finish in time.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// A proposal was lost track of after it may have been replicated (discarded by a leader
+    /// change or a snapshot install, or Raft stopped): it may or may not be applied.
+    #[error("the outcome of the write is unknown: {0}")]
+    OutcomeUnknown(String),
     /// The request is invalid for the current membership.
     #[error("membership change refused: {0}")]
     Membership(String),
@@ -411,12 +415,14 @@ impl RaftNode {
             },
             RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => RaftNodeError::Membership(e.to_string()),
             RaftError::APIError(ClientWriteError::PreconditionFailed(e)) => RaftNodeError::Membership(e.to_string()),
-            // The entry was overwritten by a new leader before commit: not applied; the client retries.
+            // openraft discards a pending proposal when a new leader overwrote it, but also when
+            // a snapshot install purged it — then it may have been committed: outcome unknown.
             RaftError::APIError(ClientWriteError::LogEntryDiscarded(e)) => {
-                tracing::info!("proposal discarded by a leader change: {e}");
-                RaftNodeError::NoLeader
+                tracing::info!("proposal discarded (leader change or snapshot install): {e}");
+                RaftNodeError::OutcomeUnknown(e.to_string())
             }
-            RaftError::Fatal(f) => RaftNodeError::Stopped(f.to_string()),
+            // Raft stopped with the proposal in flight: it may have been replicated.
+            RaftError::Fatal(f) => RaftNodeError::OutcomeUnknown(format!("raft stopped: {f}")),
         }
     }
 

@@ -252,27 +252,30 @@ impl Store {
         Ok(self.put_locked(&mut inner, key, body))
     }
 
-    /// Records `manager` as the owner of the fields a merge patch set (nulls drop ownership),
-    /// as the API server does for update operations.
-    pub fn record_update(&self, key: &ObjectKey, patch: &Value, manager: &str) {
-        let mut inner = self.lock();
-        let owners = inner.owners.remove(key).unwrap_or_default();
-        inner.owners.insert(key.clone(), super::managed::take(owners, patch, manager));
-    }
-
     /// Applies a JSON merge patch to an object (or to its status); None when absent.
     pub fn patch(&self, key: &ObjectKey, patch: &Value, status_only: bool) -> Option<Value> {
-        let old = self.get(key)?;
+        self.patch_as(key, patch, status_only, None)
+    }
+
+    /// A merge patch by `manager` (who then owns the fields it set), atomically: read, merge,
+    /// write and ownership under one lock, as concurrent writers (two leader-election replicas)
+    /// need.
+    pub fn patch_as(&self, key: &ObjectKey, patch: &Value, status_only: bool, manager: Option<&str>) -> Option<Value> {
+        let mut inner = self.lock();
+        let old = inner.objects.get(key)?.clone();
         let mut new = old.clone();
         if status_only {
             let mut st = old.get("status").cloned().unwrap_or(json!({}));
             merge_patch(&mut st, patch.get("status").unwrap_or(&Value::Null));
             new["status"] = st;
-            let mut inner = self.lock();
             return self.commit(&mut inner, key.clone(), Some(new));
         }
         merge_patch(&mut new, patch);
-        Some(self.put(key.clone(), new))
+        if let Some(m) = manager {
+            let owners = inner.owners.remove(key).unwrap_or_default();
+            inner.owners.insert(key.clone(), super::managed::take(owners, patch, m));
+        }
+        Some(self.put_locked(&mut inner, key.clone(), new))
     }
 
     /// Sets an object's status wholesale (what a status server-side apply by its only manager does).
@@ -436,13 +439,8 @@ async fn handle(
                     ),
                 };
             }
-            match store.patch(&k, &body_json, t.status) {
-                Some(o) => {
-                    if !t.status {
-                        store.record_update(&k, &body_json, manager);
-                    }
-                    ok_json(&o)
-                }
+            match store.patch_as(&k, &body_json, t.status, Some(manager)) {
+                Some(o) => ok_json(&o),
                 None => status_body(StatusCode::NOT_FOUND, "NotFound", format!("{name} not found")),
             }
         }
