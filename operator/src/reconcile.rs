@@ -32,6 +32,9 @@ use crate::validate::validate;
 pub const FIELD_MANAGER: &str = "confman-operator";
 /// How often a healthy cluster is re-checked without any watch event.
 const RESYNC: Duration = Duration::from_secs(300);
+/// Resync of a settled TLS cluster: the operator has no watch on Secrets, so this bounds how long
+/// a new `ca.crt` goes unnoticed (one Secret read per cluster per minute).
+const TLS_RESYNC: Duration = Duration::from_secs(60);
 /// How soon a cluster that is still converging is looked at again.
 const CONVERGING: Duration = Duration::from_secs(10);
 
@@ -454,7 +457,8 @@ async fn reconcile_inner(c: &ConfmanCluster, ctx: &Context) -> Result<Action, Er
             }
             let settled = new.phase.as_deref() == Some("Running") && progress.is_none();
             write_status(ctx, c, new).await?;
-            Ok(Action::requeue(if settled { RESYNC } else { ctx.converging }))
+            let resync = if c.spec.tls.is_some() { TLS_RESYNC } else { RESYNC };
+            Ok(Action::requeue(if settled { resync } else { ctx.converging }))
         }
         Err(e) => {
             let outcome = Outcome::Failed { message: e.to_string() };
