@@ -21,6 +21,9 @@ use tokio_rustls::server::TlsStream;
 
 /// How long a client gets to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at most; beyond it the listener stops accepting until one finishes
+/// (backpressure instead of unbounded tasks and file descriptors under a connection flood).
+const MAX_PENDING_HANDSHAKES: usize = 256;
 
 /// Why TLS could not be set up; names the file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -174,8 +177,11 @@ impl TlsListener {
         let local_addr = listener.local_addr()?;
         let acceptor = TlsAcceptor::from(config);
         let (tx, ready) = mpsc::channel(64);
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
         let accept_task = tokio::spawn(async move {
             loop {
+                // The semaphore is never closed, so this only waits for a free slot.
+                let Ok(permit) = permits.clone().acquire_owned().await else { return };
                 let (tcp, peer) = match listener.accept().await {
                     Ok(c) => c,
                     Err(e) => {
@@ -190,6 +196,7 @@ impl TlsListener {
                 }
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
