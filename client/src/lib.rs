@@ -25,7 +25,7 @@ mod types;
 mod watch;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -148,6 +148,7 @@ impl ClientBuilder {
             credential: self.credential,
             retry_for: self.retry_for,
             next: AtomicUsize::new(0),
+            retries: RetryCounters::default(),
         })
     }
 }
@@ -161,6 +162,35 @@ pub struct Client {
     credential: String,
     retry_for: Duration,
     next: AtomicUsize,
+    retries: RetryCounters,
+}
+
+/// How often a client's calls had to be repeated, by reason. Retrying hides unavailability from
+/// the caller; these counts make it visible (to tests asserting that a steady cluster needed
+/// none, and to services that export them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryStats {
+    /// Attempts answered `503 Service Unavailable` (no leader, an election, a node joining).
+    pub unavailable: u64,
+    /// Attempts that never connected (the endpoint was down or unknown).
+    pub unreachable: u64,
+    /// Attempts sent but unanswered, then repeated on another endpoint (reads and idempotent
+    /// writes only).
+    pub unanswered: u64,
+}
+
+impl RetryStats {
+    /// All repeated attempts.
+    pub fn total(&self) -> u64 {
+        self.unavailable + self.unreachable + self.unanswered
+    }
+}
+
+#[derive(Debug, Default)]
+struct RetryCounters {
+    unavailable: AtomicU64,
+    unreachable: AtomicU64,
+    unanswered: AtomicU64,
 }
 
 /// Percent-encodes a path segment (keys may contain `/`, which stays a separator).
@@ -181,6 +211,16 @@ pub(crate) fn encode_segment(s: &str) -> String {
 }
 
 impl Client {
+    /// Attempts this client repeated so far, by reason (see [`RetryStats`]).
+    pub fn retries(&self) -> RetryStats {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RetryStats {
+            unavailable: g(&self.retries.unavailable),
+            unreachable: g(&self.retries.unreachable),
+            unanswered: g(&self.retries.unanswered),
+        }
+    }
+
     /// A builder for a client of `endpoints` authenticating with `credential` (an API key, or
     /// the cluster token for administration).
     pub fn builder<I, S>(endpoints: I, credential: impl Into<String>) -> ClientBuilder
@@ -245,6 +285,12 @@ impl Client {
             if Instant::now() + delay > deadline {
                 return Err(retry);
             }
+            let counter = match &retry {
+                Error::Unavailable(_) => &self.retries.unavailable,
+                Error::Transport(e) if e.is_connect() => &self.retries.unreachable,
+                _ => &self.retries.unanswered,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(1));
         }
@@ -358,6 +404,7 @@ impl Client {
             buf: String::new(),
             partial: None,
             skip: 0,
+            reconnects: 0,
         };
         w.connect().await?;
         Ok(w)

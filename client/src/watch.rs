@@ -49,12 +49,18 @@ pub struct Watch {
     pub(crate) partial: Option<(u64, usize)>,
     /// How many events of `partial`'s revision to skip on the current connection.
     pub(crate) skip: usize,
+    pub(crate) reconnects: u64,
 }
 
 impl Watch {
     /// The revision after which the watch resumes if the connection drops.
     pub fn resume_point(&self) -> Option<u64> {
         self.after
+    }
+
+    /// How often the stream dropped and the watch resumed (on the same or another endpoint).
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
     }
 
     pub(crate) async fn connect(&mut self) -> Result<(), Error> {
@@ -147,6 +153,7 @@ impl Watch {
                     // The node went away or ended the stream: resume elsewhere.
                     self.body = None;
                     self.next_endpoint += 1;
+                    self.reconnects += 1;
                     self.connect().await?;
                 }
             }

@@ -59,6 +59,14 @@ pub enum Operation {
         /// Compare-and-set condition checked at apply time.
         precondition: Precondition,
     },
+    /// Set how many superseded versions every key keeps. Cluster state, not a node flag: every
+    /// replica trims history identically. (New variants go last: the log encodes the index.)
+    SetHistoryDepth {
+        /// Superseded versions kept per key.
+        depth: u64,
+        /// Only when no depth was set yet (the first leader's initial value).
+        if_unset: bool,
+    },
 }
 
 /// A condition on the current version of a key, evaluated when the command is applied, so
@@ -129,6 +137,11 @@ pub enum CommandOutcome {
     NamespaceNotFound,
     /// The key does not exist; nothing changed.
     EntryNotFound,
+    /// A cluster setting was applied.
+    SettingApplied {
+        /// The setting's value after this command (unchanged when `if_unset` found one).
+        history_depth: u64,
+    },
 }
 
 impl fmt::Display for Command {
@@ -140,6 +153,7 @@ impl fmt::Display for Command {
                 write!(f, "put {namespace}/{key} ({} bytes) by {}", value.len(), self.actor)
             }
             Operation::DeleteEntry { namespace, key, .. } => write!(f, "delete {namespace}/{key} by {}", self.actor),
+            Operation::SetHistoryDepth { depth, .. } => write!(f, "set history depth {depth} by {}", self.actor),
         }
     }
 }
@@ -154,6 +168,7 @@ impl Command {
                 namespace.len() + key.len() + content_type.len() + value.len()
             }
             Operation::DeleteEntry { namespace, key, .. } => namespace.len() + key.len(),
+            Operation::SetHistoryDepth { .. } => 9,
         };
         op + self.actor.len() + 32
     }

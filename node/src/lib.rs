@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod command;
 pub mod config;
+pub mod files;
 pub mod metrics;
 pub mod model;
 pub mod raft;

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::raft::ClusterStatus;
@@ -23,9 +24,15 @@ struct Histogram {
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
+    watch_reads: Arc<AtomicU64>,
 }
 
 impl Metrics {
+    /// The counter of storage reads made by watches (shared with every watch stream).
+    pub fn watch_reads(&self) -> Arc<AtomicU64> {
+        self.watch_reads.clone()
+    }
+
     /// Records one finished request.
     pub fn observe(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
         if let Ok(mut m) = self.requests.lock() {
@@ -113,6 +120,9 @@ impl Metrics {
             "Members in the effective membership.",
             Some(status.members.len() as u64),
         );
+        let _ = writeln!(out, "# HELP confman_watch_storage_reads_total Storage reads made by watch streams.");
+        let _ = writeln!(out, "# TYPE confman_watch_storage_reads_total counter");
+        let _ = writeln!(out, "confman_watch_storage_reads_total {}", self.watch_reads.load(Ordering::Relaxed));
         out
     }
 }

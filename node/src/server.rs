@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::api::{self, AppContext};
 use crate::auth::{KeyRing, KeysFileError};
 use crate::config::Settings;
+use crate::files;
 use crate::metrics::Metrics;
 use crate::raft::{RaftNode, RaftNodeError};
 use crate::store::{self, StoreError};
@@ -114,11 +115,14 @@ fn secret(path: Option<&Path>, fallback: &Path) -> Result<(String, bool), Server
     if let Ok(s) = std::fs::read_to_string(fallback) {
         let s = s.trim().to_string();
         if !s.is_empty() {
+            if files::make_private(fallback).map_err(file_err(fallback))? {
+                tracing::warn!(path = %fallback.display(), "secret file was readable by others; now 0600");
+            }
             return Ok((s, true));
         }
     }
     let s = hex::encode(rand::random::<[u8; 24]>());
-    std::fs::write(fallback, &s).map_err(file_err(fallback))?;
+    files::write_durably(fallback, s.as_bytes(), files::PRIVATE).map_err(file_err(fallback))?;
     Ok((s, true))
 }
 
@@ -135,10 +139,10 @@ fn claim_data_dir(dir: &Path, node_id: u64) -> Result<(), ServerError> {
                 source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not a node id: {s:?}")),
             }),
         },
+        // Synced before Raft starts: after a power loss on first boot the file is complete or
+        // absent, never empty.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let tmp = dir.join("node-id.tmp");
-            std::fs::write(&tmp, format!("{node_id}\n")).map_err(file_err(&tmp))?;
-            std::fs::rename(&tmp, &path).map_err(file_err(&path))
+            files::write_durably(&path, format!("{node_id}\n").as_bytes(), 0o644).map_err(file_err(&path))
         }
         Err(e) => Err(ServerError::File { path: path.display().to_string(), source: e }),
     }
@@ -189,7 +193,6 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
         node: node.clone(),
         keys,
         tuning: settings.tuning,
-        history_depth: settings.history_depth,
         metrics: Arc::new(Metrics::default()),
         forward_client,
         shutdown: shutdown_rx,
@@ -299,6 +302,14 @@ impl Running {
             }
             () = shutdown => {}
         }
+        // A leader hands over first, while it still serves: followers keep forwarding writes to
+        // it until they learn the new leader, and those must not meet a closed listener.
+        if self.node.is_leader() && self.node.status().members.iter().filter(|m| m.role == "voter").count() > 1 {
+            match self.node.transfer_leader(None).await {
+                Ok(to) => tracing::info!(to, "leadership handed over before shutdown"),
+                Err(e) => tracing::info!("leadership not handed over before shutdown: {e}"),
+            }
+        }
         tracing::info!("shutting down: draining in-flight requests");
         self.shutdown_tx.send_replace(true);
         let _ = stop_tx.send(());
@@ -309,12 +320,6 @@ impl Running {
             Err(_) => {
                 tracing::warn!("in-flight requests did not finish within {:?}; closing them", self.drain_timeout);
                 server.abort();
-            }
-        }
-        if self.node.is_leader() && self.node.status().members.iter().filter(|m| m.role == "voter").count() > 1 {
-            match self.node.transfer_leader(None).await {
-                Ok(to) => tracing::info!(to, "leadership handed over before shutdown"),
-                Err(e) => tracing::info!("leadership not handed over before shutdown: {e}"),
             }
         }
         self.node.shutdown().await?;

@@ -3,9 +3,7 @@
 
 use std::path::Path;
 
-use confman_tests::cluster::{
-    ADMIN_KEY, CLUSTER_TOKEN, Cluster, EDITOR_KEY, Result, SCOPED_ADMIN_KEY, SCOPED_EDITOR_KEY, VIEWER_KEY,
-};
+use confman_tests::cluster::{Cluster, Result};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -19,7 +17,7 @@ async fn put_with(
 ) -> Result<(StatusCode, reqwest::header::HeaderMap)> {
     let mut req = c
         .request(1, Method::PUT, path)?
-        .bearer_auth(EDITOR_KEY)
+        .bearer_auth(&c.keys.editor)
         .header("content-type", "text/plain")
         .body(value.to_string());
     if let Some((h, v)) = header {
@@ -49,7 +47,7 @@ async fn compare_and_set_and_history() -> Result<()> {
     assert_eq!(h.get("etag").and_then(|v| v.to_str().ok()), Some("\"2\""));
     let resp = c
         .request(1, Method::PUT, path)?
-        .bearer_auth(EDITOR_KEY)
+        .bearer_auth(&c.keys.editor)
         .header("content-type", "text/plain")
         .header("if-match", "\"1\"")
         .body("stale")
@@ -67,7 +65,7 @@ async fn compare_and_set_and_history() -> Result<()> {
         let (st, _) = put_with(&c, path, None, &format!("v{i}")).await?;
         assert_eq!(st, StatusCode::OK);
     }
-    let (st, hist) = c.call(1, Method::GET, &format!("{path}/history"), VIEWER_KEY, None).await?;
+    let (st, hist) = c.call(1, Method::GET, &format!("{path}/history"), &c.keys.viewer, None).await?;
     assert_eq!(st, StatusCode::OK);
     let versions: Vec<u64> =
         hist["items"].as_array().map(|a| a.iter().filter_map(|e| e["version"].as_u64()).collect()).unwrap_or_default();
@@ -77,7 +75,7 @@ async fn compare_and_set_and_history() -> Result<()> {
     // Raw read returns the bytes with the metadata in headers.
     let resp = c
         .request(1, Method::GET, path)?
-        .bearer_auth(VIEWER_KEY)
+        .bearer_auth(&c.keys.viewer)
         .header("accept", "application/octet-stream")
         .send()
         .await?;
@@ -86,14 +84,16 @@ async fn compare_and_set_and_history() -> Result<()> {
     assert_eq!(resp.bytes().await?.as_ref(), b"v6");
 
     // Delete with a stale If-Match is refused; with the right one it succeeds.
-    let resp = c.request(1, Method::DELETE, path)?.bearer_auth(EDITOR_KEY).header("if-match", "\"5\"").send().await?;
+    let resp =
+        c.request(1, Method::DELETE, path)?.bearer_auth(&c.keys.editor).header("if-match", "\"5\"").send().await?;
     assert_eq!(resp.status(), StatusCode::PRECONDITION_FAILED);
-    let resp = c.request(1, Method::DELETE, path)?.bearer_auth(EDITOR_KEY).header("if-match", "\"6\"").send().await?;
+    let resp =
+        c.request(1, Method::DELETE, path)?.bearer_auth(&c.keys.editor).header("if-match", "\"6\"").send().await?;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(c.get(1, "cas", "db/url", false).await?, None);
 
     // Audit: newest first, one event per change, with versions.
-    let (_, audit) = c.call(1, Method::GET, "/api/v1/namespaces/cas/audit?limit=2", VIEWER_KEY, None).await?;
+    let (_, audit) = c.call(1, Method::GET, "/api/v1/namespaces/cas/audit?limit=2", &c.keys.viewer, None).await?;
     assert_eq!(audit["items"][0]["action"], json!("config.deleted"));
     assert_eq!(audit["items"][0]["oldVersion"], json!(6));
     assert_eq!(audit["items"][1]["action"], json!("config.updated"));
@@ -113,7 +113,13 @@ async fn list_pages_with_prefix_and_continue() -> Result<()> {
     loop {
         let cont = next.as_ref().map(|t| format!("&continue={t}")).unwrap_or_default();
         let (st, page) = c
-            .call(1, Method::GET, &format!("/api/v1/namespaces/list/config?prefix=a/&limit=2{cont}"), VIEWER_KEY, None)
+            .call(
+                1,
+                Method::GET,
+                &format!("/api/v1/namespaces/list/config?prefix=a/&limit=2{cont}"),
+                &c.keys.viewer,
+                None,
+            )
             .await?;
         assert_eq!(st, StatusCode::OK, "{page}");
         for item in page["items"].as_array().cloned().unwrap_or_default() {
@@ -126,102 +132,202 @@ async fn list_pages_with_prefix_and_continue() -> Result<()> {
         }
     }
     assert_eq!(keys, vec!["a/1", "a/2", "a/3", "a/4"]);
-    let (_, page) =
-        c.call(1, Method::GET, "/api/v1/namespaces/list/config?includeValues=true&limit=1", VIEWER_KEY, None).await?;
+    let (_, page) = c
+        .call(1, Method::GET, "/api/v1/namespaces/list/config?includeValues=true&limit=1", &c.keys.viewer, None)
+        .await?;
     assert_eq!(page["items"][0]["value"], json!("a/1"));
     Ok(())
 }
 
-/// Every role against every endpoint class.
+/// A request body: (content type, bytes).
+type Body = Option<(&'static str, &'static str)>;
+
+/// One row of the auth matrix. `NS` in a path is replaced by the namespace under test.
+struct Case {
+    method: Method,
+    path: &'static str,
+    body: Body,
+    /// Minimum role: 0 viewer, 1 editor, 2 admin, 3 unscoped admin (cluster administration).
+    need: u8,
+    /// The exact status a key that is allowed gets.
+    allowed: StatusCode,
+    /// For a request that changes state: the request (sent with the admin key) that puts the
+    /// state back after an allowed call, and its exact status, so every key meets the same
+    /// state and has one exact answer.
+    undo: Option<(Method, &'static str, Body, StatusCode)>,
+}
+
+impl Case {
+    fn new(method: Method, path: &'static str, need: u8, allowed: StatusCode) -> Case {
+        Case { method, path, body: None, need, allowed, undo: None }
+    }
+
+    fn body(self, content_type: &'static str, body: &'static str) -> Case {
+        Case { body: Some((content_type, body)), ..self }
+    }
+
+    fn undo(self, method: Method, path: &'static str, body: Body, status: StatusCode) -> Case {
+        Case { undo: Some((method, path, body, status)), ..self }
+    }
+}
+
+/// Sends a matrix request with an optional (header, value) credential.
+async fn send(
+    c: &Cluster,
+    method: &Method,
+    path: &str,
+    body: Body,
+    auth: Option<(&str, &str)>,
+) -> Result<reqwest::Response> {
+    let mut req = c.request(1, method.clone(), path)?;
+    if let Some((h, v)) = auth {
+        req = req.header(h, v);
+    }
+    if let Some((ct, b)) = body {
+        req = req.header("content-type", ct).body(b);
+    }
+    Ok(req.send().await?)
+}
+
+fn content_type(resp: &reqwest::Response) -> Option<String> {
+    resp.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// Every principal against every endpoint class, each with the exact status it must get; a
+/// refused request changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_matrix() -> Result<()> {
     let c = Cluster::start(Path::new(BIN), 1, &[]).await?;
-    c.create_namespace(1, "team-a.web").await?;
-    c.create_namespace(1, "other").await?;
-    c.put_text(1, "team-a.web", "k", "v").await?;
-    c.put_text(1, "other", "k", "v").await?;
-
-    // (method, path, body, minimum role) — role: 0 viewer, 1 editor, 2 admin, 3 unscoped admin.
-    let text = |s: &str| Some(s.to_string());
-    let cases: Vec<(Method, &str, Option<String>, u8)> = vec![
-        (Method::GET, "/api/v1/namespaces/NS", None, 0),
-        (Method::GET, "/api/v1/namespaces/NS/config", None, 0),
-        (Method::GET, "/api/v1/namespaces/NS/config/k", None, 0),
-        (Method::GET, "/api/v1/namespaces/NS/config/k/history", None, 0),
-        (Method::GET, "/api/v1/namespaces/NS/audit", None, 0),
-        (Method::PUT, "/api/v1/namespaces/NS/config/k2", text("x"), 1),
-        (Method::DELETE, "/api/v1/namespaces/NS/config/k2", None, 1),
-        (Method::PUT, "/api/v1/namespaces/NS", None, 2),
-        (Method::GET, "/api/v1/cluster", None, 0),
-        (Method::POST, "/api/v1/cluster/snapshot", None, 3),
-    ];
-    // (key, role level, covers team-a.*, covers other)
-    let principals = [
-        (VIEWER_KEY, 0u8, true, true),
-        (EDITOR_KEY, 1, true, true),
-        (ADMIN_KEY, 3, true, true),
-        (SCOPED_EDITOR_KEY, 1, true, false),
-        (SCOPED_ADMIN_KEY, 2, true, false),
-    ];
     for ns in ["team-a.web", "other"] {
-        for (method, tmpl, body, need) in &cases {
-            let path = tmpl.replace("NS", ns);
-            let namespaced = tmpl.contains("NS");
-            for (key, level, covers_a, covers_other) in principals {
+        c.create_namespace(1, ns).await?;
+        assert_eq!(c.put_text(1, ns, "k", "v").await?.0, StatusCode::CREATED);
+        assert_eq!(c.put_text(1, ns, "k-del", "v").await?.0, StatusCode::CREATED);
+        c.create_namespace(1, &format!("{ns}-gone")).await?;
+    }
+
+    use StatusCode as S;
+    let json = "application/json";
+    let cases = [
+        Case::new(Method::GET, "/api/v1/namespaces", 0, S::OK),
+        Case::new(Method::GET, "/api/v1/namespaces/NS", 0, S::OK),
+        Case::new(Method::GET, "/api/v1/namespaces/NS/config", 0, S::OK),
+        Case::new(Method::GET, "/api/v1/namespaces/NS/config/k", 0, S::OK),
+        Case::new(Method::GET, "/api/v1/namespaces/NS/config/k/history", 0, S::OK),
+        Case::new(Method::GET, "/api/v1/namespaces/NS/audit", 0, S::OK),
+        Case::new(Method::PUT, "/api/v1/namespaces/NS/config/k-put", 1, S::CREATED).body("text/plain", "x").undo(
+            Method::DELETE,
+            "/api/v1/namespaces/NS/config/k-put",
+            None,
+            S::OK,
+        ),
+        Case::new(Method::DELETE, "/api/v1/namespaces/NS/config/k-del", 1, S::OK).undo(
+            Method::PUT,
+            "/api/v1/namespaces/NS/config/k-del",
+            Some(("text/plain", "v")),
+            S::CREATED,
+        ),
+        // An existing namespace: an update.
+        Case::new(Method::PUT, "/api/v1/namespaces/NS", 2, S::OK),
+        Case::new(Method::DELETE, "/api/v1/namespaces/NS-gone", 2, S::OK).undo(
+            Method::PUT,
+            "/api/v1/namespaces/NS-gone",
+            None,
+            S::CREATED,
+        ),
+        Case::new(Method::GET, "/api/v1/cluster", 0, S::OK),
+        // The digest needs only a viewer key, scoped or not (`cluster::digest`).
+        Case::new(Method::GET, "/api/v1/cluster/digest", 0, S::OK),
+        Case::new(Method::POST, "/api/v1/cluster/snapshot", 3, S::OK),
+        // Membership changes, aimed so that an allowed call changes nothing: node 1 is already a
+        // member (409), node 99 is not one (404).
+        Case::new(Method::POST, "/api/v1/cluster/members", 3, S::CONFLICT)
+            .body(json, r#"{"id": 1, "address": "http://127.0.0.1:9"}"#),
+        Case::new(Method::POST, "/api/v1/cluster/members/99", 3, S::NOT_FOUND),
+        Case::new(Method::DELETE, "/api/v1/cluster/members/99", 3, S::NOT_FOUND),
+        Case::new(Method::POST, "/api/v1/cluster/members/99/rejoin", 3, S::NOT_FOUND),
+        // Leadership to the node that already leads: answered at once, nothing moves.
+        Case::new(Method::POST, "/api/v1/cluster/leader", 3, S::OK).body(json, r#"{"to": 1}"#),
+    ];
+    // (name, key, role level, covers team-a.*, covers other)
+    let principals = [
+        ("viewer", c.keys.viewer.as_str(), 0u8, true, true),
+        ("editor", c.keys.editor.as_str(), 1, true, true),
+        ("admin", c.keys.admin.as_str(), 3, true, true),
+        ("cluster-token", c.keys.token.as_str(), 3, true, true),
+        ("scoped-editor", c.keys.scoped_editor.as_str(), 1, true, false),
+        ("scoped-admin", c.keys.scoped_admin.as_str(), 2, true, false),
+    ];
+    // No key, or a key this cluster does not know (in either header): 401.
+    let another_cluster = confman_tests::cluster::TestKeys::generate().admin;
+    let bearer_other = format!("Bearer {another_cluster}");
+    let unauthenticated = [
+        ("no key", None),
+        ("wrong X-Api-Key", Some(("x-api-key", "wrong-key"))),
+        ("wrong Bearer key", Some(("authorization", bearer_other.as_str()))),
+    ];
+    let admin_auth = format!("Bearer {}", c.keys.admin);
+
+    for ns in ["team-a.web", "other"] {
+        for case in &cases {
+            let path = case.path.replace("NS", ns);
+            let namespaced = case.path.contains("NS");
+            let (method, need) = (&case.method, case.need);
+            for (name, key, level, covers_a, covers_other) in principals {
                 let covers = if ns == "other" { covers_other } else { covers_a };
-                let level = if *need == 3 && !(covers_a && covers_other) { level.min(2) } else { level };
-                let allowed = level >= *need && (!namespaced || covers);
-                let mut req = c.request(1, method.clone(), &path)?.bearer_auth(key);
-                if let Some(b) = body {
-                    req = req.header("content-type", "text/plain").body(b.clone());
-                }
-                let st = req.send().await?.status();
+                // Cluster administration needs a key that covers every namespace.
+                let level = if need == 3 && !(covers_a && covers_other) { level.min(2) } else { level };
+                let allowed = level >= need && (!namespaced || covers);
+                let before = if allowed { None } else { Some(c.digest(1).await?) };
+                let resp =
+                    send(&c, method, &path, case.body, Some(("authorization", &format!("Bearer {key}")))).await?;
+                let st = resp.status();
                 if allowed {
-                    // A delete repeated by the next allowed key finds nothing: 404, not a denial.
-                    assert!(
-                        st.is_success() || st == StatusCode::NOT_FOUND,
-                        "{key} {method} {path}: expected success, got {st}"
-                    );
+                    assert_eq!(st, case.allowed, "{name} {method} {path}");
+                    if let Some((m, tmpl, body, want)) = &case.undo {
+                        let undo_path = tmpl.replace("NS", ns);
+                        let r = send(&c, m, &undo_path, *body, Some(("authorization", &admin_auth))).await?;
+                        assert_eq!(r.status(), *want, "undo {m} {undo_path} after {name}");
+                    }
                 } else {
-                    assert_eq!(st, StatusCode::FORBIDDEN, "{key} {method} {path}");
+                    assert_eq!(st, S::FORBIDDEN, "{name} {method} {path}");
+                    assert_eq!(content_type(&resp).as_deref(), Some("application/problem+json"));
+                    assert_eq!(
+                        Some(c.digest(1).await?),
+                        before,
+                        "{name} {method} {path} was refused but changed state"
+                    );
                 }
             }
-            // No key and a wrong key: 401 with problem+json.
-            for key in [None, Some("wrong-key")] {
-                let mut req = c.request(1, method.clone(), &path)?;
-                if let Some(k) = key {
-                    req = req.header("x-api-key", k);
-                }
-                let resp = req.send().await?;
-                assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{key:?} {method} {path}");
-                assert_eq!(
-                    resp.headers().get("content-type").and_then(|v| v.to_str().ok()),
-                    Some("application/problem+json")
-                );
+            for (what, auth) in unauthenticated {
+                let before = c.digest(1).await?;
+                let resp = send(&c, method, &path, case.body, auth).await?;
+                assert_eq!(resp.status(), S::UNAUTHORIZED, "{what} {method} {path}");
+                assert_eq!(content_type(&resp).as_deref(), Some("application/problem+json"), "{what}");
+                assert_eq!(c.digest(1).await?, before, "{what} {method} {path} changed state");
             }
         }
     }
     // Listing namespaces shows only what a scoped key covers.
-    let (_, list) = c.call(1, Method::GET, "/api/v1/namespaces", SCOPED_EDITOR_KEY, None).await?;
+    let (_, list) = c.call(1, Method::GET, "/api/v1/namespaces", &c.keys.scoped_editor, None).await?;
     let names: Vec<&str> =
         list["items"].as_array().map(|a| a.iter().filter_map(|n| n["name"].as_str()).collect()).unwrap_or_default();
-    assert_eq!(names, vec!["team-a.web"]);
+    assert_eq!(names, vec!["team-a.web", "team-a.web-gone"]);
+    // Node 1 still leads and is still the only member.
+    let info = c.cluster_info(1).await?;
+    assert_eq!((info["leaderId"].as_u64(), info["members"].as_array().map(Vec::len)), (Some(1), Some(1)), "{info}");
 
     // Raft RPC: no token, a wrong token and a client API key are all refused.
-    for auth in [None, Some("wrong-token"), Some(ADMIN_KEY)] {
+    for auth in [None, Some("wrong-token"), Some(c.keys.admin.as_str())] {
         let mut req = c.request(1, Method::POST, "/raft/append")?.body(vec![0u8; 4]);
         if let Some(a) = auth {
             req = req.bearer_auth(a);
         }
         assert_eq!(req.send().await?.status(), StatusCode::UNAUTHORIZED, "{auth:?}");
     }
-    // The cluster token is an unscoped admin credential on the client API (the operator's).
-    let r = c.request(1, Method::GET, "/api/v1/cluster")?.bearer_auth(CLUSTER_TOKEN).send().await?;
-    assert_eq!(r.status(), StatusCode::OK, "cluster token as admin");
     // The right token reaches the handler (which then refuses the garbage body as 400).
     let st = c
         .request(1, Method::POST, "/raft/append")?
-        .bearer_auth(CLUSTER_TOKEN)
+        .bearer_auth(&c.keys.token)
         .body(vec![0xffu8; 4])
         .send()
         .await?
@@ -237,10 +343,10 @@ async fn bad_input_is_refused_and_changes_nothing() -> Result<()> {
     c.create_namespace(1, "bad").await?;
     c.put_text(1, "bad", "k", "original").await?;
     let snapshot_state = || async {
-        let (_, audit) = c.call(1, Method::GET, "/api/v1/namespaces/bad/audit", ADMIN_KEY, None).await?;
-        let (_, namespaces) = c.call(1, Method::GET, "/api/v1/namespaces", ADMIN_KEY, None).await?;
+        let (_, audit) = c.call(1, Method::GET, "/api/v1/namespaces/bad/audit", &c.keys.admin, None).await?;
+        let (_, namespaces) = c.call(1, Method::GET, "/api/v1/namespaces", &c.keys.admin, None).await?;
         let (_, entries) =
-            c.call(1, Method::GET, "/api/v1/namespaces/bad/config?includeValues=true", ADMIN_KEY, None).await?;
+            c.call(1, Method::GET, "/api/v1/namespaces/bad/config?includeValues=true", &c.keys.admin, None).await?;
         Result::Ok((audit, namespaces, entries))
     };
     let before = snapshot_state().await?;
@@ -289,7 +395,7 @@ async fn bad_input_is_refused_and_changes_nothing() -> Result<()> {
         (Method::PUT, "/api/v1/namespaces/bad/config/k".into(), Some("text/plain"), "x".into(), 400),
     ];
     for (i, (method, path, ct, body, want)) in cases.into_iter().enumerate() {
-        let mut req = c.request(1, method.clone(), &path)?.bearer_auth(ADMIN_KEY);
+        let mut req = c.request(1, method.clone(), &path)?.bearer_auth(&c.keys.admin);
         if let Some(ct) = ct {
             req = req.header("content-type", ct);
         }

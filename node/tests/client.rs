@@ -1,11 +1,13 @@
 //! confman-client against 3 real nodes: entries with compare-and-set, listing, failover when
-//! the first endpoint is down, and cluster administration with the cluster token.
+//! the first endpoint is down, and cluster administration with the cluster token. The client's
+//! retry counters show that a steady cluster needed no repeated attempt, and that a failover
+//! repeated exactly the attempt the dead endpoint failed.
 
 use std::path::Path;
 use std::time::Duration;
 
 use confman_client::{Client, Error};
-use confman_tests::cluster::{ADMIN_KEY, CLUSTER_TOKEN, Cluster};
+use confman_tests::cluster::Cluster;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -22,7 +24,7 @@ async fn the_client_reads_writes_fails_over_and_administers() -> Result<()> {
     for id in all.iter().filter(|id| **id != first) {
         endpoints.push(c.url(*id)?);
     }
-    let client = Client::builder(endpoints.clone(), ADMIN_KEY).retry_for(Duration::from_secs(20)).build()?;
+    let client = Client::builder(endpoints.clone(), &c.keys.admin).retry_for(Duration::from_secs(20)).build()?;
 
     client.put_namespace("app", "client test", "tests").await?;
     // A watch from the start, connected to the first endpoint (which is killed below).
@@ -44,18 +46,40 @@ async fn the_client_reads_writes_fails_over_and_administers() -> Result<()> {
     assert!(client.delete("app", "db/pool").await?);
     assert!(!client.delete("app", "db/pool").await?);
 
-    // The first endpoint goes down: calls move on to the next one.
+    // The watch saw every change so far once, in order, on its first connection.
+    let mut seen = Vec::new();
+    while seen.last().map(|(a, k, _): &(String, Option<String>, u64)| (a.as_str(), k.as_deref()))
+        != Some(("config.deleted", Some("db/pool")))
+    {
+        let e = tokio::time::timeout(Duration::from_secs(30), watch.next()).await??;
+        seen.push((e.action, e.key, e.revision));
+    }
+    assert_eq!(watch.reconnects(), 0, "the watch's stream dropped while every node was up");
+    // All of the above ran against a steady cluster: not one attempt was repeated.
+    let steady = client.retries();
+    assert_eq!(steady.total(), 0, "retries in a steady cluster: {steady:?}");
+
+    // The first endpoint goes down: calls move on to the next one. The only repeated attempt is
+    // the one the dead endpoint failed (it is a follower, so no 503: the leader stays).
     c.kill(first)?;
     let w3 = client.put("app", "after-kill", b"x".to_vec(), None).await?;
     assert_eq!(w3.version, 1);
+    let failover = client.retries();
+    assert_eq!(failover.unavailable, 0, "a follower's loss made the cluster unavailable: {failover:?}");
+    // The call had to leave the dead endpoint: it either never connected, or (when it went out
+    // on a kept-alive connection the node's death had not yet closed) got no answer.
+    assert_eq!(failover.unreachable + failover.unanswered, 1, "one attempt on the dead endpoint: {failover:?}");
+    // Later calls go to the live endpoint straight away.
     assert!(client.get("app", "after-kill").await?.is_some());
+    assert_eq!(client.retries(), failover, "retries after the failover");
 
-    // The watch saw every change once, in order, across the loss of the node it was reading.
-    let mut seen = Vec::new();
+    // The watch resumed on another endpoint after the loss of the node it was reading, without
+    // repeating or skipping a change.
     while seen.last().map(|(_, k, _): &(String, Option<String>, u64)| k.as_deref()) != Some(Some("after-kill")) {
         let e = tokio::time::timeout(Duration::from_secs(30), watch.next()).await??;
         seen.push((e.action, e.key, e.revision));
     }
+    assert_eq!(watch.reconnects(), 1, "the watch resumed once, when its node was killed");
     let actions: Vec<(&str, Option<&str>)> = seen.iter().map(|(a, k, _)| (a.as_str(), k.as_deref())).collect();
     assert_eq!(
         actions,
@@ -70,12 +94,20 @@ async fn the_client_reads_writes_fails_over_and_administers() -> Result<()> {
     );
     assert!(seen.windows(2).all(|w| w[0].2 < w[1].2), "no repeats: {seen:?}");
 
-    // Administration with the cluster token: remove the dead member, cluster shrinks to 2.
-    let admin = Client::builder(endpoints, CLUSTER_TOKEN).build()?;
+    // Administration with the cluster token: remove the dead member, cluster shrinks to 2. A
+    // new client has no connections yet: its first attempt, on the dead endpoint, cannot
+    // connect, and is the only one repeated.
+    let admin = Client::builder(endpoints, &c.keys.token).build()?;
     let status = admin.remove(first).await?;
     assert!(!status.is_member(first), "{:?}", status.members);
     let status = admin.cluster().await?;
     assert_eq!(status.members.len(), 2);
     assert!(status.leader_id.is_some());
+    let admin_retries = admin.retries();
+    assert_eq!(
+        (admin_retries.unreachable, admin_retries.unavailable, admin_retries.unanswered),
+        (1, 0, 0),
+        "the dead endpoint was tried once and never connected: {admin_retries:?}"
+    );
     Ok(())
 }

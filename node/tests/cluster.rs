@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use confman_tests::cluster::{Cluster, Result};
+use confman_tests::cluster::{Cluster, HarnessError, Result};
+use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_confman-node");
 
@@ -30,12 +31,33 @@ async fn writes_survive_leader_crash_and_the_crashed_node_catches_up() -> Result
         }
     }
 
-    // Crash the leader: the other two elect a new one and keep every acknowledged write.
+    // The term every node is in before the crash: the new leader must be elected in a later one.
+    let mut term_before = 0;
+    for id in all {
+        term_before = term_before.max(field(&c.cluster_info(id).await?, "term")?);
+    }
+
+    // Crash the leader: the other two elect a new one and keep every acknowledged write. Until a
+    // new leader is agreed and the first write succeeded, 503s are expected and retried.
+    c.open_failover_window("leader killed");
     c.kill(leader)?;
     let survivors: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
+    let (st, body) = c.put_text(survivors[0], "app", "k20", "v20").await?;
+    assert_eq!(st.as_u16(), 201, "first write after the crash: {body}");
+    acked.push(("k20".to_string(), "v20".to_string()));
     let new_leader = c.wait_leader(&survivors, &survivors).await?;
-    assert_ne!(new_leader, leader);
-    for i in 20..30 {
+    let retried = c.close_failover_window();
+    eprintln!("503s retried while the leader was down: {retried}");
+    // A real election happened: every survivor is in a later term than before the crash and
+    // names the new leader, which says it leads (the dead node is named by nobody).
+    for id in &survivors {
+        let info = c.cluster_info(*id).await?;
+        assert!(field(&info, "term")? > term_before, "node {id} still in term {term_before}: {info}");
+        assert_eq!(info["leaderId"].as_u64(), Some(new_leader), "node {id}: {info}");
+    }
+    assert_eq!(c.cluster_info(new_leader).await?["role"], "leader");
+
+    for i in 21..30 {
         let (st, body) = c.put_text(survivors[0], "app", &format!("k{i}"), &format!("v{i}")).await?;
         assert_eq!(st.as_u16(), 201, "write {i} after failover: {body}");
         acked.push((format!("k{i}"), format!("v{i}")));
@@ -47,22 +69,38 @@ async fn writes_survive_leader_crash_and_the_crashed_node_catches_up() -> Result
         }
     }
 
-    // The crashed node restarts with its data and catches up.
+    // The crashed node restarts with its data and catches up. Until it follows the current
+    // leader and served a first linearizable read, 503s from it are expected and retried (it
+    // comes back still holding its old vote and must step down first).
+    c.open_failover_window("crashed node restarts");
     c.spawn(leader)?;
     c.wait_all_ready(&[leader]).await?;
+    let current = c.wait_leader(&all, &survivors).await?;
+    let (k, v) = &acked[0];
+    let got = c.get(leader, "app", k, false).await?;
+    assert_eq!(got.as_ref().and_then(|e| e["value"].as_str()), Some(v.as_str()), "restarted node key {k}");
+    eprintln!("503s retried while the crashed node restarted: {}", c.close_failover_window());
     for (k, v) in &acked {
         let got = c.get(leader, "app", k, false).await?;
         assert_eq!(got.as_ref().and_then(|e| e["value"].as_str()), Some(v.as_str()), "restarted node key {k}");
     }
     // Its stale local state converges too (no read barrier): wait until applied, then compare.
-    let target = c.cluster_info(new_leader).await?["commitIndex"].as_u64().unwrap_or(0);
+    let target = field(&c.cluster_info(current).await?, "commitIndex")?;
     c.poll("restarted node applied the log", std::time::Duration::from_secs(30), || async {
-        Ok(c.cluster_info(leader).await?["appliedIndex"].as_u64().unwrap_or(0) >= target)
+        Ok(field(&c.cluster_info(leader).await?, "appliedIndex")? >= target)
     })
     .await?;
     for (k, v) in &acked {
         let got = c.get(leader, "app", k, true).await?;
         assert_eq!(got.as_ref().and_then(|e| e["value"].as_str()), Some(v.as_str()), "stale read of {k}");
     }
+    // The only unavailability was inside the windows named for the crash and the restart.
+    let outside: Vec<_> = c.unavailable().into_iter().filter(|u| u.window.is_none()).collect();
+    assert!(outside.is_empty(), "503s outside a failover window: {outside:?}");
     Ok(())
+}
+
+/// A numeric field of a cluster status; a missing one is an error, not a zero.
+fn field(info: &Value, name: &str) -> Result<u64> {
+    info[name].as_u64().ok_or_else(|| HarnessError::Unexpected(format!("no {name} in cluster status: {info}")))
 }

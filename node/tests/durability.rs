@@ -5,18 +5,24 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use confman_tests::cluster::{Cluster, Result, VIEWER_KEY};
-use reqwest::Method;
+use confman_tests::cluster::{Cluster, Result};
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use tokio::time::timeout;
 
 const BIN: &str = env!("CARGO_BIN_EXE_confman-node");
 
+/// Audit log and the history of every key, each read with a 200 (a failed read would compare
+/// equal to another failed read).
 async fn audit_and_history(c: &Cluster) -> Result<(Value, Vec<Value>)> {
-    let (_, audit) = c.call(1, Method::GET, "/api/v1/namespaces/dur/audit?limit=1000", VIEWER_KEY, None).await?;
+    let (st, audit) = c.call(1, Method::GET, "/api/v1/namespaces/dur/audit?limit=1000", &c.keys.viewer, None).await?;
+    assert_eq!(st, StatusCode::OK, "audit: {audit}");
     let mut hist = Vec::new();
     for k in 0..5 {
-        let (_, h) =
-            c.call(1, Method::GET, &format!("/api/v1/namespaces/dur/config/key{k}/history"), VIEWER_KEY, None).await?;
+        let path = format!("/api/v1/namespaces/dur/config/key{k}/history");
+        let (st, h) = c.call(1, Method::GET, &path, &c.keys.viewer, None).await?;
+        assert_eq!(st, StatusCode::OK, "history of key{k}: {h}");
+        assert_eq!(h["items"].as_array().map(Vec::len), Some(4), "key{k}: the current and 3 superseded versions: {h}");
         hist.push(h);
     }
     Ok((audit, hist))
@@ -51,26 +57,26 @@ async fn crash_and_restart_replays_nothing_twice() -> Result<()> {
     Ok(())
 }
 
+/// Every wait below is bounded: a stuck writer or a node that never exits fails the test.
+const BOUND: Duration = Duration::from_secs(90);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_cleanly_and_loses_no_acknowledged_write() -> Result<()> {
-    let c = Cluster::start(Path::new(BIN), 1, &[]).await?;
+    let mut c = Cluster::start(Path::new(BIN), 1, &[]).await?;
     c.create_namespace(1, "load").await?;
-    let c = Arc::new(tokio::sync::Mutex::new(c));
     let acked = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
-    let (first_tx, mut first_rx) = tokio::sync::mpsc::channel::<()>(8);
+    let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (http, url, editor) = (c.http.clone(), c.url(1)?, c.keys.editor.clone());
     let mut writers = Vec::new();
-    let (http, url) = {
-        let g = c.lock().await;
-        (g.http.clone(), g.url(1)?)
-    };
     for w in 0..8 {
-        let (http, url, acked, first_tx) = (http.clone(), url.clone(), acked.clone(), first_tx.clone());
+        let (http, url, editor, acked, acked_tx) =
+            (http.clone(), url.clone(), editor.clone(), acked.clone(), acked_tx.clone());
         writers.push(tokio::spawn(async move {
             for i in 0..10_000 {
                 let key = format!("w{w}-{i}");
                 let r = http
                     .put(format!("{url}/api/v1/namespaces/load/config/{key}"))
-                    .bearer_auth(confman_tests::cluster::EDITOR_KEY)
+                    .bearer_auth(&editor)
                     .header("content-type", "text/plain")
                     .body(key.clone())
                     .send()
@@ -80,7 +86,7 @@ async fn sigterm_under_load_exits_cleanly_and_loses_no_acknowledged_write() -> R
                         if let Ok(mut a) = acked.lock() {
                             a.push((key.clone(), key));
                         }
-                        let _ = first_tx.try_send(());
+                        let _ = acked_tx.send(());
                     }
                     // Refused or connection closed by the shutdown: not acknowledged.
                     _ => break,
@@ -88,22 +94,27 @@ async fn sigterm_under_load_exits_cleanly_and_loses_no_acknowledged_write() -> R
             }
         }));
     }
+    // Only the writers hold senders now: if they all stop early, `recv` returns None.
+    drop(acked_tx);
     // Writes are flowing: wait for 50 acknowledgements, then SIGTERM.
-    for _ in 0..50 {
-        first_rx.recv().await;
+    for n in 0..50 {
+        let got = timeout(BOUND, acked_rx.recv()).await;
+        assert!(matches!(got, Ok(Some(()))), "writers stopped or stalled after {n} acknowledgements");
     }
-    let status = c.lock().await.terminate(1, Duration::from_secs(60)).await?;
+    let status = c.terminate(1, Duration::from_secs(60)).await?;
     for w in writers {
-        let _ = w.await;
+        let joined = timeout(BOUND, w).await;
+        assert!(matches!(joined, Ok(Ok(()))), "writer did not end after the node exited: {joined:?}");
     }
     assert!(status.success(), "exit status after SIGTERM: {status:?}");
-    let log = c.lock().await.log(1)?;
-    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
-    assert!(errors.is_empty(), "errors logged during shutdown: {errors:#?}");
+    let records = c.log_records(1)?;
+    assert!(
+        records.iter().any(|r| r["fields"]["message"] == "SIGTERM received"),
+        "the node log is JSON lines and records the signal: {records:#?}"
+    );
+    let errors = c.log_records_at(1, "ERROR")?;
+    assert!(errors.is_empty(), "errors (or unstructured lines) logged during shutdown: {errors:#?}");
 
-    let mut c = Arc::try_unwrap(c)
-        .map_err(|_| confman_tests::cluster::HarnessError::Unexpected("cluster still shared".into()))?
-        .into_inner();
     c.spawn(1)?;
     c.wait_all_ready(&[1]).await?;
     let acked = acked.lock().map(|a| a.clone()).unwrap_or_default();

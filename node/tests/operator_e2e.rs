@@ -104,11 +104,20 @@ impl Env {
 
     /// Waits until the cluster is Running with exactly `ids` as voters and a leader.
     async fn wait_members(&self, ids: &[u64]) -> Result<Value> {
+        Ok(self.wait_members_after(ids, 0).await?.0)
+    }
+
+    /// Like [`Env::wait_members`], but only a status written after resourceVersion `after`
+    /// counts (not one the operator wrote before an event the caller saw); returns it with the
+    /// cluster object's resourceVersion.
+    async fn wait_members_after(&self, ids: &[u64], after: u64) -> Result<(Value, u64)> {
         let want: Vec<u64> = ids.to_vec();
         let got = self
             .store()
-            .wait_for(&format!("voters {want:?}, Running"), STEP, |s| {
-                let st = s.get(&cmc_key())?["status"].clone();
+            .wait_for(&format!("voters {want:?}, Running, in a status after rv {after}"), STEP, |s| {
+                let cmc = s.get(&cmc_key())?;
+                let rv = rv_of(&cmc);
+                let st = cmc["status"].clone();
                 let members = st["members"].as_array()?;
                 let mut voters: Vec<u64> =
                     members.iter().filter(|m| m["role"] == json!("voter")).filter_map(|m| m["id"].as_u64()).collect();
@@ -118,8 +127,9 @@ impl Env {
                     && members.iter().all(|m| m["healthy"] == json!(true))
                     && st["phase"] == json!("Running")
                     && st["leader"].is_string()
-                    && condition(&st, "Progressing") == Some("False");
-                ok.then_some(st)
+                    && condition(&st, "Progressing") == Some("False")
+                    && rv > after;
+                ok.then_some((st, rv))
             })
             .await
             .map_err(|e| self.explain(e))?;
@@ -178,6 +188,90 @@ impl Env {
     }
 }
 
+/// An object's resourceVersion (0 when missing, which no "after" comparison accepts).
+fn rv_of(obj: &Value) -> u64 {
+    obj["metadata"]["resourceVersion"].as_str().and_then(|r| r.parse().ok()).unwrap_or(0)
+}
+
+fn pod_key(pod: &str) -> ObjectKey {
+    key("/api/v1", "pods", pod)
+}
+
+fn pod_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"][0]["status"] == json!("True")
+}
+
+/// Waits until every node in `pods` reports `leader` as the leader (after a transfer, the
+/// followers learn it from the new leader's first append; until then they forward writes to the
+/// old one). Nodes push no event for it, so their cluster status is polled (bounded loop).
+async fn wait_leader_known(env: &Env, client: &Client, pods: std::ops::Range<u32>, leader: u64) -> Result<()> {
+    for _ in 0..600 {
+        let mut known = true;
+        for o in pods.clone() {
+            known &= client.cluster_of(&env.url(&format!("config-{o}"))).await?.leader_id == Some(leader);
+        }
+        if known {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("pods {pods:?} never all reported leader {leader}").into())
+}
+
+/// One write of a background writer: its outcome, and where it fell in the store's history
+/// (the store's resourceVersion read before it was sent and after it was answered, and the
+/// member ids the operator's status listed when it was sent), which places it against the
+/// operator's status writes without any clock.
+#[derive(Debug, Clone)]
+struct Write {
+    i: u32,
+    sent_rv: u64,
+    /// Member ids in the cluster status read just before sending.
+    sent_ids: Vec<u64>,
+    acked_rv: u64,
+    /// The client's total retry count just before this write was sent.
+    retries_before: u64,
+    outcome: std::result::Result<(), String>,
+}
+
+/// Writes `k{i}` = `v{i}` for i = `first`, `first + 1`, ... until `stop`, recording every outcome.
+fn spawn_writer(
+    store: Store,
+    client: Arc<Client>,
+    first: u32,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (tokio::task::JoinHandle<()>, tokio::sync::watch::Receiver<Vec<Write>>) {
+    let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+    let task = tokio::spawn(async move {
+        let mut i = first;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let sent_rv = store.revision();
+            let sent_ids = store.get(&cmc_key()).map(|c| ids_of(&c["status"])).unwrap_or_default();
+            let sent_ids = sent_ids.into_iter().map(|(_, id)| id).collect();
+            let retries_before = client.retries().total();
+            let r = client.put("app", &format!("k{i}"), format!("v{i}").into_bytes(), None).await;
+            let acked_rv = store.revision();
+            let outcome = r.map(drop).map_err(|e| e.to_string());
+            tx.send_modify(|w| w.push(Write { i, sent_rv, sent_ids, acked_rv, retries_before, outcome }));
+            i += 1;
+        }
+    });
+    (task, rx)
+}
+
+/// Waits until the writer's record satisfies `done`.
+async fn wait_writes(
+    rx: &mut tokio::sync::watch::Receiver<Vec<Write>>,
+    what: &str,
+    done: impl FnMut(&Vec<Write>) -> bool,
+) -> Result<()> {
+    match tokio::time::timeout(STEP, rx.wait_for(done)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(_)) => Err(format!("the writer stopped before {what}").into()),
+        Err(_) => Err(format!("timed out after {STEP:?} waiting for {what}").into()),
+    }
+}
+
 fn condition<'a>(status: &'a Value, t: &str) -> Option<&'a str> {
     status["conditions"].as_array()?.iter().find(|c| c["type"] == json!(t))?["status"].as_str()
 }
@@ -214,6 +308,8 @@ async fn create_scale_up_scale_down_and_pod_loss() -> Result<()> {
     let env = Env::start(101).await?;
 
     // 1. A 3-replica cluster: 3 voters, a leader, Available; writes and linearizable reads work.
+    //    The cluster is settled: no call may need a retry (the client's 60 s retry budget would
+    //    otherwise hide an unavailable node).
     env.create(3);
     let st = env.wait_members(&[1, 2, 3]).await?;
     assert_eq!(condition(&st, "Available"), Some("True"));
@@ -225,8 +321,10 @@ async fn create_scale_up_scale_down_and_pod_loss() -> Result<()> {
         acked.push(i);
     }
     assert_eq!(client.get("app", "k7").await?.map(|e| e.value.to_vec()), Some(b"v7".to_vec()));
+    assert_eq!(client.retries().total(), 0, "retries on the settled 3-member cluster: {:?}", client.retries());
 
-    // 2. Scale 3 → 5: every member a voter; the new members' digests equal the leader's.
+    // 2. Scale 3 → 5: every member a voter; the new members' digests equal the leader's. Once
+    //    Running with 5 voters the cluster is settled again: no retries.
     env.patch_spec(json!({"replicas": 5}));
     let st = env.wait_members(&[1, 2, 3, 4, 5]).await?;
     assert_eq!(ids_of(&st)[3..], [("config-3".to_string(), 4), ("config-4".to_string(), 5)]);
@@ -236,6 +334,7 @@ async fn create_scale_up_scale_down_and_pod_loss() -> Result<()> {
         acked.push(i);
     }
     wait_digests_equal(&env, &client5, 5).await?;
+    assert_eq!(client5.retries().total(), 0, "retries on the settled 5-member cluster: {:?}", client5.retries());
     let reasons = env.event_reasons();
     for r in ["MembersAllocated", "ScalingUp"] {
         assert!(reasons.iter().any(|x| x == r), "no {r} event in {reasons:?}");
@@ -245,21 +344,65 @@ async fn create_scale_up_scale_down_and_pod_loss() -> Result<()> {
     //    (retention Delete), nothing acknowledged is lost. The highest ordinal leads when the
     //    scale-down starts, so the operator must move leadership off it first.
     assert_eq!(client5.transfer_leader(Some(5)).await?, Some(5));
-    env.patch_spec(json!({"replicas": 3}));
-    let writer = {
-        let c = env.client(3)?;
-        tokio::spawn(async move {
-            let mut ok = Vec::new();
-            for i in 30..60 {
-                if c.put("app", &format!("k{i}"), format!("v{i}").into_bytes(), None).await.is_ok() {
-                    ok.push(i);
-                }
-            }
-            ok
-        })
-    };
-    let st = env.wait_members(&[1, 2, 3]).await?;
-    acked.extend(writer.await?);
+    wait_leader_known(&env, &client5, 0..3, 5).await?;
+    // A writer runs through three windows, told apart by the store's resourceVersion:
+    //   steady before: from its start to the spec edit — no retries;
+    //   the scale-down: from the spec edit to the status with voters [1, 2, 3] — retries
+    //   allowed (leader moves, members leave) and reported;
+    //   steady after: writes sent after that status — no retries.
+    // Every write must succeed, and some must fall inside the membership change.
+    let writer_client = Arc::new(env.client(3)?);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (writer, mut progress) = spawn_writer(env.store().clone(), writer_client.clone(), 30, stop.clone());
+    wait_writes(&mut progress, "10 writes before the scale-down", |w| w.len() >= 10).await?;
+    let steady_before = writer_client.retries();
+    assert_eq!(steady_before.total(), 0, "retries in the steady window before the scale-down: {steady_before:?}");
+    let patched =
+        env.store().patch(&cmc_key(), &json!({"spec": {"replicas": 3}}), false).ok_or("the cluster object is gone")?;
+    let rv_edit = rv_of(&patched);
+    let (st, rv_done) = env.wait_members_after(&[1, 2, 3], rv_edit).await?;
+    let in_change = writer_client.retries();
+    wait_writes(&mut progress, "10 writes after the scale-down settled", |w| {
+        w.iter().filter(|x| x.sent_rv >= rv_done).count() >= 10
+    })
+    .await?;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.await?;
+    let writes = progress.borrow().clone();
+    let after_total = writer_client.retries().total();
+
+    let failed: Vec<(u32, &str)> =
+        writes.iter().filter_map(|w| w.outcome.as_ref().err().map(|e| (w.i, e.as_str()))).collect();
+    assert!(failed.is_empty(), "{} of {} writes failed around the scale-down: {failed:?}", failed.len(), writes.len());
+    // The membership change proper: node 5 leaves the group (the operator lists the group
+    // without it once the removal committed), then node 4. A write sent when the status no
+    // longer listed node 5 and answered before the settled status overlapped it.
+    let inside = |w: &&Write| w.sent_rv >= rv_edit && w.acked_rv < rv_done;
+    let in_window = writes.iter().filter(inside).count();
+    let during_membership =
+        writes.iter().filter(inside).filter(|w| !w.sent_ids.is_empty() && !w.sent_ids.contains(&5)).count();
+    eprintln!(
+        "scale-down window (spec edit rv {rv_edit} → voters [1, 2, 3] Running rv {rv_done}): {in_window} writes \
+         sent and answered inside it, {during_membership} of them after node 5 had left the group; writer client \
+         retries in the window: {} ({:?} at its end, {:?} at its start)",
+        in_change.total() - steady_before.total(),
+        in_change,
+        steady_before,
+    );
+    assert!(
+        during_membership > 0,
+        "no write was sent after node 5 left the group and answered before the scale-down settled (rv {rv_done}): \
+         the writes did not overlap the membership change"
+    );
+    let first_after = writes.iter().find(|w| w.sent_rv >= rv_done).ok_or("no write after the scale-down")?;
+    assert_eq!(
+        after_total,
+        first_after.retries_before,
+        "retries in the steady window after the scale-down settled (rv {rv_done}); {} during the change",
+        in_change.total() - steady_before.total()
+    );
+    acked.extend(writes.iter().filter(|w| w.outcome.is_ok()).map(|w| w.i));
+
     assert!(env.event_reasons().iter().any(|r| r == "MovingLeader"), "leadership moved off config-4 first");
     assert!(st["leader"].as_str().is_some_and(|l| ["config-0", "config-1", "config-2"].contains(&l)));
     assert_eq!(st["readyReplicas"], json!(3));
@@ -274,35 +417,76 @@ async fn create_scale_up_scale_down_and_pod_loss() -> Result<()> {
         })
         .await?;
     assert!(!env.sim.volume("config-4").exists());
+    // Settled: reading everything back needs no retry either.
+    let before_reads = client.retries();
     for i in &acked {
         let got = client.get("app", &format!("k{i}")).await?;
         assert_eq!(got.map(|e| e.value.to_vec()), Some(format!("v{i}").into_bytes()), "acknowledged write k{i} lost");
     }
+    assert_eq!(client.retries(), before_reads, "retries reading back {} keys on the settled cluster", acked.len());
 
-    // 4. A pod crashes: it is restarted and rejoins as the same member; membership never shrinks.
+    // 4. A pod crashes: its process is restarted in place and rejoins as the same member;
+    //    membership never shrinks. Evidence that the crash happened and the pod came back: the
+    //    simulator restarted the process, and the pod object went not-ready and Ready again
+    //    (a pod status written after the crash). Only a cluster status written after that counts.
     let before = ids_of(&env.status());
+    let pod1 = env.store().get(&pod_key("config-1")).ok_or("no pod config-1")?;
+    let (events_before, rv_crash) = (env.sim.events().len(), env.store().revision());
+    assert!(pod_ready(&pod1), "config-1 is Ready before the crash");
     env.sim.crash("config-1");
     let mut smallest = usize::MAX;
-    env.store()
-        .wait_for("config-1 restarted and Ready", STEP, |s| {
-            let st = s.get(&cmc_key())?["status"].clone();
-            smallest = smallest.min(st["members"].as_array().map_or(0, Vec::len));
-            let restarted = env.sim.events().contains(&SimEvent::Restarted("config-1".into()));
-            let healthy = st["members"].as_array()?.iter().all(|m| m["healthy"] == json!(true));
-            (restarted && healthy && st["phase"] == json!("Running")).then_some(())
+    let mut track = |s: &Store| {
+        let n = s.get(&cmc_key()).and_then(|c| c["status"]["members"].as_array().map(Vec::len)).unwrap_or(0);
+        smallest = smallest.min(n);
+    };
+    let rv_back = env
+        .store()
+        .wait_for("config-1 restarted and Ready again", STEP, |s| {
+            track(s);
+            let restarted = env.sim.events()[events_before..].contains(&SimEvent::Restarted("config-1".into()));
+            let pod = s.get(&pod_key("config-1"))?;
+            (restarted && rv_of(&pod) > rv_crash && pod_ready(&pod)).then_some(rv_of(&pod))
         })
-        .await?;
+        .await
+        .map_err(|e| env.explain(e))?;
+    let pod1_after = env.store().get(&pod_key("config-1")).ok_or("no pod config-1")?;
+    assert_eq!(pod1_after["metadata"]["uid"], pod1["metadata"]["uid"], "a crash restarts the process, not the pod");
+    env.store()
+        .wait_for("a Running status with every member healthy, written after config-1 was Ready again", STEP, |s| {
+            track(s);
+            let cmc = s.get(&cmc_key())?;
+            let st = &cmc["status"];
+            let healthy = st["members"].as_array()?.iter().all(|m| m["healthy"] == json!(true));
+            (rv_of(&cmc) > rv_back && healthy && st["phase"] == json!("Running")).then_some(())
+        })
+        .await
+        .map_err(|e| env.explain(e))?;
     assert_eq!(ids_of(&env.status()), before, "same members, same ids");
     assert!(smallest >= 3, "membership shrank to {smallest} while a pod was down");
-    // Deleting the pod object (kubectl delete pod) recreates it under the same id too.
-    env.store().delete(&key("/api/v1", "pods", "config-2"));
-    env.store()
-        .wait_for("config-2 recreated", STEP, |_| {
-            env.sim.events().contains(&SimEvent::Deleted("config-2".into())).then_some(())
+
+    // Deleting the pod object (kubectl delete pod) recreates it under the same id too: the old
+    // process is stopped, a new pod object (new uid) is created and becomes Ready, and only a
+    // status written after that counts.
+    let old_uid = env.store().get(&pod_key("config-2")).ok_or("no pod config-2")?["metadata"]["uid"].clone();
+    let events_before = env.sim.events().len();
+    env.store().delete(&pod_key("config-2"));
+    let rv_ready = env
+        .store()
+        .wait_for("config-2 deleted, recreated and Ready", STEP, |s| {
+            let ev = env.sim.events()[events_before..].to_vec();
+            let deleted = ev.iter().position(|e| *e == SimEvent::Deleted("config-2".into()))?;
+            ev[deleted..].iter().find(|e| matches!(e, SimEvent::Created(p, _) if p == "config-2"))?;
+            let pod = s.get(&pod_key("config-2"))?;
+            (pod["metadata"]["uid"] != old_uid && pod_ready(&pod)).then_some(rv_of(&pod))
         })
-        .await?;
-    env.wait_members(&[1, 2, 3]).await?;
+        .await
+        .map_err(|e| env.explain(e))?;
+    env.wait_members_after(&[1, 2, 3], rv_ready).await?;
     assert_eq!(ids_of(&env.status()), before);
+    // Recovered and settled: a read needs no retry.
+    let before_read = client.retries();
+    assert_eq!(client.get("app", "k7").await?.map(|e| e.value.to_vec()), Some(b"v7".to_vec()));
+    assert_eq!(client.retries(), before_read, "retries reading from the recovered cluster");
 
     // An ordinal that comes back after a scale-down joins under a fresh id (never reused).
     env.patch_spec(json!({"replicas": 5}));
@@ -320,6 +504,12 @@ async fn an_image_change_replaces_followers_first_and_the_leader_last() -> Resul
     let leader = st["leader"].as_str().ok_or("no leader")?.to_string();
     let client = env.client(3)?;
     client.put_namespace("app", "e2e", "tests").await?;
+    assert_eq!(
+        client.retries().total(),
+        0,
+        "retries on the settled cluster before the upgrade: {:?}",
+        client.retries()
+    );
 
     let stop = Arc::new(tokio::sync::Notify::new());
     let writer = {
@@ -330,7 +520,7 @@ async fn an_image_change_replaces_followers_first_and_the_leader_last() -> Resul
             loop {
                 let k = format!("w{i}");
                 tokio::select! {
-                    _ = stop.notified() => return (ok, failed),
+                    _ = stop.notified() => return (ok, failed, c.retries()),
                     r = c.put("app", &k, i.to_string().into_bytes(), None) => {
                         if r.is_ok() { ok.push(i) } else { failed += 1 }
                     }
@@ -359,7 +549,9 @@ async fn an_image_change_replaces_followers_first_and_the_leader_last() -> Resul
         })
         .await?;
     stop.notify_one();
-    let (acked, failed) = writer.await?;
+    let (acked, failed, retried) = writer.await?;
+    // Retries are allowed while pods are replaced; make them visible.
+    eprintln!("upgrade window (image edit → every pod replaced, Running): writer client retries {retried:?}");
 
     let replaced: Vec<String> = env.sim.events()[before..]
         .iter()
@@ -381,9 +573,12 @@ async fn an_image_change_replaces_followers_first_and_the_leader_last() -> Resul
     assert_eq!(replaced.last(), Some(&leader), "the leader goes last: {replaced:?}");
     assert!(env.event_reasons().iter().any(|r| r == "MovingLeader"), "leadership moved before the leader's turn");
     assert!(!acked.is_empty());
+    // The upgrade is over: reading back needs no retry.
+    let before_reads = client.retries();
     for i in &acked {
         assert!(client.get("app", &format!("w{i}")).await?.is_some(), "acknowledged write w{i} lost");
     }
+    assert_eq!(client.retries(), before_reads, "retries reading back on the upgraded cluster");
     // The client retries 503s; a failure here would mean an outage longer than its 60 s budget.
     assert_eq!(failed, 0, "writes failed during the upgrade");
     Ok(())
@@ -495,6 +690,7 @@ async fn a_lost_volume_is_replaced_under_a_fresh_id_and_no_write_is_lost() -> Re
     for i in 0..20 {
         client.put("app", &format!("k{i}"), format!("v{i}").into_bytes(), None).await?;
     }
+    assert_eq!(client.retries().total(), 0, "retries on the settled cluster before the loss: {:?}", client.retries());
 
     // config-0's disk is replaced while its process is down: same pod, same claim, no data.
     // (Ordinal 0 is the operator's first endpoint: its 503s must send calls to the others.)
@@ -513,10 +709,13 @@ async fn a_lost_volume_is_replaced_under_a_fresh_id_and_no_write_is_lost() -> Re
     assert_eq!(id.trim(), "4", "config-0 runs on its (emptied) volume as node 4");
 
     // Nothing acknowledged was lost, and the new member holds the same state as the others.
+    // The replacement is over (the client was idle meanwhile): reading back needs no retry.
+    let before_reads = client.retries();
     for i in 0..20 {
         let got = client.get("app", &format!("k{i}")).await?;
         assert_eq!(got.map(|e| e.value.to_vec()), Some(format!("v{i}").into_bytes()), "k{i}");
     }
+    assert_eq!(client.retries(), before_reads, "retries reading back after config-0 was replaced");
     wait_digests_equal(&env, &client, 3).await?;
     Ok(())
 }
@@ -555,12 +754,39 @@ async fn a_tls_cluster_bootstraps_scales_and_serves_only_https() -> Result<()> {
         "members advertise https: {:?}",
         group.members
     );
-    // A client without the CA gets nowhere.
+    // A client without the CA gets nowhere: the handshake fails certificate verification
+    // because the issuer is unknown to it (not for any other reason, such as a dead pod).
+    /// The rustls certificate error behind `e`: walks the source chain, opening each `io::Error`
+    /// (whose `source()` skips the rustls error it carries).
+    fn certificate_error(e: &(dyn std::error::Error + 'static)) -> Option<rustls::CertificateError> {
+        let mut cur = Some(e);
+        while let Some(err) = cur {
+            if let Some(rustls::Error::InvalidCertificate(c)) = err.downcast_ref::<rustls::Error>() {
+                return Some(c.clone());
+            }
+            // An `io::Error` wrapping another error: go to the wrapped one itself (its `source()`
+            // would skip it, and io errors nest: hyper's wraps tokio-rustls' wraps rustls').
+            let wrapped = err.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref);
+            cur = match wrapped {
+                Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+                None => err.source(),
+            };
+        }
+        None
+    }
     let untrusting = Client::builder([env.url("config-0")], env.token()?)
         .retry_for(Duration::ZERO)
         .resolve(format!("config-0.config-peers.{NS}.svc"), env.sim.ip(1, 0))
         .build()?;
-    assert!(untrusting.get("app", "k0").await.is_err(), "a client that does not trust the CA was answered");
+    let refused = untrusting.get("app", "k0").await;
+    let cause = match &refused {
+        Err(confman_client::Error::Transport(e)) => certificate_error(e),
+        _ => None,
+    };
+    assert!(
+        matches!(cause, Some(rustls::CertificateError::UnknownIssuer)),
+        "expected an unknown-issuer verification failure: {refused:?}"
+    );
 
     // Scale-up over TLS: learners catch up from https peers and are promoted.
     env.patch_spec(json!({"replicas": 5}));

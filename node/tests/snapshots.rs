@@ -44,13 +44,7 @@ async fn snapshot_stats(c: &Cluster, id: u64) -> Result<Value> {
 async fn lose_follower_and_compact(c: &mut Cluster, leader: u64, follower: u64) -> Result<()> {
     c.kill(follower)?;
     let (st, v) = c
-        .call(
-            leader,
-            reqwest::Method::POST,
-            &format!("/api/v1/cluster/members/{follower}/rejoin"),
-            confman_tests::cluster::ADMIN_KEY,
-            None,
-        )
+        .call(leader, reqwest::Method::POST, &format!("/api/v1/cluster/members/{follower}/rejoin"), &c.keys.admin, None)
         .await?;
     assert!(st.is_success(), "allow rejoin: {st} {v}");
     c.wipe(follower)?;
@@ -102,12 +96,13 @@ async fn corrupted_snapshot_is_rejected_and_the_follower_converges_after_a_retry
     std::fs::write(&sst, &bytes)?;
 
     c.spawn(follower)?;
-    c.poll("the follower to reject the corrupted snapshot", Duration::from_secs(60), || async {
-        Ok(snapshot_stats(&c, follower).await.ok().and_then(|s| s["rejected"].as_u64()).unwrap_or(0) >= 1)
+    c.poll("the follower to find the checksum mismatch", Duration::from_secs(60), || async {
+        Ok(snapshot_stats(&c, follower).await.ok().and_then(|s| s["checksumMismatches"].as_u64()).unwrap_or(0) >= 1)
     })
     .await?;
     let stats = snapshot_stats(&c, follower).await?;
     assert_eq!(stats["installs"].as_u64(), Some(0), "nothing installed: {stats}");
+    assert!(c.logged(follower, "snapshot rejected: checksum mismatch")?, "the mismatch is logged");
     assert_eq!(c.digest(follower).await?["records"].as_u64(), Some(0), "follower state untouched");
 
     // A fresh snapshot on the leader replaces the corrupted one; the retry succeeds.
@@ -133,7 +128,7 @@ async fn writes_during_snapshot_builds_are_on_every_node() -> Result<()> {
                 let node = ALL[((w as usize) + i) % 3];
                 let resp = c
                     .request(node, reqwest::Method::PUT, &format!("/api/v1/namespaces/snap/config/{key}"))?
-                    .bearer_auth(confman_tests::cluster::EDITOR_KEY)
+                    .bearer_auth(&c.keys.editor)
                     .header("content-type", "text/plain")
                     .body(key.clone())
                     .send()
@@ -212,7 +207,7 @@ async fn a_31_mib_value_replicates_and_an_oversized_one_gets_413() -> Result<()>
     for id in ALL {
         let resp = c
             .request(id, reqwest::Method::GET, "/api/v1/namespaces/snap/config/huge?consistency=stale")?
-            .bearer_auth(confman_tests::cluster::VIEWER_KEY)
+            .bearer_auth(&c.keys.viewer)
             .header("accept", "application/octet-stream")
             .send()
             .await?;
@@ -220,7 +215,7 @@ async fn a_31_mib_value_replicates_and_an_oversized_one_gets_413() -> Result<()>
     }
     let resp = c
         .request(leader, reqwest::Method::PUT, "/api/v1/namespaces/snap/config/huge")?
-        .bearer_auth(confman_tests::cluster::EDITOR_KEY)
+        .bearer_auth(&c.keys.editor)
         .header("content-type", "application/octet-stream")
         .body(random((32 << 20) + 1))
         .send()
@@ -233,15 +228,81 @@ async fn a_31_mib_value_replicates_and_an_oversized_one_gets_413() -> Result<()>
     Ok(())
 }
 
+/// Starts `follower` with the crash injected between ingesting the snapshot and recording it
+/// as applied, and waits for the abort.
+async fn crash_follower_mid_install(c: &mut Cluster, follower: u64) -> Result<()> {
+    c.spawn_env(follower, &[("CONFMAN_FAULT_CRASH_AT", "install-before-flip")])?;
+    let status = c.wait_exit(follower, Duration::from_secs(60)).await?;
+    assert!(!status.success(), "the fault injection aborted the process: {status:?}");
+    assert!(c.logged(follower, "fault injection: aborting the process")?, "crashed at the injection point");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_during_install_recovers_on_restart() -> Result<()> {
     let (mut c, leader, follower) = cluster_with_data(&[], 80, 2048).await?;
     lose_follower_and_compact(&mut c, leader, follower).await?;
-    c.spawn_env(follower, &[("CONFMAN_FAULT_CRASH_AT", "install-before-flip")])?;
-    let status = c.wait_exit(follower, Duration::from_secs(60)).await?;
-    assert!(!status.success(), "the fault injection aborted the process: {status:?}");
-    assert!(c.log(follower)?.contains("fault injection"), "crashed at the injection point");
+    crash_follower_mid_install(&mut c, follower).await?;
     c.spawn(follower)?;
+    c.wait_converged(&ALL, Duration::from_secs(60)).await?;
+    let stats = snapshot_stats(&c, follower).await?;
+    assert_eq!(stats["resumedInstalls"].as_u64(), Some(1), "the interrupted install was resumed at startup: {stats}");
+    assert!(c.logged(follower, "resuming an interrupted snapshot install")?);
+    Ok(())
+}
+
+/// A follower that kept its (old) data crashes mid-install and restarts cut off from the rest
+/// of the cluster: no leader can send it anything, so its state at the snapshot's index comes
+/// from its own disk. Two paths could produce it: `resume_install` before Raft starts, or
+/// openraft installing the (already adopted) local snapshot because it is ahead of the applied
+/// index. The counters tell them apart: the install this process made must be the resumed one
+/// (with `resume_install` disabled, openraft's install shows as `installs: 1, resumedInstalls:
+/// 0` and the test fails).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_follower_cut_off_after_a_crash_mid_install_finishes_the_install_alone() -> Result<()> {
+    let (mut c, leader, follower) = cluster_with_data(&[], 80, 2048).await?;
+    c.wait_converged(&ALL, Duration::from_secs(60)).await?;
+    let lagging = c.digest(follower).await?;
+    c.kill(follower)?;
+    // Overwrite every key the follower holds, then compact: it can only catch up by snapshot.
+    for i in 0..80 {
+        let st = c.put_bytes(leader, "snap", &format!("k{i:05}"), random(512)).await?;
+        assert!(st.is_success(), "overwrite {i}: {st}");
+    }
+    c.snapshot(leader).await?;
+    let lagging_index = lagging["appliedIndex"]
+        .as_u64()
+        .ok_or_else(|| HarnessError::Unexpected(format!("no applied index: {lagging}")))?;
+    // openraft purges once no replication stream reads the purged range any more.
+    c.poll("the leader to purge its log past the follower", Duration::from_secs(30), || async {
+        Ok(c.cluster_info(leader).await?["purgedIndex"].as_u64().unwrap_or(0) > lagging_index)
+    })
+    .await?;
+    let info = c.cluster_info(leader).await?;
+    let target = c.digest(leader).await?;
+    assert_eq!(target["appliedIndex"], info["snapshotIndex"], "nothing after the snapshot: {target} {info}");
+    assert_ne!(target["sha256"], lagging["sha256"], "the follower's old state differs from the snapshot's");
+
+    crash_follower_mid_install(&mut c, follower).await?;
+    let others: Vec<u64> = ALL.into_iter().filter(|id| *id != follower).collect();
+    for id in &others {
+        c.kill(*id)?;
+    }
+    c.spawn(follower)?;
+    // Alone it never becomes ready (no leader); its local state answers once it listens.
+    c.poll("the follower to answer alone", Duration::from_secs(60), || async { Ok(c.digest(follower).await.is_ok()) })
+        .await?;
+    let alone = c.digest(follower).await?;
+    assert_eq!(alone["appliedIndex"], target["appliedIndex"], "follower at the snapshot's index: {alone}");
+    assert_eq!(alone["sha256"], target["sha256"], "follower holds exactly the snapshot's state");
+    let stats = snapshot_stats(&c, follower).await?;
+    assert_eq!(stats["resumedInstalls"].as_u64(), Some(1), "{stats}");
+    assert_eq!(stats["installs"].as_u64(), Some(1), "one install in this process: the resumed one: {stats}");
+
+    // The others come back and the cluster converges on the same state.
+    for id in &others {
+        c.spawn(*id)?;
+    }
     c.wait_converged(&ALL, Duration::from_secs(60)).await?;
     Ok(())
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use confman_tests::cluster::{Cluster, SCOPED_EDITOR_KEY, VIEWER_KEY};
+use confman_tests::cluster::Cluster;
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -79,7 +79,7 @@ async fn watch_streams_every_change_in_order_and_resumes() -> Result<()> {
     // A watch from revision 0 on a follower sees the namespace creation and every write.
     let resp = c
         .request(follower, Method::GET, "/api/v1/namespaces/app/watch?fromRevision=0")?
-        .bearer_auth(VIEWER_KEY)
+        .bearer_auth(&c.keys.viewer)
         .send()
         .await?;
     assert_eq!(resp.status(), StatusCode::OK);
@@ -88,15 +88,25 @@ async fn watch_streams_every_change_in_order_and_resumes() -> Result<()> {
     c.put_text(leader, "app", "a", "1").await?;
     c.put_text(leader, "app", "a", "2").await?;
     c.put_text(leader, "app", "b", "x").await?;
-    let (st, _) = c
-        .call(leader, Method::DELETE, "/api/v1/namespaces/app/config/a", confman_tests::cluster::EDITOR_KEY, None)
-        .await?;
+    let (st, _) = c.call(leader, Method::DELETE, "/api/v1/namespaces/app/config/a", &c.keys.editor, None).await?;
     assert_eq!(st, StatusCode::OK);
     let events = w.take(5).await?;
     let actions: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(actions, ["namespace.created", "config.created", "config.updated", "config.created", "config.deleted"]);
-    let revisions: Vec<u64> = events.iter().filter_map(|e| e.data["revision"].as_u64()).collect();
+    // Every event carries its revision; they strictly increase and are exactly the revisions
+    // the audit log records for these changes (oldest first).
+    let revisions = events
+        .iter()
+        .map(|e| e.data["revision"].as_u64().ok_or_else(|| format!("event without a revision: {e:?}")))
+        .collect::<std::result::Result<Vec<u64>, String>>()?;
+    assert_eq!(revisions.len(), 5, "{revisions:?}");
     assert!(revisions.windows(2).all(|w| w[0] < w[1]), "revisions increase: {revisions:?}");
+    let (st, audit) = c.call(leader, Method::GET, "/api/v1/namespaces/app/audit", &c.keys.viewer, None).await?;
+    assert_eq!(st, StatusCode::OK, "{audit}");
+    let mut audited: Vec<Option<u64>> =
+        audit["items"].as_array().map(|a| a.iter().map(|e| e["revision"].as_u64()).collect()).unwrap_or_default();
+    audited.reverse();
+    assert_eq!(audited, revisions.iter().copied().map(Some).collect::<Vec<_>>(), "watch and audit agree");
     assert_eq!(events[2].data["newVersion"], 2);
     assert_eq!(events[4].data["key"], "a");
     for e in &events {
@@ -107,7 +117,7 @@ async fn watch_streams_every_change_in_order_and_resumes() -> Result<()> {
     let resume = events[1].id.clone().ok_or("no id")?;
     let resp = c
         .request(follower, Method::GET, "/api/v1/namespaces/app/watch")?
-        .bearer_auth(VIEWER_KEY)
+        .bearer_auth(&c.keys.viewer)
         .header("last-event-id", &resume)
         .send()
         .await?;
@@ -119,7 +129,8 @@ async fn watch_streams_every_change_in_order_and_resumes() -> Result<()> {
     );
 
     // Without fromRevision a watch starts now: the next event is the next change.
-    let resp = c.request(leader, Method::GET, "/api/v1/namespaces/app/watch")?.bearer_auth(VIEWER_KEY).send().await?;
+    let resp =
+        c.request(leader, Method::GET, "/api/v1/namespaces/app/watch")?.bearer_auth(&c.keys.viewer).send().await?;
     let mut w3 = SseReader::new(resp);
     c.put_text(leader, "app", "c", "new").await?;
     let next = w3.take(1).await?;
@@ -127,10 +138,10 @@ async fn watch_streams_every_change_in_order_and_resumes() -> Result<()> {
 
     // Bad input: a clear problem, nothing streamed.
     for (path, key, status) in [
-        ("/api/v1/namespaces/app/watch?fromRevision=abc", VIEWER_KEY, StatusCode::BAD_REQUEST),
-        ("/api/v1/namespaces/app/watch?from=1", VIEWER_KEY, StatusCode::BAD_REQUEST),
-        ("/api/v1/namespaces/Bad_Name/watch", VIEWER_KEY, StatusCode::BAD_REQUEST),
-        ("/api/v1/namespaces/app/watch", SCOPED_EDITOR_KEY, StatusCode::FORBIDDEN),
+        ("/api/v1/namespaces/app/watch?fromRevision=abc", c.keys.viewer.as_str(), StatusCode::BAD_REQUEST),
+        ("/api/v1/namespaces/app/watch?from=1", c.keys.viewer.as_str(), StatusCode::BAD_REQUEST),
+        ("/api/v1/namespaces/Bad_Name/watch", c.keys.viewer.as_str(), StatusCode::BAD_REQUEST),
+        ("/api/v1/namespaces/app/watch", c.keys.scoped_editor.as_str(), StatusCode::FORBIDDEN),
         ("/api/v1/namespaces/app/watch", "not-a-key", StatusCode::UNAUTHORIZED),
     ] {
         let r = c.request(follower, Method::GET, path)?.bearer_auth(key).send().await?;

@@ -1,14 +1,17 @@
 //! The reconcile loop against a mocked API server (tower-test + a stateful fake): children are
 //! server-side applied with owner references and the field manager, status is patched, an
-//! invalid or paused spec changes no child, the token is never rewritten, a shrink is held.
+//! invalid or paused spec changes no child, the token is never rewritten, a shrink is held, a
+//! failed apply is reported and requeued with a growing backoff until a retry succeeds.
 
 mod support;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use confman_operator::crd::{ConfmanCluster, ConfmanClusterSpec, PayloadClassSpec, TuningSpec};
 use confman_operator::metrics::Metrics;
-use confman_operator::reconcile::{Context, FIELD_MANAGER, reconcile};
+use confman_operator::reconcile::{Context, FIELD_MANAGER, error_policy, reconcile};
+use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
 use support::FakeApi;
@@ -217,17 +220,49 @@ async fn a_shrink_waits_for_the_raft_group() -> TestResult {
     Ok(())
 }
 
+/// A failed apply is reported (Degraded, the error returned) and retried: the controller's
+/// error policy requeues with a backoff that grows with each consecutive failure, a reconcile
+/// after the fault is cleared applies the child and clears Degraded, and a success resets the
+/// backoff.
 #[tokio::test]
-async fn an_api_failure_is_reported_as_degraded_and_retried() -> TestResult {
+async fn an_api_failure_is_reported_as_degraded_and_retried_with_backoff() -> TestResult {
     let c = cluster(3);
     let (ctx, fake) = setup(&c)?;
     fake.fail(STS);
-    let result = reconcile(Arc::new(c), ctx.clone()).await;
-    assert!(result.is_err(), "the failure must reach the error policy");
+    let err =
+        reconcile(Arc::new(c.clone()), ctx.clone()).await.err().ok_or("the failure must reach the error policy")?;
+    assert!(err.to_string().contains("injected failure"), "{err}");
     let after = stored(&fake)?;
     let d = condition(&after, "Degraded").ok_or("no Degraded")?;
     assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", "ApplyFailed"));
     assert!(d.message.contains("injected failure"), "{}", d.message);
+    let p = condition(&after, "Progressing").ok_or("no Progressing")?;
+    assert_eq!((p.status.as_str(), p.reason.as_str()), ("True", "Retrying"));
     assert!(ctx.metrics.render().contains("confman_operator_reconcile_failures_total 1\n"));
+    // What the controller does with the error: requeue after the first backoff step.
+    assert_eq!(error_policy(Arc::new(after.clone()), &err, ctx.clone()), Action::requeue(Duration::from_secs(5)));
+
+    // Still failing: the next attempt fails again and waits longer.
+    let err = reconcile(Arc::new(after.clone()), ctx.clone()).await.err().ok_or("the fault is still injected")?;
+    assert!(ctx.metrics.render().contains("confman_operator_reconcile_failures_total 2\n"));
+    assert_eq!(error_policy(Arc::new(after.clone()), &err, ctx.clone()), Action::requeue(Duration::from_secs(10)));
+    assert!(fake.get(STS).is_none(), "no StatefulSet while its apply fails");
+
+    // The fault clears: the retry applies the StatefulSet and the status recovers.
+    fake.0.lock().map_err(|e| e.to_string())?.failing.clear();
+    reconcile(Arc::new(after), ctx.clone()).await?;
+    assert_eq!(fake.get(STS).ok_or("the retry did not apply the StatefulSet")?["spec"]["replicas"], json!(3));
+    let recovered = stored(&fake)?;
+    let d = condition(&recovered, "Degraded").ok_or("no Degraded")?;
+    assert_eq!(d.status.as_str(), "False", "Degraded after a successful retry: {d:?}");
+    let p = condition(&recovered, "Progressing").ok_or("no Progressing")?;
+    assert_eq!(p.reason.as_str(), "Bootstrapping");
+    assert_eq!(recovered.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Creating"));
+    assert!(ctx.metrics.render().contains("confman_operator_reconcile_failures_total 2\n"), "no new failure");
+
+    // A success resets the backoff: the next failure waits the first step again.
+    fake.fail(STS);
+    let err = reconcile(Arc::new(recovered.clone()), ctx.clone()).await.err().ok_or("the fault is injected again")?;
+    assert_eq!(error_policy(Arc::new(recovered), &err, ctx), Action::requeue(Duration::from_secs(5)));
     Ok(())
 }

@@ -11,38 +11,84 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-/// Keys written to the keys file of every test cluster.
-pub const ADMIN_KEY: &str = "test-admin-key";
-/// Editor key.
-pub const EDITOR_KEY: &str = "test-editor-key";
-/// Viewer key.
-pub const VIEWER_KEY: &str = "test-viewer-key";
-/// Editor limited to namespaces `team-a.*`.
-pub const SCOPED_EDITOR_KEY: &str = "test-scoped-editor-key";
-/// Admin limited to namespaces `team-a.*`.
-pub const SCOPED_ADMIN_KEY: &str = "test-scoped-admin-key";
-/// The cluster token.
-pub const CLUSTER_TOKEN: &str = "test-cluster-token-0123456789";
+/// The API keys of one test cluster. Every cluster gets its own keys and cluster token (and its
+/// own loopback address), so a request or a peer call that reaches another test's node is
+/// refused instead of silently accepted.
+#[derive(Debug, Clone)]
+pub struct TestKeys {
+    /// Admin of every namespace.
+    pub admin: String,
+    /// Editor of every namespace.
+    pub editor: String,
+    /// Viewer of every namespace.
+    pub viewer: String,
+    /// Editor limited to namespaces `team-a.*`.
+    pub scoped_editor: String,
+    /// Admin limited to namespaces `team-a.*`.
+    pub scoped_admin: String,
+    /// The cluster token (Raft RPC and unscoped administration).
+    pub token: String,
+}
 
-const KEYS_FILE: &str = r#"keys:
+impl TestKeys {
+    /// Fresh random keys.
+    pub fn generate() -> TestKeys {
+        let tag = format!("{:016x}", rand::random::<u64>());
+        TestKeys {
+            admin: format!("admin-{tag}"),
+            editor: format!("editor-{tag}"),
+            viewer: format!("viewer-{tag}"),
+            scoped_editor: format!("scoped-editor-{tag}"),
+            scoped_admin: format!("scoped-admin-{tag}"),
+            token: format!("cluster-token-{tag}-{:016x}", rand::random::<u64>()),
+        }
+    }
+
+    /// The keys file the nodes load.
+    pub fn keys_file(&self) -> String {
+        format!(
+            r#"keys:
   - name: admin
-    key: "test-admin-key"
+    key: "{}"
     roles: [admin]
   - name: editor
-    key: "test-editor-key"
+    key: "{}"
     roles: [editor]
   - name: viewer
-    key: "test-viewer-key"
+    key: "{}"
     roles: [viewer]
   - name: scoped-editor
-    key: "test-scoped-editor-key"
+    key: "{}"
     roles: [editor]
     namespaces: ["team-a.*"]
   - name: scoped-admin
-    key: "test-scoped-admin-key"
+    key: "{}"
     roles: [admin]
     namespaces: ["team-a.*"]
-"#;
+"#,
+            self.admin, self.editor, self.viewer, self.scoped_editor, self.scoped_admin
+        )
+    }
+}
+
+/// A 503 seen by a harness helper, with where it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable {
+    /// The failover window it was retried in (`None`: outside any window, a failure).
+    pub window: Option<String>,
+    /// The call that got it.
+    pub call: String,
+}
+
+/// Which 503 answers the harness helpers retry. A test names the moments when the cluster may
+/// legitimately be without a leader (a crash, a restart, a membership change); outside such a
+/// window a 503 is returned to the test as it came, and is recorded, so intermittent
+/// unavailability fails the test instead of passing as a slow success.
+#[derive(Debug, Default)]
+struct Windows {
+    open: Option<String>,
+    seen: Vec<Unavailable>,
+}
 
 /// Harness errors.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +105,9 @@ pub enum HarnessError {
     /// Test certificates could not be made.
     #[error(transparent)]
     Certs(#[from] crate::certs::CertError),
+    /// A node answered 503 outside a failover window.
+    #[error("{0}: 503 outside a failover window: {1}")]
+    Unavailable(String, Value),
     /// Something unexpected.
     #[error("{0}")]
     Unexpected(String),
@@ -113,11 +162,35 @@ pub struct Cluster {
     pub http: reqwest::Client,
     /// The certificates, when the nodes serve TLS.
     pub tls: Option<crate::certs::TestCerts>,
+    /// This cluster's API keys and token.
+    pub keys: TestKeys,
+    /// The loopback address every node of this cluster listens on (its own, per cluster).
+    pub ip: std::net::Ipv4Addr,
+    windows: std::sync::Mutex<Windows>,
 }
 
 /// Picks a free loopback port (bound and released; the node binds it right after).
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A loopback address of its own for one cluster: `127.x.y.z` chosen at random (not
+/// 127.0.0.1). Ports picked on it are free by the time the nodes bind them, because nothing
+/// else in the test run listens on or connects from that address.
+pub fn private_loopback() -> std::net::Ipv4Addr {
+    loop {
+        let [a, b, c]: [u8; 3] = rand::random();
+        if a != 0 && c != 0 && c != 255 {
+            return std::net::Ipv4Addr::new(127, a, b, c);
+        }
+    }
+}
+
+/// `n` distinct free ports on `ip`: all bound at once (so none is picked twice), then released.
+pub fn free_ports(ip: std::net::Ipv4Addr, n: usize) -> Result<Vec<u16>> {
+    let listeners =
+        (0..n).map(|_| TcpListener::bind((ip, 0))).collect::<std::result::Result<Vec<_>, std::io::Error>>()?;
+    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 impl Cluster {
@@ -150,15 +223,18 @@ impl Cluster {
         } else {
             Some(tmp)
         };
-        std::fs::write(root.join("keys.yaml"), KEYS_FILE)?;
-        std::fs::write(root.join("cluster.token"), CLUSTER_TOKEN)?;
-        let mut ports = BTreeMap::new();
-        for id in 1..=n {
-            ports.insert(id, free_port()?);
-        }
+        let keys = TestKeys::generate();
+        std::fs::write(root.join("keys.yaml"), keys.keys_file())?;
+        std::fs::write(root.join("cluster.token"), &keys.token)?;
+        let ip = private_loopback();
+        let ports: BTreeMap<u64, u16> = (1..=n).zip(free_ports(ip, n as usize)?).collect();
         let mut extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let certs =
-            if tls { Some(crate::certs::generate(&root.join("certs"), &["localhost", "127.0.0.1"])?) } else { None };
+        let ip_name = ip.to_string();
+        let certs = if tls {
+            Some(crate::certs::generate(&root.join("certs"), &["localhost", "127.0.0.1", &ip_name])?)
+        } else {
+            None
+        };
         let mut http = confman_client::http_builder().timeout(Duration::from_secs(30));
         if let Some(c) = &certs {
             for (flag, path) in [("--tls-cert-file", &c.cert), ("--tls-key-file", &c.key), ("--tls-ca-file", &c.ca)] {
@@ -167,7 +243,7 @@ impl Cluster {
             http = http.add_root_certificate(reqwest::Certificate::from_pem(c.ca_pem.as_bytes())?);
         }
         let scheme = if tls { "https" } else { "http" };
-        let peers = ports.iter().map(|(id, p)| format!("{id}={scheme}://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let peers = ports.iter().map(|(id, p)| format!("{id}={scheme}://{ip}:{p}")).collect::<Vec<_>>().join(",");
         let mut nodes = BTreeMap::new();
         for (id, port) in ports {
             let data_dir = root.join(format!("node{id}"));
@@ -175,8 +251,8 @@ impl Cluster {
                 id,
                 NodeProc {
                     id,
-                    url: format!("{scheme}://127.0.0.1:{port}"),
-                    addr: format!("127.0.0.1:{port}"),
+                    url: format!("{scheme}://{ip}:{port}"),
+                    addr: format!("{ip}:{port}"),
                     log_path: root.join(format!("node{id}.log")),
                     data_dir,
                     child: None,
@@ -193,6 +269,9 @@ impl Cluster {
             extra_args: extra,
             http: http.build()?,
             tls: certs,
+            keys,
+            ip,
+            windows: std::sync::Mutex::new(Windows::default()),
         };
         let ids: Vec<u64> = c.nodes.keys().copied().collect();
         for id in &ids {
@@ -218,8 +297,23 @@ impl Cluster {
 
     /// Like `spawn`, with extra environment variables (e.g. fault injection).
     pub fn spawn_env(&mut self, id: u64, env: &[(&str, &str)]) -> Result<()> {
-        let (binary, root, peers, extra) =
-            (self.binary.clone(), self.root.clone(), self.peers.clone(), self.extra_args.clone());
+        self.spawn_with(id, &[], env)
+    }
+
+    /// Like `spawn`, with `--flag value` pairs for this node only (replacing the cluster's
+    /// value of the same flag) and environment variables.
+    pub fn spawn_with(&mut self, id: u64, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+        let (binary, root, peers) = (self.binary.clone(), self.root.clone(), self.peers.clone());
+        let mut extra = Vec::new();
+        let mut cluster_args = self.extra_args.iter();
+        while let Some(a) = cluster_args.next() {
+            if a.starts_with("--") && args.contains(&a.as_str()) {
+                cluster_args.next(); // its value
+            } else {
+                extra.push(a.clone());
+            }
+        }
+        extra.extend(args.iter().map(|a| a.to_string()));
         let node = self.nodes.get_mut(&id).ok_or_else(|| HarnessError::Unexpected(format!("no node {id}")))?;
         node.restarts += 1;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log_path)?;
@@ -233,6 +327,8 @@ impl Cluster {
             .arg("--cluster-token-file")
             .arg(root.join("cluster.token"))
             .args(&extra)
+            // JSON lines, so tests can check levels and messages exactly (no colour codes).
+            .args(["--log-format", "json"])
             .env("RUST_LOG", "info,openraft=warn")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -317,7 +413,7 @@ impl Cluster {
 
     /// `GET /api/v1/cluster/digest` of node `id`.
     pub async fn digest(&self, id: u64) -> Result<Value> {
-        let (st, v) = self.call(id, Method::GET, "/api/v1/cluster/digest", ADMIN_KEY, None).await?;
+        let (st, v) = self.call(id, Method::GET, "/api/v1/cluster/digest", &self.keys.admin, None).await?;
         if !st.is_success() {
             return Err(HarnessError::Unexpected(format!("digest of node {id}: {st} {v}")));
         }
@@ -353,7 +449,7 @@ impl Cluster {
     pub async fn put_bytes(&self, id: u64, ns: &str, key: &str, value: Vec<u8>) -> Result<StatusCode> {
         let resp = self
             .request(id, Method::PUT, &format!("/api/v1/namespaces/{ns}/config/{key}"))?
-            .bearer_auth(EDITOR_KEY)
+            .bearer_auth(&self.keys.editor)
             .header("content-type", "application/octet-stream")
             .body(value)
             .send()
@@ -363,16 +459,36 @@ impl Cluster {
 
     /// Triggers a snapshot on node `id` and waits for it.
     pub async fn snapshot(&self, id: u64) -> Result<()> {
-        let (st, v) = self.call(id, Method::POST, "/api/v1/cluster/snapshot", ADMIN_KEY, None).await?;
+        let (st, v) = self.call(id, Method::POST, "/api/v1/cluster/snapshot", &self.keys.admin, None).await?;
         if !st.is_success() {
             return Err(HarnessError::Unexpected(format!("snapshot on node {id}: {st} {v}")));
         }
         Ok(())
     }
 
-    /// The log (stderr) of node `id` so far.
+    /// The log (stderr) of node `id` so far: JSON lines (`--log-format json`).
     pub fn log(&self, id: u64) -> Result<String> {
         Ok(std::fs::read_to_string(&self.node(id)?.log_path)?)
+    }
+
+    /// The log records of node `id` so far. A line that is not a JSON record (a panic message,
+    /// an abort) is returned as `{"level": "UNSTRUCTURED", "line": ...}` so checks see it.
+    pub fn log_records(&self, id: u64) -> Result<Vec<Value>> {
+        Ok(parse_log(&self.log(id)?))
+    }
+
+    /// Records of node `id`'s log at `level` (`ERROR`, `WARN`, …), plus any unstructured line.
+    pub fn log_records_at(&self, id: u64, level: &str) -> Result<Vec<Value>> {
+        Ok(self
+            .log_records(id)?
+            .into_iter()
+            .filter(|r| r["level"].as_str().is_some_and(|l| l == level || l == "UNSTRUCTURED"))
+            .collect())
+    }
+
+    /// Whether node `id` logged a record whose message is exactly `message`.
+    pub fn logged(&self, id: u64, message: &str) -> Result<bool> {
+        Ok(self.log_records(id)?.iter().any(|r| r["fields"]["message"].as_str() == Some(message)))
     }
 
     /// Deletes node `id`'s data directory (it must be stopped).
@@ -418,7 +534,7 @@ impl Cluster {
 
     /// `GET /api/v1/cluster` of one node.
     pub async fn cluster_info(&self, id: u64) -> Result<Value> {
-        let r = self.call(id, Method::GET, "/api/v1/cluster", ADMIN_KEY, None).await?;
+        let r = self.call(id, Method::GET, "/api/v1/cluster", &self.keys.admin, None).await?;
         Ok(r.1)
     }
 
@@ -473,71 +589,103 @@ impl Cluster {
         Ok(self.http.request(method, format!("{}{path}", self.url(id)?)))
     }
 
-    /// Creates a namespace through node `id`.
-    pub async fn create_namespace(&self, id: u64, ns: &str) -> Result<()> {
-        // A 503 (no leader known right now, e.g. just after an election) is retried for up to
-        // 10 s, as a client would.
+    /// Opens a failover window: until [`Cluster::close_failover_window`], the helpers
+    /// `create_namespace`, `put_text` and `get` retry a 503 (for up to 10 s per call), as a
+    /// client would while a new leader is elected. `why` names the event (it shows in
+    /// [`Cluster::unavailable`] and in failures).
+    pub fn open_failover_window(&self, why: &str) {
+        if let Ok(mut w) = self.windows.lock() {
+            w.open = Some(why.to_string());
+        }
+    }
+
+    /// Closes the failover window; returns how many 503s were retried in it.
+    pub fn close_failover_window(&self) -> usize {
+        let Ok(mut w) = self.windows.lock() else { return 0 };
+        let Some(why) = w.open.take() else { return 0 };
+        w.seen.iter().filter(|u| u.window.as_deref() == Some(why.as_str())).count()
+    }
+
+    /// Every 503 a helper saw so far, in or outside a failover window.
+    pub fn unavailable(&self) -> Vec<Unavailable> {
+        self.windows.lock().map(|w| w.seen.clone()).unwrap_or_default()
+    }
+
+    /// Records a 503 and says whether to retry it (only inside an open window).
+    fn record_unavailable(&self, call: String) -> bool {
+        let Ok(mut w) = self.windows.lock() else { return false };
+        let window = w.open.clone();
+        let retry = window.is_some();
+        w.seen.push(Unavailable { window, call });
+        retry
+    }
+
+    /// Runs `attempt` once, and again after each 503 while a failover window is open (for up to
+    /// 10 s). Outside a window a 503 is recorded and returned as it came.
+    async fn retrying_in_window<F, Fut>(&self, what: &str, mut attempt: F) -> Result<(StatusCode, Value)>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(StatusCode, Value)>>,
+    {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let (st, v) = self
-                .call(
-                    id,
-                    Method::PUT,
-                    &format!("/api/v1/namespaces/{ns}"),
-                    ADMIN_KEY,
-                    Some(serde_json::json!({"description": "test"})),
-                )
-                .await?;
-            if st.is_success() {
-                return Ok(());
+            let (st, v) = attempt().await?;
+            if st != StatusCode::SERVICE_UNAVAILABLE {
+                return Ok((st, v));
             }
-            if st != StatusCode::SERVICE_UNAVAILABLE || Instant::now() > deadline {
-                return Err(HarnessError::Unexpected(format!("create namespace {ns}: {st} {v}")));
+            if !self.record_unavailable(what.to_string()) || Instant::now() > deadline {
+                return Ok((st, v));
             }
+            eprintln!("{what}: 503 {v}; retrying inside the failover window");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    /// Writes a text value through node `id`; returns status and body. A 503 (no leader right
-    /// now: the API's "retry shortly") is retried for up to 10 s, as a client would.
+    /// Creates a namespace through node `id`.
+    pub async fn create_namespace(&self, id: u64, ns: &str) -> Result<()> {
+        let what = format!("PUT namespace {ns} via node {id}");
+        let body = serde_json::json!({"description": "test"});
+        let path = format!("/api/v1/namespaces/{ns}");
+        let (st, v) = self
+            .retrying_in_window(&what, || self.call(id, Method::PUT, &path, &self.keys.admin, Some(body.clone())))
+            .await?;
+        match st {
+            s if s.is_success() => Ok(()),
+            StatusCode::SERVICE_UNAVAILABLE => Err(HarnessError::Unavailable(what, v)),
+            _ => Err(HarnessError::Unexpected(format!("{what}: {st} {v}"))),
+        }
+    }
+
+    /// Writes a text value through node `id` with the editor key; returns status and body.
     pub async fn put_text(&self, id: u64, ns: &str, key: &str, value: &str) -> Result<(StatusCode, Value)> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let what = format!("PUT {ns}/{key} via node {id}");
+        self.retrying_in_window(&what, || async {
             let resp = self
                 .request(id, Method::PUT, &format!("/api/v1/namespaces/{ns}/config/{key}"))?
-                .bearer_auth(EDITOR_KEY)
+                .bearer_auth(&self.keys.editor)
                 .header("content-type", "text/plain")
                 .body(value.to_string())
                 .send()
                 .await?;
             let status = resp.status();
             let bytes = resp.bytes().await?;
-            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            if status != StatusCode::SERVICE_UNAVAILABLE || Instant::now() > deadline {
-                return Ok((status, body));
-            }
-            eprintln!("PUT {ns}/{key} via node {id}: 503 {body}; retrying");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+        })
+        .await
     }
 
-    /// Reads an entry through node `id` (linearizable unless `stale`); `None` on 404. A 503 is
-    /// retried for up to 10 s, as a client would.
+    /// Reads an entry through node `id` (linearizable unless `stale`); `None` on 404.
     pub async fn get(&self, id: u64, ns: &str, key: &str, stale: bool) -> Result<Option<Value>> {
         let q = if stale { "?consistency=stale" } else { "" };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let path = format!("/api/v1/namespaces/{ns}/config/{key}{q}");
-            let (st, v) = self.call(id, Method::GET, &path, VIEWER_KEY, None).await?;
-            match st {
-                StatusCode::OK => return Ok(Some(v)),
-                StatusCode::NOT_FOUND => return Ok(None),
-                StatusCode::SERVICE_UNAVAILABLE if Instant::now() < deadline => {
-                    eprintln!("GET {ns}/{key} on node {id}: 503 {v}; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                other => return Err(HarnessError::Unexpected(format!("GET {ns}/{key} on node {id}: {other} {v}"))),
-            }
+        let path = format!("/api/v1/namespaces/{ns}/config/{key}{q}");
+        let what = format!("GET {ns}/{key} on node {id}");
+        let (st, v) =
+            self.retrying_in_window(&what, || self.call(id, Method::GET, &path, &self.keys.viewer, None)).await?;
+        match st {
+            StatusCode::OK => Ok(Some(v)),
+            StatusCode::NOT_FOUND => Ok(None),
+            StatusCode::SERVICE_UNAVAILABLE => Err(HarnessError::Unavailable(what, v)),
+            other => Err(HarnessError::Unexpected(format!("{what}: {other} {v}"))),
         }
     }
 }
@@ -551,6 +699,23 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// Default headers that authenticate every request of a benchmark's HTTP client with `key`.
+pub fn bearer_headers(key: &str) -> Result<reqwest::header::HeaderMap> {
+    let mut h = reqwest::header::HeaderMap::new();
+    let v = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+        .map_err(|e| HarnessError::Unexpected(format!("bad key: {e}")))?;
+    h.insert(reqwest::header::AUTHORIZATION, v);
+    Ok(h)
+}
+
+/// Parses a JSON-lines node log; see [`Cluster::log_records`].
+pub fn parse_log(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| serde_json::json!({"level": "UNSTRUCTURED", "line": l})))
+        .collect()
 }
 
 /// Peak resident set size (VmHWM, KiB) of a process, from /proc.

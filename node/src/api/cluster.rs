@@ -1,5 +1,6 @@
-//! Cluster endpoints: status (members, leader, term, indexes, snapshot, tuning) and the admin
-//! operations the operator uses: add learner, promote, remove, transfer leadership, snapshot.
+//! Cluster endpoints: status (members, leader, term, indexes, snapshot, tuning), cluster-wide
+//! settings, and the admin operations the operator uses: add learner, promote, remove,
+//! transfer leadership, snapshot.
 
 use axum::Json;
 use axum::body::Body;
@@ -12,7 +13,13 @@ use super::entries::read_json_body;
 use super::problem::Problem;
 use super::{AppContext, Ctx};
 use crate::auth::{Principal, Role};
+use crate::command::{Command, CommandOutcome, Operation};
+use crate::model::now_ms;
 use crate::raft::NodeId;
+use crate::store::{apply, blocking};
+
+/// The highest history depth an admin may set (every key may then keep this many versions).
+pub const MAX_HISTORY_DEPTH: u64 = 1000;
 
 /// Cluster administration needs an admin key that is not limited to some namespaces.
 fn admin(ctx: &AppContext, headers: &HeaderMap) -> Result<Principal, Problem> {
@@ -39,9 +46,56 @@ pub async fn info(ctx: Ctx, headers: HeaderMap) -> Result<Response, Problem> {
     let mut body = serde_json::to_value(&status).map_err(Problem::internal)?;
     if let serde_json::Value::Object(m) = &mut body {
         m.insert("tuning".into(), serde_json::to_value(ctx.tuning).map_err(Problem::internal)?);
-        m.insert("historyDepth".into(), ctx.history_depth.into());
+        m.insert("historyDepth".into(), cluster_history_depth(&ctx).await?.into());
     }
     Ok(Json(body).into_response())
+}
+
+/// The history depth this node applies writes with (the cluster's, as applied here).
+pub async fn cluster_history_depth(ctx: &AppContext) -> Result<u64, Problem> {
+    let db = ctx.node.db().clone();
+    Ok(blocking(move || apply::history_depth(&db)).await?)
+}
+
+/// Body of a settings change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SettingsBody {
+    history_depth: Option<u64>,
+}
+
+/// `GET /api/v1/cluster/settings`: the cluster-wide settings.
+pub async fn get_settings(ctx: Ctx, headers: HeaderMap) -> Result<Response, Problem> {
+    ctx.authorize(&headers, Role::Viewer, None)?;
+    Ok(Json(serde_json::json!({ "historyDepth": cluster_history_depth(&ctx).await? })).into_response())
+}
+
+/// `PUT /api/v1/cluster/settings` `{"historyDepth": N}`: changes a cluster-wide setting through
+/// the log, so every replica applies it at the same index. A lower depth trims each key's
+/// history on its next write.
+pub async fn put_settings(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
+    let p = admin(&ctx, &headers)?;
+    let Some(b): Option<SettingsBody> = read_json_body(&ctx, &headers, body, false).await? else {
+        return Err(Problem::bad_request("malformed-json", "a body {\"historyDepth\": N} is required"));
+    };
+    let Some(depth) = b.history_depth else {
+        return Err(Problem::bad_request("invalid-setting", "nothing to change: send historyDepth"));
+    };
+    if depth > MAX_HISTORY_DEPTH {
+        return Err(Problem::bad_request(
+            "invalid-setting",
+            format!("historyDepth must be at most {MAX_HISTORY_DEPTH}, got {depth}"),
+        ));
+    }
+    let cmd = Command { actor: p.name, at_ms: now_ms(), op: Operation::SetHistoryDepth { depth, if_unset: false } };
+    match ctx.node.write(cmd).await? {
+        (CommandOutcome::SettingApplied { history_depth }, rev) => Ok((
+            [(super::HEADER_REVISION, rev.to_string())],
+            Json(serde_json::json!({ "historyDepth": history_depth, "revision": rev })),
+        )
+            .into_response()),
+        (other, _) => Err(Problem::internal(format!("unexpected outcome {other:?}"))),
+    }
 }
 
 /// Body of an add-learner request.

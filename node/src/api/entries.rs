@@ -18,7 +18,7 @@ use super::problem::Problem;
 use super::{AppContext, Ctx, HEADER_REVISION, HEADER_VERSION, Q};
 use crate::auth::Role;
 use crate::command::{Command, CommandOutcome, Operation, Precondition};
-use crate::model::{EntryRecord, format_time_ms, now_ms, validate_key, validate_namespace};
+use crate::model::{format_time_ms, now_ms, validate_key, validate_namespace};
 use crate::store::state::EntryMeta;
 use crate::store::{blocking, state};
 
@@ -204,6 +204,8 @@ impl EntryView {
 pub struct GetQuery {
     consistency: Option<String>,
     limit: Option<String>,
+    #[serde(rename = "continue")]
+    continue_token: Option<String>,
 }
 
 /// `GET …/config/{key}` (or `…/{key}/history`).
@@ -220,8 +222,8 @@ pub async fn get(
     {
         return history(&ctx, ns, base.to_string(), q).await;
     }
-    if q.limit.is_some() {
-        return Err(Problem::bad_request("invalid-parameter", "limit applies only to history"));
+    if q.limit.is_some() || q.continue_token.is_some() {
+        return Err(Problem::bad_request("invalid-parameter", "limit and continue apply only to history"));
     }
     check_names(&ns, &key)?;
     ctx.read_barrier(q.consistency.as_deref()).await?;
@@ -247,16 +249,24 @@ pub async fn get(
 
 async fn history(ctx: &AppContext, ns: String, key: String, q: GetQuery) -> Result<Response, Problem> {
     check_names(&ns, &key)?;
-    let max = ctx.history_depth as usize + 1;
+    let max = super::cluster::cluster_history_depth(ctx).await? as usize + 1;
     let limit = parse_limit(q.limit.as_deref(), max, max)?;
+    let below =
+        match q.continue_token.as_deref() {
+            None => None,
+            Some(t) => Some(t.parse::<u64>().map_err(|_| {
+                Problem::bad_request("invalid-continue", "the continue token is not one this API issued")
+            })?),
+        };
     ctx.read_barrier(q.consistency.as_deref()).await?;
     let db = ctx.node.db().clone();
     let (n, k) = (ns.clone(), key.clone());
-    let versions: Vec<EntryRecord> = blocking(move || state::history(&db, &n, &k, limit)).await?;
-    if versions.is_empty() {
+    let page = blocking(move || state::history(&db, &n, &k, limit, below, HISTORY_PAGE_VALUE_BYTES)).await?;
+    if page.items.is_empty() && below.is_none() {
         return Err(Problem::not_found("key-not-found", format!("key {key:?} does not exist in namespace {ns:?}")));
     }
-    let items: Vec<EntryView> = versions
+    let items: Vec<EntryView> = page
+        .items
         .into_iter()
         .map(|r| {
             let meta = EntryMeta {
@@ -270,7 +280,8 @@ async fn history(ctx: &AppContext, ns: String, key: String, q: GetQuery) -> Resu
             EntryView::new(&ns, &key, &meta, Some(r.value))
         })
         .collect();
-    Ok(Json(serde_json::json!({ "items": items })).into_response())
+    let next = page.next_below.map(|v| v.to_string());
+    Ok(Json(serde_json::json!({ "items": items, "continue": next })).into_response())
 }
 
 /// `PUT …/config/{key}`: 201 on create, 200 on update; 412 when the precondition fails.
@@ -364,6 +375,13 @@ pub struct ListQuery {
     consistency: Option<String>,
 }
 
+/// Values per history page, at most (one larger version still makes a page of one).
+pub const HISTORY_PAGE_VALUE_BYTES: u64 = 8 << 20;
+
+/// Values per list page, at most (one larger value still makes a page of one): a page of 1000
+/// entries of 16 MiB each must not be held in memory, and copied, at once.
+pub const LIST_PAGE_VALUE_BYTES: u64 = 8 << 20;
+
 /// `GET …/config?prefix=&limit=&continue=&includeValues=`.
 pub async fn list(
     ctx: Ctx,
@@ -396,7 +414,7 @@ pub async fn list(
         if state::get_namespace(&db, &n)?.is_none() {
             return Ok(None);
         }
-        state::list_entries(&db, &n, &prefix, after.as_deref(), limit, include).map(Some)
+        state::list_entries(&db, &n, &prefix, after.as_deref(), limit, include, LIST_PAGE_VALUE_BYTES).map(Some)
     })
     .await?
     .ok_or_else(|| Problem::not_found("namespace-not-found", format!("namespace {ns:?} does not exist")))?;

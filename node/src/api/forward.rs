@@ -20,7 +20,8 @@ fn must_run_on_leader(req: &Request) -> bool {
     write
         && (path.starts_with("/api/v1/namespaces")
             || path.starts_with("/api/v1/cluster/members")
-            || path == "/api/v1/cluster/leader")
+            || path == "/api/v1/cluster/leader"
+            || path == "/api/v1/cluster/settings")
 }
 
 /// Hop-by-hop headers never copied across the proxy.

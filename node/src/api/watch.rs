@@ -13,6 +13,8 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::Path;
@@ -50,12 +52,15 @@ fn parse_revision(raw: &str, what: &str) -> Result<u64, Problem> {
 }
 
 struct Cursor {
-    db: std::sync::Arc<RocksDb>,
+    db: Arc<RocksDb>,
     ns: String,
     after: u64,
     pending: VecDeque<AuditEvent>,
     applied: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
+    /// Storage reads made by all watches of this node (the metric
+    /// `confman_watch_storage_reads_total`).
+    reads: Arc<AtomicU64>,
 }
 
 fn event(e: AuditEvent, last_of_revision: bool) -> Event {
@@ -67,6 +72,11 @@ fn event(e: AuditEvent, last_of_revision: bool) -> Event {
 }
 
 /// The event stream: pages from storage, then waits for the applied revision to move.
+///
+/// The applied revision is marked seen *before* each storage read, so a change applied during
+/// the read wakes the next wait, and a read that finds nothing (the change was in another
+/// namespace, or a blank or membership entry) is followed by a wait, never by another read:
+/// an idle watch costs one read per applied change, not a spinning core.
 fn stream(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
     futures::stream::unfold(cursor, |mut c| async move {
         loop {
@@ -74,7 +84,9 @@ fn stream(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
                 let last = c.pending.front().is_none_or(|n| n.revision != e.revision);
                 return Some((Ok(event(e, last)), c));
             }
+            c.applied.borrow_and_update();
             let (db, ns, after) = (c.db.clone(), c.ns.clone(), c.after);
+            c.reads.fetch_add(1, Ordering::Relaxed);
             match blocking(move || state::audit_after(&db, &ns, after, PAGE)).await {
                 Ok(page) if !page.is_empty() => {
                     c.after = page.last().map_or(c.after, |e| e.revision);
@@ -87,11 +99,8 @@ fn stream(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
                     return None;
                 }
             }
-            // Nothing new: wait for the next applied entry (or shutdown).
-            let seen = *c.applied.borrow_and_update();
-            if seen > c.after {
-                continue;
-            }
+            // Nothing new up to the revision seen before the read: wait for the next applied
+            // entry (or shutdown).
             tokio::select! {
                 r = c.applied.changed() => if r.is_err() { return None },
                 _ = c.shutdown.wait_for(|s| *s) => return None,
@@ -122,6 +131,7 @@ pub async fn watch(
         pending: VecDeque::new(),
         applied: ctx.node.applied_watch(),
         shutdown: ctx.shutdown.clone(),
+        reads: ctx.metrics.watch_reads(),
     };
     Ok(Sse::new(stream(cursor)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
 }

@@ -70,7 +70,9 @@ pub struct RaftSettings {
     pub compaction_entries: u64,
     /// Log entries kept after a snapshot for lagging followers.
     pub logs_to_keep: u64,
-    /// Superseded versions kept per key.
+    /// Superseded versions kept per key, proposed when this node is the first leader to take
+    /// a client write in a cluster that has none yet (afterwards the cluster's value rules;
+    /// see `Operation::SetHistoryDepth`).
     pub history_depth: u64,
 }
 
@@ -172,6 +174,11 @@ pub struct RaftNode {
     compaction: tokio::task::JoinHandle<()>,
     leader_watch: tokio::task::JoinHandle<()>,
     leader_changes: Arc<AtomicU64>,
+    /// The history depth this node proposes when the cluster has none yet.
+    initial_history_depth: u64,
+    /// Set once the cluster's settings are known to be in the state (checked before the first
+    /// client write a leader proposes, so no write is applied under the default by accident).
+    settings_recorded: std::sync::atomic::AtomicBool,
     snapshot_timeout: Duration,
     request_timeout: Duration,
 }
@@ -232,13 +239,7 @@ impl RaftNode {
         let network = NetworkFactory::new(token.clone(), timeouts, snapshots.stats(), &settings.outgoing)
             .map_err(|e| RaftNodeError::Network(e.to_string()))?;
         let (applied_tx, applied_rx) = watch::channel(0u64);
-        let sm = StateMachine::new(
-            db.clone(),
-            snapshots.clone(),
-            settings.history_depth,
-            log_bytes.clone(),
-            Arc::new(applied_tx),
-        )?;
+        let sm = StateMachine::new(db.clone(), snapshots.clone(), log_bytes.clone(), Arc::new(applied_tx))?;
         let (log_store, syncer) =
             LogStore::new(db.clone(), settings.max_append_bytes, settings.max_append_entries, log_bytes.clone())?;
         let raft = Raft::new(settings.node_id, Arc::new(config), network, log_store, sm).await.map_err(stopped)?;
@@ -319,6 +320,8 @@ impl RaftNode {
             compaction,
             leader_watch,
             leader_changes,
+            initial_history_depth: settings.history_depth,
+            settings_recorded: std::sync::atomic::AtomicBool::new(false),
             snapshot_timeout: settings.snapshot_timeout,
             request_timeout: settings.request_timeout,
         })
@@ -397,12 +400,36 @@ impl RaftNode {
     /// Proposes a command on this node, which must be the leader; returns the outcome and the
     /// revision (log index) it was applied at.
     pub async fn write(&self, cmd: Command) -> Result<(CommandOutcome, u64), RaftNodeError> {
+        if !self.settings_recorded.load(Ordering::Acquire) {
+            self.record_initial_settings().await?;
+        }
         let fut = self.raft.client_write(cmd);
         match tokio::time::timeout(self.request_timeout, fut).await {
             Err(_) => Err(RaftNodeError::Timeout(self.request_timeout)),
             Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
             Ok(Err(e)) => Err(self.map_write_error(e)),
         }
+    }
+
+    /// Makes sure the cluster settings are in the log before this leader's first client write:
+    /// the first leader of a new cluster proposes its own (conditionally, `if_unset`).
+    async fn record_initial_settings(&self) -> Result<(), RaftNodeError> {
+        let db = self.db.clone();
+        let stored = crate::store::blocking(move || crate::store::apply::stored_history_depth(&db)).await?;
+        if stored.is_none() {
+            let cmd = Command {
+                actor: "cluster-bootstrap".into(),
+                at_ms: crate::model::now_ms(),
+                op: crate::command::Operation::SetHistoryDepth { depth: self.initial_history_depth, if_unset: true },
+            };
+            match tokio::time::timeout(self.request_timeout, self.raft.client_write(cmd)).await {
+                Err(_) => return Err(RaftNodeError::Timeout(self.request_timeout)),
+                Ok(Err(e)) => return Err(self.map_write_error(e)),
+                Ok(Ok(r)) => tracing::info!(outcome = ?r.data, "cluster settings recorded"),
+            }
+        }
+        self.settings_recorded.store(true, Ordering::Release);
+        Ok(())
     }
 
     fn map_write_error(&self, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> RaftNodeError {

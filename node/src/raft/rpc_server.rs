@@ -127,7 +127,7 @@ fn header_value<T: DeserializeOwned>(headers: &HeaderMap, name: &'static str) ->
 }
 
 async fn snapshot(State(s): State<RpcState>, headers: HeaderMap, body: Body) -> Response {
-    let Ok(_permit) = s.inbound_snapshot.clone().try_acquire_owned() else {
+    let Ok(permit) = s.inbound_snapshot.clone().try_acquire_owned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "another snapshot is being received").into_response();
     };
     let vote: Vote = match header_value(&headers, wire::HEADER_VOTE) {
@@ -160,16 +160,29 @@ async fn snapshot(State(s): State<RpcState>, headers: HeaderMap, body: Body) -> 
         Ok(d) => d,
         Err(e) => return reply::<()>(Err(format!("cannot stage snapshot: {e}"))),
     };
-    let result = receive(&s, &staging, vote, manifest, body).await;
-    if result.is_err() {
-        s.stats.record_rejected();
+    // Receiving and installing run in a task of their own that holds the one inbound permit
+    // until the install is over: if the sender goes away (this handler is dropped), no second
+    // snapshot can start receiving while openraft still installs this one.
+    let task = tokio::spawn(async move {
+        let result = receive(&s, &staging, vote, manifest, body).await;
+        if result.is_err() {
+            s.stats.record_rejected();
+        }
+        // An installed snapshot was renamed into place; whatever is still staged (refused, or
+        // not installed by openraft because it was no longer needed) is removed.
+        if tokio::fs::try_exists(&staging).await.unwrap_or(true)
+            && let Err(e) = tokio::fs::remove_dir_all(&staging).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %staging.display(), "could not remove staging dir: {e}");
+        }
+        drop(permit);
+        result
+    });
+    match task.await {
+        Ok(result) => reply(result),
+        Err(e) => reply::<()>(Err(format!("snapshot receive task failed: {e}"))),
     }
-    if result.is_err()
-        && let Err(e) = tokio::fs::remove_dir_all(&staging).await
-    {
-        tracing::warn!(dir = %staging.display(), "could not remove staging dir: {e}");
-    }
-    reply(result)
 }
 
 /// Streams the body into the staging directory, checks size and CRC, then installs.
@@ -207,6 +220,7 @@ async fn receive(
             expected_crc = manifest.data_crc32,
             "snapshot rejected: checksum mismatch"
         );
+        s.stats.record_checksum_mismatch();
         return Err(format!(
             "snapshot rejected: received {size} bytes with crc32 {crc:08x}, manifest says {} bytes with crc32 {:08x}",
             manifest.data_size, manifest.data_crc32

@@ -74,7 +74,9 @@ pub struct SnapshotStats {
     received_bytes: AtomicU64,
     last_receive_ms: AtomicU64,
     rejected: AtomicU64,
+    checksum_mismatches: AtomicU64,
     installs: AtomicU64,
+    resumed_installs: AtomicU64,
     last_install_ms: AtomicU64,
     last_install_bytes: AtomicU64,
 }
@@ -103,8 +105,12 @@ pub struct SnapshotStatsView {
     pub last_receive_ms: u64,
     /// Snapshots refused (checksum, size, stale or inconsistent).
     pub rejected: u64,
+    /// Of those, refused because the received bytes did not match the manifest's size and CRC.
+    pub checksum_mismatches: u64,
     /// Snapshots installed.
     pub installs: u64,
+    /// Installs interrupted by a crash and finished at the next start.
+    pub resumed_installs: u64,
     /// Duration of the last install, ms.
     pub last_install_ms: u64,
     /// Size of the last installed snapshot, bytes.
@@ -135,6 +141,12 @@ impl SnapshotStats {
         self.rejected.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records a received snapshot whose bytes did not match its manifest (it is also counted
+    /// as rejected).
+    pub fn record_checksum_mismatch(&self) {
+        self.checksum_mismatches.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The current values.
     pub fn view(&self) -> SnapshotStatsView {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -149,7 +161,9 @@ impl SnapshotStats {
             received_bytes: g(&self.received_bytes),
             last_receive_ms: g(&self.last_receive_ms),
             rejected: g(&self.rejected),
+            checksum_mismatches: g(&self.checksum_mismatches),
             installs: g(&self.installs),
+            resumed_installs: g(&self.resumed_installs),
             last_install_ms: g(&self.last_install_ms),
             last_install_bytes: g(&self.last_install_bytes),
         }
@@ -161,6 +175,9 @@ impl SnapshotStats {
 pub struct SnapshotStore {
     root: PathBuf,
     stats: Arc<SnapshotStats>,
+    /// Serialises publishing and garbage collection: a build and a received snapshot may be
+    /// published at the same time, and both would delete the same older directory.
+    publishing: std::sync::Mutex<()>,
 }
 
 impl SnapshotStore {
@@ -174,7 +191,7 @@ impl SnapshotStore {
                 fs::remove_dir_all(e.path())?;
             }
         }
-        Ok(Arc::new(Self { root, stats: Arc::new(SnapshotStats::default()) }))
+        Ok(Arc::new(Self { root, stats: Arc::new(SnapshotStats::default()), publishing: std::sync::Mutex::new(()) }))
     }
 
     /// Snapshot counters shared with the network halves.
@@ -280,6 +297,8 @@ impl SnapshotStore {
         f.sync_all()?;
         File::open(staging)?.sync_all()?;
         let dir = self.root.join(format!("snap-{index:020}-{:016x}", rand::random::<u64>()));
+        // A poisoned lock only means another publish panicked; the directory is still sound.
+        let _publishing = self.publishing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         fs::rename(staging, &dir)?;
         File::open(&self.root)?.sync_all()?;
         self.collect_garbage()?;
@@ -292,7 +311,10 @@ impl SnapshotStore {
         let dirs = self.complete_dirs()?;
         let n = dirs.len().saturating_sub(1);
         for old in &dirs[..n] {
-            fs::remove_dir_all(old)?;
+            match fs::remove_dir_all(old) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -326,7 +348,9 @@ impl SnapshotStore {
         let meta_cf = cf(db, CF_SM_META)?;
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
-        let name = snapshot.dir.to_string_lossy().into_owned();
+        // The snapshot's directory name, resolved against this store's root on resume: the
+        // marker stays valid if the data directory is reached by another path later.
+        let name = snapshot.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         db.put_cf_opt(&meta_cf, KEY_INSTALLING, name.as_bytes(), &sync)?;
         self.install_state(db, snapshot)
     }
@@ -378,10 +402,13 @@ impl SnapshotStore {
         let Some(name) = db.get_cf(&meta_cf, KEY_INSTALLING)? else {
             return Ok(());
         };
-        let dir = PathBuf::from(String::from_utf8_lossy(&name).into_owned());
+        // A name (current format) or a full path (older nodes): `join` keeps an absolute path.
+        let dir = self.root.join(String::from_utf8_lossy(&name).into_owned());
         tracing::warn!(dir = %dir.display(), "resuming an interrupted snapshot install");
         let manifest = read_manifest(&dir)?;
-        self.install_state(db, &SnapshotFile { dir, manifest })
+        self.install_state(db, &SnapshotFile { dir, manifest })?;
+        self.stats.resumed_installs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -452,4 +479,40 @@ pub fn crc_of_file(path: &Path) -> Result<(u64, u32), StoreError> {
         total += n as u64;
     }
     Ok((total, h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty_manifest() -> Manifest {
+        let meta = SnapshotMeta { last_log_id: None, last_membership: StoredMembership::default() };
+        Manifest { meta, data_size: 0, data_crc32: 0, records: 0 }
+    }
+
+    /// A build and a received snapshot published at the same time both collect the older
+    /// directories; neither may fail because the other deleted one first.
+    #[test]
+    fn concurrent_publishes_all_succeed_and_leave_one_snapshot() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir()?;
+        let store = SnapshotStore::open(dir.path())?;
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || -> Result<(), StoreError> {
+                    for i in 0..40 {
+                        let staging = store.staging_dir()?;
+                        store.publish(&staging, &empty_manifest(), t * 1000 + i)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().map_err(|_| StoreError::Corrupt("publisher panicked".into()))??;
+        }
+        assert_eq!(store.complete_dirs()?.len(), 1, "only the newest snapshot is kept");
+        assert!(store.current()?.is_some());
+        Ok(())
+    }
 }

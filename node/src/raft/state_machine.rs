@@ -25,7 +25,6 @@ use crate::store::{CF_SM_META, RocksDb, StoreError, blocking, cf};
 pub struct StateMachine {
     db: Arc<RocksDb>,
     snapshots: Arc<SnapshotStore>,
-    history_depth: u64,
     building: Arc<AtomicBool>,
     log_bytes: Arc<LogBytes>,
     /// Last applied revision, published after each apply (readers wait on it).
@@ -37,14 +36,13 @@ impl StateMachine {
     pub fn new(
         db: Arc<RocksDb>,
         snapshots: Arc<SnapshotStore>,
-        history_depth: u64,
         log_bytes: Arc<LogBytes>,
         applied_tx: Arc<watch::Sender<u64>>,
     ) -> Result<Self, StoreError> {
         snapshots.resume_install(&db)?;
         let last = read_applied(&db)?.0.map_or(0, |l| l.index);
         applied_tx.send_replace(last);
-        Ok(Self { db, snapshots, history_depth, building: Arc::new(AtomicBool::new(false)), log_bytes, applied_tx })
+        Ok(Self { db, snapshots, building: Arc::new(AtomicBool::new(false)), log_bytes, applied_tx })
     }
 }
 
@@ -95,7 +93,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.push(item?);
         }
         let db = self.db.clone();
-        let depth = self.history_depth;
         let (entries, responders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let (outcomes, last) = blocking(move || {
             let sm_cf = cf(&db, CF_SM_META)?;
@@ -107,7 +104,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let index = entry.log_id.index;
                 let outcome = match &entry.payload {
                     EntryPayload::Blank => CommandOutcome::Nothing,
-                    EntryPayload::Normal(cmd) => apply_command(&db, &mut wb, index, cmd, depth)?,
+                    EntryPayload::Normal(cmd) => apply_command(&db, &mut wb, index, cmd)?,
                     EntryPayload::Membership(m) => {
                         let stored = StoredMembership::new(Some(entry.log_id), m.clone());
                         wb.put_cf(&sm_cf, KEY_MEMBERSHIP, encode(&stored)?);

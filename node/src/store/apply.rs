@@ -2,7 +2,7 @@
 //! together (the caller adds the last-applied log id to the same batch), so a crash never leaves
 //! half a change and replaying a command after a crash is impossible (last-applied moves with it).
 
-use rocksdb::{Direction, IteratorMode, WriteBatch};
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 
 use super::codec::{decode, encode};
 use super::keys;
@@ -11,15 +11,30 @@ use super::{CF_STATE, RocksDb, StoreError, cf};
 use crate::command::{Command, CommandOutcome, Operation, Precondition};
 use crate::model::{AuditAction, AuditEvent, EntryRecord, Namespace};
 
+/// Superseded versions kept per key until a `SetHistoryDepth` command says otherwise.
+pub const DEFAULT_HISTORY_DEPTH: u64 = 10;
+
+const HISTORY_DEPTH: &str = "history-depth";
+
+/// The cluster's history depth as applied so far; `None` before any `SetHistoryDepth`.
+pub fn stored_history_depth(db: &RocksDb) -> Result<Option<u64>, StoreError> {
+    let cf = cf(db, CF_STATE)?;
+    db.get_cf(&cf, keys::setting(HISTORY_DEPTH))?.map(|b| decode(&b)).transpose()
+}
+
+/// The history depth every replica applies writes with.
+pub fn history_depth(db: &RocksDb) -> Result<u64, StoreError> {
+    Ok(stored_history_depth(db)?.unwrap_or(DEFAULT_HISTORY_DEPTH))
+}
+
 /// Applies `cmd` at log index `revision` by adding its writes to `batch`. Reads see the state
-/// before this command (every command gets its own batch). `history_depth` is the number of
-/// superseded versions kept per key.
+/// before this command (every command gets its own batch); everything it depends on, the
+/// history depth included, is replicated state, so every replica computes the same batch.
 pub fn apply_command(
     db: &RocksDb,
     batch: &mut WriteBatch,
     revision: u64,
     cmd: &Command,
-    history_depth: u64,
 ) -> Result<CommandOutcome, StoreError> {
     let mut audit = AuditWriter { revision, seq: 0, at_ms: cmd.at_ms, actor: &cmd.actor };
     match &cmd.op {
@@ -99,11 +114,21 @@ pub fn apply_command(
                     updated_by: old.updated_by.clone(),
                     value: old_value,
                 };
-                batch.put_cf(&cf, keys::history(namespace, key, old.version), encode(&record)?);
-                if history_depth == 0 {
-                    batch.delete_cf(&cf, keys::history(namespace, key, old.version));
-                } else if old.version > history_depth {
-                    batch.delete_cf(&cf, keys::history(namespace, key, old.version - history_depth));
+                let depth = history_depth(db)?;
+                if depth > 0 {
+                    batch.put_cf(&cf, keys::history(namespace, key, old.version), encode(&record)?);
+                }
+                // Versions at or below `old.version - depth` fall out. Usually one; more after
+                // the depth was lowered. Point deletes of what exists (no range tombstones).
+                if old.version >= depth {
+                    let prefix = keys::history_prefix(namespace, key);
+                    let mut opts = ReadOptions::default();
+                    opts.set_iterate_lower_bound(prefix.clone());
+                    opts.set_iterate_upper_bound(keys::history(namespace, key, old.version - depth + 1));
+                    for item in db.iterator_cf_opt(&cf, opts, IteratorMode::Start) {
+                        let (k, _) = item?;
+                        batch.delete_cf(&cf, k);
+                    }
                 }
             }
             let version = current_version.map_or(1, |v| v + 1);
@@ -120,6 +145,15 @@ pub fn apply_command(
             let action = if current.is_some() { AuditAction::ConfigUpdated } else { AuditAction::ConfigCreated };
             audit.record(db, batch, action, namespace, Some(key), current_version, Some(version))?;
             Ok(CommandOutcome::EntryWritten { created: current.is_none(), version, revision })
+        }
+        Operation::SetHistoryDepth { depth, if_unset } => {
+            let cf = cf(db, CF_STATE)?;
+            let current = stored_history_depth(db)?;
+            if *if_unset && let Some(d) = current {
+                return Ok(CommandOutcome::SettingApplied { history_depth: d });
+            }
+            batch.put_cf(&cf, keys::setting(HISTORY_DEPTH), encode(depth)?);
+            Ok(CommandOutcome::SettingApplied { history_depth: *depth })
         }
         Operation::DeleteEntry { namespace, key, precondition } => {
             let cf = cf(db, CF_STATE)?;

@@ -8,6 +8,7 @@
 //! | `v` | `v\0{ns}\0{key}` | the raw value bytes (BlobDB when large) |
 //! | `h` | `h\0{ns}\0{key}\0{version BE}` | `EntryRecord` of a superseded version |
 //! | `a` | `a\0{ns}\0{revision BE}{seq BE}` | `AuditEvent` |
+//! | `s` | `s\0{name}` | a cluster setting (e.g. `history-depth`: u64), replicated like data |
 
 fn join(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
     let len = 2 + parts.iter().map(|p| p.len() + 1).sum::<usize>();
@@ -21,6 +22,11 @@ fn join(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
         k.extend_from_slice(p);
     }
     k
+}
+
+/// Key of a cluster-wide setting.
+pub fn setting(name: &str) -> Vec<u8> {
+    join(b's', &[name.as_bytes()])
 }
 
 /// Key of a namespace record.

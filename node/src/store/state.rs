@@ -71,8 +71,9 @@ pub fn get_entry(db: &RocksDb, ns: &str, key: &str) -> Result<Option<(EntryMeta,
     Ok(Some((meta, value)))
 }
 
-/// Lists entries of a namespace whose key starts with `prefix`, after key `after`, at most
-/// `limit` of them.
+/// Lists entries of a namespace whose key starts with `prefix`, after key `after`: at most
+/// `limit` of them and, with values, at most `max_value_bytes` of values (at least one entry,
+/// so a page always makes progress). A page cut short says where to continue.
 pub fn list_entries(
     db: &RocksDb,
     ns: &str,
@@ -80,6 +81,7 @@ pub fn list_entries(
     after: Option<&str>,
     limit: usize,
     include_values: bool,
+    max_value_bytes: u64,
 ) -> Result<EntryPage, StoreError> {
     let cf = cf(db, CF_STATE)?;
     let snap = db.snapshot();
@@ -97,30 +99,56 @@ pub fn list_entries(
     opts.set_iterate_upper_bound(keys::prefix_end(&scan_prefix));
     let mut items = Vec::new();
     let mut more = false;
+    let mut value_bytes = 0u64;
     for item in snap.iterator_cf_opt(&cf, opts, IteratorMode::From(&start, Direction::Forward)) {
         let (k, v) = item?;
-        if items.len() == limit {
+        let meta: EntryMeta = decode(&v)?;
+        // The metadata knows the value's size: a page stops before a value that would exceed
+        // the budget, without reading it.
+        if items.len() == limit || (include_values && !items.is_empty() && value_bytes + meta.size > max_value_bytes) {
             more = true;
             break;
         }
         let key = String::from_utf8_lossy(&k[key_start..]).into_owned();
-        let meta: EntryMeta = decode(&v)?;
         let value = if include_values { snap.get_cf(&cf, keys::entry_value(ns, &key))? } else { None };
+        value_bytes += meta.size;
         items.push((key, meta, value));
     }
     let next_after = if more { items.last().map(|(k, _, _)| k.clone()) } else { None };
     Ok(EntryPage { items, next_after })
 }
 
-/// Returns the current version and up to `limit - 1` superseded versions, newest first.
-pub fn history(db: &RocksDb, ns: &str, key: &str, limit: usize) -> Result<Vec<EntryRecord>, StoreError> {
+/// One page of an entry's history, newest first.
+#[derive(Debug)]
+pub struct HistoryPage {
+    /// The versions on this page.
+    pub items: Vec<EntryRecord>,
+    /// Where the next page starts (versions below this one), when there is more.
+    pub next_below: Option<u64>,
+}
+
+/// Returns the current version (unless `below` is given) and superseded versions below
+/// `below`, newest first: at most `limit` versions and at most `max_value_bytes` of values (at
+/// least one version, so a page always makes progress).
+pub fn history(
+    db: &RocksDb,
+    ns: &str,
+    key: &str,
+    limit: usize,
+    below: Option<u64>,
+    max_value_bytes: u64,
+) -> Result<HistoryPage, StoreError> {
     let cf = cf(db, CF_STATE)?;
     let snap = db.snapshot();
-    let mut out = Vec::new();
-    if let Some(meta) = snap.get_cf(&cf, keys::entry_meta(ns, key))? {
+    let mut items: Vec<EntryRecord> = Vec::new();
+    let mut bytes = 0u64;
+    if below.is_none()
+        && let Some(meta) = snap.get_cf(&cf, keys::entry_meta(ns, key))?
+    {
         let meta: EntryMeta = decode(&meta)?;
         let value = snap.get_cf(&cf, keys::entry_value(ns, key))?.unwrap_or_default();
-        out.push(EntryRecord {
+        bytes += value.len() as u64;
+        items.push(EntryRecord {
             version: meta.version,
             revision: meta.revision,
             content_type: meta.content_type,
@@ -132,16 +160,27 @@ pub fn history(db: &RocksDb, ns: &str, key: &str, limit: usize) -> Result<Vec<En
     let prefix = keys::history_prefix(ns, key);
     let mut opts = ReadOptions::default();
     opts.set_iterate_lower_bound(prefix.clone());
-    opts.set_iterate_upper_bound(keys::prefix_end(&prefix));
+    opts.set_iterate_upper_bound(match below {
+        Some(v) => keys::history(ns, key, v),
+        None => keys::prefix_end(&prefix),
+    });
+    let mut more = false;
     for item in snap.iterator_cf_opt(&cf, opts, IteratorMode::End) {
-        if out.len() >= limit {
+        let (_, v) = item?;
+        if items.len() >= limit {
+            more = true;
             break;
         }
-        let (_, v) = item?;
-        out.push(decode(&v)?);
+        let record: EntryRecord = decode(&v)?;
+        if !items.is_empty() && bytes + record.value.len() as u64 > max_value_bytes {
+            more = true;
+            break;
+        }
+        bytes += record.value.len() as u64;
+        items.push(record);
     }
-    out.truncate(limit);
-    Ok(out)
+    let next_below = if more { items.last().map(|r| r.version) } else { None };
+    Ok(HistoryPage { items, next_below })
 }
 
 /// Audit events of a namespace with revision above `after`, oldest first: up to `limit`, but

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use confman_tests::cluster::{ADMIN_KEY, Cluster, EDITOR_KEY, VIEWER_KEY};
+use confman_tests::cluster::Cluster;
 use confman_tests::stats::{Summary, summarize};
 use rand::RngCore;
 
@@ -68,7 +68,6 @@ async fn run(urls: &[String], http: &reqwest::Client, op: Op, clients: usize, se
                     Op::Write => {
                         rand::rng().fill_bytes(&mut value);
                         http.put(format!("{}/api/v1/namespaces/bench/config/w-{c}-{i}", urls[0]))
-                            .bearer_auth(EDITOR_KEY)
                             .header("content-type", "application/octet-stream")
                             .body(value.clone())
                             .send()
@@ -79,7 +78,6 @@ async fn run(urls: &[String], http: &reqwest::Client, op: Op, clients: usize, se
                         let url = &urls[(c + i) % urls.len()];
                         let q = if stale { "?consistency=stale" } else { "" };
                         http.get(format!("{url}/api/v1/namespaces/bench/config/r-{}{q}", (c * 7919 + i) % keys))
-                            .bearer_auth(VIEWER_KEY)
                             .header("accept", "application/octet-stream")
                             .send()
                             .await
@@ -143,7 +141,11 @@ async fn main() -> anyhow::Result<()> {
             urls.push(cluster.url(id)?);
         }
     }
-    let http = confman_client::http_builder().tcp_nodelay(true).pool_max_idle_per_host(128).build()?;
+    let http = confman_client::http_builder()
+        .default_headers(confman_tests::cluster::bearer_headers(&cluster.keys.editor)?)
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(128)
+        .build()?;
     // Preload the read key space.
     let preload = Arc::new(urls[0].clone());
     let mut value = vec![0u8; 1024];
@@ -151,7 +153,6 @@ async fn main() -> anyhow::Result<()> {
         rand::rng().fill_bytes(&mut value);
         let r = http
             .put(format!("{preload}/api/v1/namespaces/bench/config/r-{k}"))
-            .bearer_auth(ADMIN_KEY)
             .header("content-type", "application/octet-stream")
             .body(value.clone())
             .send()

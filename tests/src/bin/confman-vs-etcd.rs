@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use confman_tests::cluster::{ADMIN_KEY, Cluster, EDITOR_KEY, VIEWER_KEY, peak_rss_kib, reset_peak_rss};
+use confman_tests::cluster::{Cluster, peak_rss_kib, reset_peak_rss};
 use confman_tests::etcd::EtcdCluster;
 use confman_tests::floors;
 use confman_tests::stats::{ratio, summarize};
@@ -66,7 +66,6 @@ impl Sut {
         match self {
             Sut::Confman { http, leader, .. } => http
                 .put(format!("{leader}/api/v1/namespaces/bench/config/{key}"))
-                .bearer_auth(EDITOR_KEY)
                 .header("content-type", "application/octet-stream")
                 .body(value)
                 .send()
@@ -82,7 +81,6 @@ impl Sut {
                 let url = &all[spread % all.len()];
                 let q = if linearizable { "" } else { "?consistency=stale" };
                 http.get(format!("{url}/api/v1/namespaces/bench/config/{key}{q}"))
-                    .bearer_auth(VIEWER_KEY)
                     .header("accept", "application/octet-stream")
                     .send()
                     .await
@@ -274,7 +272,11 @@ async fn main() -> anyhow::Result<()> {
         let c = Cluster::start_with(&node_bin, 3, &[]).await.context("confman cluster")?;
         let leader = c.wait_leader(&[1, 2, 3], &[1, 2, 3]).await?;
         c.create_namespace(leader, "bench").await?;
-        let http = confman_client::http_builder().tcp_nodelay(true).pool_max_idle_per_host(128).build()?;
+        let http = confman_client::http_builder()
+            .default_headers(confman_tests::cluster::bearer_headers(&c.keys.editor)?)
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(128)
+            .build()?;
         let mut all = vec![c.url(leader)?];
         all.extend([1, 2, 3].into_iter().filter(|i| *i != leader).filter_map(|i| c.url(i).ok()));
         let sut = Sut::Confman { http, leader: c.url(leader)?, all };
@@ -283,7 +285,7 @@ async fn main() -> anyhow::Result<()> {
             println!("confman: {} × {}", w.name, w.clients);
             rows.push(run(&sut, *w, args.seconds, args.read_keys, &c.pids()).await);
         }
-        let (_, info) = c.call(leader, reqwest::Method::GET, "/api/v1/cluster", ADMIN_KEY, None).await?;
+        let (_, info) = c.call(leader, reqwest::Method::GET, "/api/v1/cluster", &c.keys.admin, None).await?;
         println!("confman leader changes seen: {}", info["leaderChanges"]);
     }
     if !args.skip_etcd {

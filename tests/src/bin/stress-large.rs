@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use confman_tests::cluster::{ADMIN_KEY, Cluster, EDITOR_KEY};
+use confman_tests::cluster::Cluster;
 use confman_tests::stats::{ratio, summarize};
 use rand::RngCore;
 use reqwest::Method;
@@ -55,7 +55,6 @@ fn mib(b: u64) -> f64 {
 
 async fn put(http: &reqwest::Client, url: &str, key: &str, value: Vec<u8>) -> bool {
     http.put(format!("{url}/api/v1/namespaces/stress/config/{key}"))
-        .bearer_auth(EDITOR_KEY)
         .header("content-type", "application/octet-stream")
         .body(value)
         .send()
@@ -88,7 +87,10 @@ async fn main() -> anyhow::Result<()> {
     c.create_namespace(leader, "stress").await?;
     let leader_url = c.url(leader)?;
     let initial: Vec<Value> = vec![c.cluster_info(1).await?, c.cluster_info(2).await?, c.cluster_info(3).await?];
-    let http = confman_client::http_builder().tcp_nodelay(true).build()?;
+    let http = confman_client::http_builder()
+        .default_headers(confman_tests::cluster::bearer_headers(&c.keys.editor)?)
+        .tcp_nodelay(true)
+        .build()?;
 
     // Log size over time, sampled from the leader every 500 ms.
     let sampling = Arc::new(AtomicBool::new(true));
@@ -98,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
             let started = Instant::now();
             let mut samples = Vec::new();
             while on.load(Ordering::Relaxed) {
-                if let Ok(r) = http.get(format!("{url}/api/v1/cluster")).bearer_auth(ADMIN_KEY).send().await
+                if let Ok(r) = http.get(format!("{url}/api/v1/cluster")).send().await
                     && let Ok(v) = r.json::<Value>().await
                 {
                     let entries = v["lastLogIndex"].as_u64().unwrap_or(0) - v["purgedIndex"].as_u64().unwrap_or(0);
@@ -154,8 +156,9 @@ async fn main() -> anyhow::Result<()> {
 
     // Phase 2: wipe a follower and restore it from a snapshot while writes continue.
     c.kill(follower)?;
-    let (st, v) =
-        c.call(leader, Method::POST, &format!("/api/v1/cluster/members/{follower}/rejoin"), ADMIN_KEY, None).await?;
+    let (st, v) = c
+        .call(leader, Method::POST, &format!("/api/v1/cluster/members/{follower}/rejoin"), &c.keys.admin, None)
+        .await?;
     if !st.is_success() {
         bail!("rejoin: {st} {v}");
     }
