@@ -19,6 +19,23 @@ struct Histogram {
     sum: f64,
 }
 
+/// The metric label of an HTTP method: the standard methods by name, anything else "other".
+pub fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
 /// Request metrics of the HTTP API.
 #[derive(Debug, Default)]
 pub struct Metrics {

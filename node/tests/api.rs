@@ -235,8 +235,11 @@ async fn auth_matrix() -> Result<()> {
             S::CREATED,
         ),
         Case::new(Method::GET, "/api/v1/cluster", 0, S::OK),
-        // The digest needs only a viewer key, scoped or not (`cluster::digest`).
-        Case::new(Method::GET, "/api/v1/cluster/digest", 0, S::OK),
+        // The digest reads the whole state: cluster administration.
+        Case::new(Method::GET, "/api/v1/cluster/digest", 3, S::OK),
+        Case::new(Method::GET, "/api/v1/cluster/settings", 0, S::OK),
+        // The depth the cluster already has: allowed, and nothing changes.
+        Case::new(Method::PUT, "/api/v1/cluster/settings", 3, S::OK).body(json, r#"{"historyDepth": 10}"#),
         Case::new(Method::POST, "/api/v1/cluster/snapshot", 3, S::OK),
         // Membership changes, aimed so that an allowed call changes nothing: node 1 is already a
         // member (409), node 99 is not one (404).

@@ -249,3 +249,25 @@ async fn replicas_keep_identical_history_whatever_their_history_depth_flags() ->
     assert_eq!(settings["historyDepth"].as_u64(), Some(1), "{settings}");
     Ok(())
 }
+
+/// Any extension method (`XYZ123 /health`) became a new label value of the request metrics,
+/// so unauthenticated clients could grow memory and `/metrics` without bound. Methods outside
+/// the standard set are now counted as "other".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_http_methods_do_not_create_metric_labels() -> Result<()> {
+    let c = Cluster::start(Path::new(BIN), 1, &[]).await?;
+    for i in 0..50 {
+        let method = Method::from_bytes(format!("XYZ{i}").as_bytes())?;
+        let resp = c.request(1, method, "/health")?.send().await?;
+        assert!(resp.status().is_client_error(), "an unknown method is refused: {}", resp.status());
+    }
+    let text = c.request(1, Method::GET, "/metrics")?.send().await?.text().await?;
+    assert!(!text.contains("XYZ"), "client-chosen methods appear as labels");
+    let other: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("confman_http_requests_total{") && l.contains("method=\"other\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(other, 50, "each request counted once, as method other:\n{text}");
+    Ok(())
+}

@@ -191,7 +191,20 @@ pub async fn snapshot(ctx: Ctx, headers: HeaderMap) -> Result<Response, Problem>
 
 /// `GET /api/v1/cluster/digest`: SHA-256 of this node's full state and the applied index it
 /// reflects; equal digests at equal indexes prove replicas identical.
+///
+/// It reads the whole state, so it is cluster administration (unscoped admin), and one runs at
+/// a time per node; another call meanwhile gets 429 with `Retry-After`.
 pub async fn digest(ctx: Ctx, headers: HeaderMap) -> Result<Response, Problem> {
-    ctx.authorize(&headers, Role::Viewer, None)?;
+    admin(&ctx, &headers)?;
+    static RUNNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    let Ok(_one) = RUNNING.try_acquire() else {
+        return Err(Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "busy",
+            "Too many requests",
+            "a digest is already being computed on this node; retry shortly",
+        )
+        .retry_after(1));
+    };
     Ok(Json(ctx.node.state_digest().await?).into_response())
 }

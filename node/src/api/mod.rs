@@ -194,8 +194,10 @@ async fn revision_header(State(ctx): Ctx, req: Request, next: Next) -> Response 
 }
 
 async fn record_metrics(State(ctx): Ctx, req: Request, next: Next) -> Response {
+    // Label values come from fixed sets (route templates, known methods), never from what an
+    // unauthenticated client sends: `XYZ123 /health` is counted as method "other".
     let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
-    let method = req.method().to_string();
+    let method = crate::metrics::method_label(req.method()).to_string();
     let started = Instant::now();
     let resp = next.run(req).await;
     ctx.metrics.observe(&route, &method, resp.status().as_u16(), started.elapsed());
