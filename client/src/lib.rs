@@ -330,29 +330,37 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        let mod_revision = resp
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim_start_matches("W/").trim_matches('"').parse().ok())
+            .unwrap_or(0);
         let value = resp.bytes().await.map_err(Error::Transport)?;
-        Ok(Some(Entry { value, version, revision }))
+        Ok(Some(Entry { value, version, mod_revision, revision }))
     }
 
-    /// Writes an entry; with `if_version`, only if the entry is at that version (compare-and-set;
-    /// `Some(0)` means "only if absent").
+    /// Writes an entry; with `if_revision`, only if the entry's last change is at that revision
+    /// (compare-and-set against [`Entry::mod_revision`] or [`WriteResult::revision`], the ETag;
+    /// `Some(0)` means "only if absent"). Revisions are never reused, so a key deleted and
+    /// created again never matches an older read.
     pub async fn put(
         &self,
         ns: &str,
         key: &str,
         value: Vec<u8>,
-        if_version: Option<u64>,
+        if_revision: Option<u64>,
     ) -> Result<WriteResult, Error> {
         let path = format!("/api/v1/namespaces/{}/config/{}", encode_segment(ns), encode_key(key));
         let value = bytes::Bytes::from(value);
         // Writing the same value again leaves the same state; a precondition might not hold twice.
-        let replay = if if_version.is_none() { Replay::Safe } else { Replay::Unsafe };
+        let replay = if if_revision.is_none() { Replay::Safe } else { Replay::Unsafe };
         self.json(replay, |b| {
             let r =
                 self.req(Method::PUT, b, &path).header("content-type", "application/octet-stream").body(value.clone());
-            match if_version {
+            match if_revision {
                 Some(0) => r.header("if-none-match", "*"),
-                Some(v) => r.header("if-match", format!("\"{v}\"")),
+                Some(rev) => r.header("if-match", format!("\"{rev}\"")),
                 None => r,
             }
         })

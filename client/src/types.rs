@@ -2,13 +2,15 @@
 
 use serde::Deserialize;
 
-/// A value with its version (per key) and revision (cluster-wide).
+/// A value with its version (per key) and revisions (cluster-wide).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// The raw value.
     pub value: bytes::Bytes,
-    /// Version of the entry (1 on create, +1 per write).
+    /// Version of the entry (1 on create, +1 per write; restarts after a delete).
     pub version: u64,
+    /// Revision of the entry's last change (its ETag): what compare-and-set compares.
+    pub mod_revision: u64,
     /// Cluster revision when read.
     pub revision: u64,
 }

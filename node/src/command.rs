@@ -69,7 +69,7 @@ pub enum Operation {
     },
 }
 
-/// A condition on the current version of a key, evaluated when the command is applied, so
+/// A condition on the current state of a key, evaluated when the command is applied, so
 /// compare-and-set is linearizable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Precondition {
@@ -79,18 +79,34 @@ pub enum Precondition {
     Absent,
     /// The key must exist (`If-Match: *`).
     Exists,
-    /// The key must be at exactly this version (`If-Match: "<version>"`).
+    /// The key must be at exactly this version. Written by older nodes only: versions restart
+    /// at 1 after a delete, so a version cannot tell two incarnations of a key apart.
     Version(u64),
+    /// The key's last change must be this revision (`If-Match: "<revision>"`, the ETag).
+    /// Revisions are log indexes, never reused, so a deleted and re-created key never matches
+    /// an ETag of its earlier incarnation.
+    Revision(u64),
+}
+
+/// What a precondition is checked against: the key's current version and the revision of its
+/// last change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Current {
+    /// Per-key version.
+    pub version: u64,
+    /// Revision (log index) of the last change.
+    pub revision: u64,
 }
 
 impl Precondition {
-    /// Whether the condition holds for a key whose current version is `current`.
-    pub fn holds(self, current: Option<u64>) -> bool {
+    /// Whether the condition holds for a key in state `current` (`None`: absent).
+    pub fn holds(self, current: Option<Current>) -> bool {
         match self {
             Precondition::None => true,
             Precondition::Absent => current.is_none(),
             Precondition::Exists => current.is_some(),
-            Precondition::Version(v) => current == Some(v),
+            Precondition::Version(v) => current.is_some_and(|c| c.version == v),
+            Precondition::Revision(r) => current.is_some_and(|c| c.revision == r),
         }
     }
 }
@@ -132,6 +148,8 @@ pub enum CommandOutcome {
     PreconditionFailed {
         /// The key's version at apply time.
         current_version: Option<u64>,
+        /// The revision of the key's last change at apply time (its current ETag).
+        current_revision: Option<u64>,
     },
     /// The namespace does not exist; nothing changed.
     NamespaceNotFound,
@@ -180,15 +198,20 @@ mod tests {
 
     #[test]
     fn preconditions() {
+        let at = |version, revision| Some(Current { version, revision });
         assert!(Precondition::None.holds(None));
-        assert!(Precondition::None.holds(Some(3)));
+        assert!(Precondition::None.holds(at(3, 9)));
         assert!(Precondition::Absent.holds(None));
-        assert!(!Precondition::Absent.holds(Some(1)));
-        assert!(Precondition::Exists.holds(Some(1)));
+        assert!(!Precondition::Absent.holds(at(1, 2)));
+        assert!(Precondition::Exists.holds(at(1, 2)));
         assert!(!Precondition::Exists.holds(None));
-        assert!(Precondition::Version(2).holds(Some(2)));
-        assert!(!Precondition::Version(2).holds(Some(3)));
+        assert!(Precondition::Version(2).holds(at(2, 7)));
+        assert!(!Precondition::Version(2).holds(at(3, 7)));
         assert!(!Precondition::Version(2).holds(None));
+        assert!(Precondition::Revision(7).holds(at(2, 7)));
+        // A re-created key is at version 1 again, but at a new revision: no ABA.
+        assert!(!Precondition::Revision(4).holds(at(1, 12)));
+        assert!(!Precondition::Revision(7).holds(None));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use confman_tests::cluster::{Cluster, Result};
+use confman_tests::cluster::{Cluster, HarnessError, Result};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -33,23 +33,39 @@ async fn compare_and_set_and_history() -> Result<()> {
     c.create_namespace(1, "cas").await?;
     let path = "/api/v1/namespaces/cas/config/db/url";
 
+    // The ETag is the revision of the entry's last change, as in the X-Confman-Revision header.
+    let etag_of = |h: &reqwest::header::HeaderMap| -> Result<String> {
+        let etag = h
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| HarnessError::Unexpected("no ETag".into()))?
+            .to_string();
+        let rev = h
+            .get("x-confman-revision")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| HarnessError::Unexpected("no revision".into()))?;
+        assert_eq!(etag, format!("\"{rev}\""), "ETag is the write's revision");
+        Ok(etag)
+    };
+
     // Create-only: first succeeds, second gets 412 and changes nothing.
     let (st, h) = put_with(&c, path, Some(("if-none-match", "*")), "one").await?;
     assert_eq!(st, StatusCode::CREATED);
-    assert_eq!(h.get("etag").and_then(|v| v.to_str().ok()), Some("\"1\""));
+    let e1 = etag_of(&h)?;
     let (st, _) = put_with(&c, path, Some(("if-none-match", "*")), "two").await?;
     assert_eq!(st, StatusCode::PRECONDITION_FAILED);
     assert_eq!(c.get(1, "cas", "db/url", false).await?.map(|v| v["value"].clone()), Some(json!("one")));
 
     // Compare-and-set with the current ETag works; a stale one gets 412 and changes nothing.
-    let (st, h) = put_with(&c, path, Some(("if-match", "\"1\"")), "two").await?;
+    let (st, h) = put_with(&c, path, Some(("if-match", &e1)), "two").await?;
     assert_eq!(st, StatusCode::OK);
-    assert_eq!(h.get("etag").and_then(|v| v.to_str().ok()), Some("\"2\""));
+    let e2 = etag_of(&h)?;
+    assert_ne!(e2, e1);
     let resp = c
         .request(1, Method::PUT, path)?
         .bearer_auth(&c.keys.editor)
         .header("content-type", "text/plain")
-        .header("if-match", "\"1\"")
+        .header("if-match", &e1)
         .body("stale")
         .send()
         .await?;
@@ -57,13 +73,16 @@ async fn compare_and_set_and_history() -> Result<()> {
     assert_eq!(resp.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("application/problem+json"));
     let problem: Value = resp.json().await?;
     assert_eq!(problem["currentVersion"], json!(2));
+    assert_eq!(format!("\"{}\"", problem["currentRevision"]), e2, "the 412 names the current ETag: {problem}");
     let entry = c.get(1, "cas", "db/url", false).await?.unwrap_or_default();
     assert_eq!((entry["value"].clone(), entry["version"].clone()), (json!("two"), json!(2)));
 
     // History keeps the current version plus `history-depth` superseded ones, newest first.
+    let mut etag = e2;
     for i in 3..=6 {
-        let (st, _) = put_with(&c, path, None, &format!("v{i}")).await?;
+        let (st, h) = put_with(&c, path, None, &format!("v{i}")).await?;
         assert_eq!(st, StatusCode::OK);
+        etag = etag_of(&h)?;
     }
     let (st, hist) = c.call(1, Method::GET, &format!("{path}/history"), &c.keys.viewer, None).await?;
     assert_eq!(st, StatusCode::OK);
@@ -80,15 +99,14 @@ async fn compare_and_set_and_history() -> Result<()> {
         .send()
         .await?;
     assert_eq!(resp.headers().get("x-confman-version").and_then(|v| v.to_str().ok()), Some("6"));
+    assert_eq!(resp.headers().get("etag").and_then(|v| v.to_str().ok()), Some(etag.as_str()));
     assert!(resp.headers().contains_key("x-confman-revision"));
     assert_eq!(resp.bytes().await?.as_ref(), b"v6");
 
     // Delete with a stale If-Match is refused; with the right one it succeeds.
-    let resp =
-        c.request(1, Method::DELETE, path)?.bearer_auth(&c.keys.editor).header("if-match", "\"5\"").send().await?;
+    let resp = c.request(1, Method::DELETE, path)?.bearer_auth(&c.keys.editor).header("if-match", &e1).send().await?;
     assert_eq!(resp.status(), StatusCode::PRECONDITION_FAILED);
-    let resp =
-        c.request(1, Method::DELETE, path)?.bearer_auth(&c.keys.editor).header("if-match", "\"6\"").send().await?;
+    let resp = c.request(1, Method::DELETE, path)?.bearer_auth(&c.keys.editor).header("if-match", &etag).send().await?;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(c.get(1, "cas", "db/url", false).await?, None);
 
@@ -423,5 +441,38 @@ async fn bad_input_is_refused_and_changes_nothing() -> Result<()> {
     assert_eq!(snapshot_state().await?, before);
     let entry = c.get(1, "bad", "k", false).await?.unwrap_or_default();
     assert_eq!((entry["value"].clone(), entry["version"].clone()), (json!("original"), json!(1)));
+    Ok(())
+}
+
+/// Compare-and-set compared versions, which restart at 1 after a delete: an `If-Match` read
+/// from the key's first incarnation matched the second one (ABA). The ETag is now the
+/// revision of the last change, never reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etag_from_a_deleted_incarnation_never_matches_the_new_one() -> Result<()> {
+    let c = Cluster::start(Path::new(BIN), 1, &[]).await?;
+    c.create_namespace(1, "aba").await?;
+    let path = "/api/v1/namespaces/aba/config/flag";
+    let (st, h) = put_with(&c, path, None, "first").await?;
+    assert_eq!(st, StatusCode::CREATED);
+    let old = h
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| HarnessError::Unexpected("no ETag".into()))?
+        .to_string();
+    let resp = c.request(1, Method::DELETE, path)?.bearer_auth(&c.keys.editor).send().await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (st, h) = put_with(&c, path, None, "second").await?;
+    assert_eq!(st, StatusCode::CREATED);
+    assert_eq!(h.get("x-confman-version").and_then(|v| v.to_str().ok()), Some("1"), "version restarted");
+    let new = h
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| HarnessError::Unexpected("no ETag".into()))?
+        .to_string();
+    assert_ne!(new, old);
+    let (st, _) = put_with(&c, path, Some(("if-match", &old)), "overwrite").await?;
+    assert_eq!(st, StatusCode::PRECONDITION_FAILED, "an ETag of the deleted incarnation matched");
+    let entry = c.get(1, "aba", "flag", false).await?.unwrap_or_default();
+    assert_eq!(entry["value"], json!("second"), "nothing overwritten");
     Ok(())
 }

@@ -33,12 +33,12 @@ async fn the_client_reads_writes_fails_over_and_administers() -> Result<()> {
     assert_eq!(w1.version, 1);
     let again = client.put("app", "db/url", b"postgres://b".to_vec(), Some(0)).await;
     assert_eq!(again.as_ref().err().and_then(Error::status), Some(412), "create-only on an existing key: {again:?}");
-    let w2 = client.put("app", "db/url", b"postgres://b".to_vec(), Some(1)).await?;
+    let w2 = client.put("app", "db/url", b"postgres://b".to_vec(), Some(w1.revision)).await?;
     assert_eq!(w2.version, 2);
-    let stale = client.put("app", "db/url", b"postgres://c".to_vec(), Some(1)).await;
+    let stale = client.put("app", "db/url", b"postgres://c".to_vec(), Some(w1.revision)).await;
     assert_eq!(stale.as_ref().err().and_then(Error::status), Some(412), "{stale:?}");
     let e = client.get("app", "db/url").await?.ok_or("entry missing")?;
-    assert_eq!((&e.value[..], e.version), (&b"postgres://b"[..], 2));
+    assert_eq!((&e.value[..], e.version, e.mod_revision), (&b"postgres://b"[..], 2, w2.revision));
     assert_eq!(client.get("app", "nope").await?, None);
     client.put("app", "db/pool", b"10".to_vec(), None).await?;
     let page = client.list("app", "db/", None).await?;

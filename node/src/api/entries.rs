@@ -136,10 +136,10 @@ fn precondition(headers: &HeaderMap) -> Result<Precondition, Problem> {
         }
         (Some(v), None) if v == "*" => Ok(Precondition::Exists),
         (Some(v), None) => {
-            v.trim_start_matches("W/").trim_matches('"').parse::<u64>().map(Precondition::Version).map_err(|_| {
+            v.trim_start_matches("W/").trim_matches('"').parse::<u64>().map(Precondition::Revision).map_err(|_| {
                 Problem::bad_request(
                     "invalid-precondition",
-                    format!("If-Match must be * or a version ETag like \"3\", got {v:?}"),
+                    format!("If-Match must be * or an ETag this API returned, like \"42\", got {v:?}"),
                 )
             })
         }
@@ -152,8 +152,10 @@ fn check_names(ns: &str, key: &str) -> Result<(), Problem> {
     validate_key(key).map_err(|e| Problem::bad_request("invalid-key", e.to_string()))
 }
 
-fn etag(version: u64) -> String {
-    format!("\"{version}\"")
+/// An entry's ETag: the revision of its last change (unique across delete and re-create, unlike
+/// the version).
+fn etag(revision: u64) -> String {
+    format!("\"{revision}\"")
 }
 
 /// Entry as shown by the API.
@@ -236,7 +238,7 @@ pub async fn get(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("application/octet-stream"));
-    let common = [(header::ETAG.as_str(), etag(meta.version)), (HEADER_VERSION, meta.version.to_string())];
+    let common = [(header::ETAG.as_str(), etag(meta.revision)), (HEADER_VERSION, meta.version.to_string())];
     if raw {
         let ct =
             HeaderValue::from_str(&meta.content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
@@ -312,7 +314,7 @@ pub async fn put(
             Ok((
                 status,
                 [
-                    (header::ETAG.as_str(), etag(version)),
+                    (header::ETAG.as_str(), etag(revision)),
                     (HEADER_VERSION, version.to_string()),
                     (HEADER_REVISION, revision.to_string()),
                 ],
@@ -320,8 +322,8 @@ pub async fn put(
             )
                 .into_response())
         }
-        (CommandOutcome::PreconditionFailed { current_version }, _) => {
-            Err(Problem::precondition_failed(current_version))
+        (CommandOutcome::PreconditionFailed { current_version, current_revision }, _) => {
+            Err(Problem::precondition_failed(current_version, current_revision))
         }
         (CommandOutcome::NamespaceNotFound, _) => {
             Err(Problem::not_found("namespace-not-found", format!("namespace {ns:?} does not exist")))
@@ -350,8 +352,8 @@ pub async fn delete(
             Json(serde_json::json!({ "namespace": ns, "key": key, "deletedVersion": version, "revision": revision })),
         )
             .into_response()),
-        (CommandOutcome::PreconditionFailed { current_version }, _) => {
-            Err(Problem::precondition_failed(current_version))
+        (CommandOutcome::PreconditionFailed { current_version, current_revision }, _) => {
+            Err(Problem::precondition_failed(current_version, current_revision))
         }
         (CommandOutcome::EntryNotFound, _) => {
             Err(Problem::not_found("key-not-found", format!("key {key:?} does not exist in namespace {ns:?}")))

@@ -71,14 +71,17 @@ impl Problem {
         .with("limit", limit)
     }
 
-    /// 412 with the current version.
-    pub fn precondition_failed(current: Option<u64>) -> Self {
-        let detail = match current {
-            Some(v) => format!("the precondition does not hold: the current version is {v}"),
-            None => "the precondition does not hold: the key does not exist".to_string(),
+    /// 412 with the current version and ETag (the revision of the key's last change).
+    pub fn precondition_failed(version: Option<u64>, revision: Option<u64>) -> Self {
+        let detail = match (version, revision) {
+            (Some(v), Some(r)) => {
+                format!("the precondition does not hold: the key is at version {v}, ETag \"{r}\"")
+            }
+            _ => "the precondition does not hold: the key does not exist".to_string(),
         };
         Self::new(StatusCode::PRECONDITION_FAILED, "precondition-failed", "Precondition failed", detail)
-            .with("currentVersion", current)
+            .with("currentVersion", version)
+            .with("currentRevision", revision)
     }
 
     /// 503 with `Retry-After`.

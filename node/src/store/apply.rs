@@ -8,7 +8,7 @@ use super::codec::{decode, encode};
 use super::keys;
 use super::state::EntryMeta;
 use super::{CF_STATE, RocksDb, StoreError, cf};
-use crate::command::{Command, CommandOutcome, Operation, Precondition};
+use crate::command::{Command, CommandOutcome, Current, Operation, Precondition};
 use crate::model::{AuditAction, AuditEvent, EntryRecord, Namespace};
 
 /// Superseded versions kept per key until a `SetHistoryDepth` command says otherwise.
@@ -100,8 +100,11 @@ pub fn apply_command(
             let meta_key = keys::entry_meta(namespace, key);
             let current: Option<EntryMeta> = db.get_cf(&cf, &meta_key)?.map(|b| decode(&b)).transpose()?;
             let current_version = current.as_ref().map(|m| m.version);
-            if !precondition.holds(current_version) {
-                return Ok(CommandOutcome::PreconditionFailed { current_version });
+            if !precondition.holds(current.as_ref().map(|m| Current { version: m.version, revision: m.revision })) {
+                return Ok(CommandOutcome::PreconditionFailed {
+                    current_version,
+                    current_revision: current.as_ref().map(|m| m.revision),
+                });
             }
             if let Some(old) = &current {
                 // Move the superseded version into history and drop the one that falls out.
@@ -166,11 +169,14 @@ pub fn apply_command(
                 return Ok(if *precondition == Precondition::None || *precondition == Precondition::Exists {
                     CommandOutcome::EntryNotFound
                 } else {
-                    CommandOutcome::PreconditionFailed { current_version: None }
+                    CommandOutcome::PreconditionFailed { current_version: None, current_revision: None }
                 });
             };
-            if !precondition.holds(Some(current.version)) {
-                return Ok(CommandOutcome::PreconditionFailed { current_version: Some(current.version) });
+            if !precondition.holds(Some(Current { version: current.version, revision: current.revision })) {
+                return Ok(CommandOutcome::PreconditionFailed {
+                    current_version: Some(current.version),
+                    current_revision: Some(current.revision),
+                });
             }
             batch.delete_cf(&cf, meta_key);
             batch.delete_cf(&cf, keys::entry_value(namespace, key));
