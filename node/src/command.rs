@@ -176,6 +176,17 @@ impl fmt::Display for Command {
     }
 }
 
+impl Operation {
+    /// The namespace this operation changes, if any (what watchers of it must hear about).
+    pub fn namespace(&self) -> Option<&str> {
+        match self {
+            Operation::PutNamespace { name, .. } | Operation::DeleteNamespace { name } => Some(name),
+            Operation::PutEntry { namespace, .. } | Operation::DeleteEntry { namespace, .. } => Some(namespace),
+            Operation::SetHistoryDepth { .. } => None,
+        }
+    }
+}
+
 impl Command {
     /// Bytes this command occupies in the log, approximately (for byte budgets).
     pub fn approx_size(&self) -> usize {

@@ -28,7 +28,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, Guard> for RocksBuilder {
         let log_bytes = Arc::new(LogBytes::new(64 << 20, 10_000));
         let (log, syncer) = LogStore::new(db.clone(), 8 << 20, 256, log_bytes.clone()).map_err(storage_err)?;
         let (applied_tx, _rx) = tokio::sync::watch::channel(0);
-        let sm = StateMachine::new(db, snapshots, log_bytes, Arc::new(applied_tx)).map_err(storage_err)?;
+        let sm = StateMachine::new(db, snapshots, log_bytes, Arc::new(applied_tx), Default::default())
+            .map_err(storage_err)?;
         Ok(((syncer, dir), log, sm))
     }
 }

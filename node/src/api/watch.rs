@@ -29,6 +29,7 @@ use super::namespaces::{AuditView, check_name};
 use super::problem::Problem;
 use super::{Ctx, Q};
 use crate::auth::Role;
+use crate::changes::Subscription;
 use crate::model::AuditEvent;
 use crate::store::{RocksDb, blocking, state};
 
@@ -56,7 +57,7 @@ struct Cursor {
     ns: String,
     after: u64,
     pending: VecDeque<AuditEvent>,
-    applied: watch::Receiver<u64>,
+    changes: Subscription,
     shutdown: watch::Receiver<bool>,
     /// Storage reads made by all watches of this node (the metric
     /// `confman_watch_storage_reads_total`).
@@ -71,12 +72,12 @@ fn event(e: AuditEvent, last_of_revision: bool) -> Event {
     if last_of_revision { ev.id(revision.to_string()) } else { ev }
 }
 
-/// The event stream: pages from storage, then waits for the applied revision to move.
+/// The event stream: pages from storage, then waits until the namespace changes.
 ///
-/// The applied revision is marked seen *before* each storage read, so a change applied during
-/// the read wakes the next wait, and a read that finds nothing (the change was in another
-/// namespace, or a blank or membership entry) is followed by a wait, never by another read:
-/// an idle watch costs one read per applied change, not a spinning core.
+/// The watch waits on its own namespace's notifications (and whole-state replacements), not
+/// on every applied entry: changes elsewhere cost it nothing. Notifications are marked seen
+/// *before* each storage read, so a change applied during the read wakes the next wait, and a
+/// read that finds nothing is always followed by a wait, never by another read.
 fn stream(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
     futures::stream::unfold(cursor, |mut c| async move {
         loop {
@@ -84,7 +85,8 @@ fn stream(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
                 let last = c.pending.front().is_none_or(|n| n.revision != e.revision);
                 return Some((Ok(event(e, last)), c));
             }
-            c.applied.borrow_and_update();
+            c.changes.namespace.borrow_and_update();
+            c.changes.all.borrow_and_update();
             let (db, ns, after) = (c.db.clone(), c.ns.clone(), c.after);
             c.reads.fetch_add(1, Ordering::Relaxed);
             match blocking(move || state::audit_after(&db, &ns, after, PAGE)).await {
@@ -99,10 +101,9 @@ fn stream(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
                     return None;
                 }
             }
-            // Nothing new up to the revision seen before the read: wait for the next applied
-            // entry (or shutdown).
             tokio::select! {
-                r = c.applied.changed() => if r.is_err() { return None },
+                r = c.changes.namespace.changed() => if r.is_err() { return None },
+                r = c.changes.all.changed() => if r.is_err() { return None },
                 _ = c.shutdown.wait_for(|s| *s) => return None,
             }
         }
@@ -124,12 +125,14 @@ pub async fn watch(
         (None, Some(from)) => parse_revision(from, "fromRevision")?,
         (None, None) => ctx.node.applied_revision(),
     };
+    // Subscribed before the first read: nothing applied from here on can be missed.
+    let changes = ctx.node.changes().subscribe(&ns);
     let cursor = Cursor {
         db: ctx.node.db().clone(),
         ns,
         after,
         pending: VecDeque::new(),
-        applied: ctx.node.applied_watch(),
+        changes,
         shutdown: ctx.shutdown.clone(),
         reads: ctx.metrics.watch_reads(),
     };

@@ -169,6 +169,7 @@ pub struct RaftNode {
     token: Arc<str>,
     http: reqwest::Client,
     applied_rx: watch::Receiver<u64>,
+    changes: Arc<crate::changes::ChangeFeed>,
     log_bytes: Arc<LogBytes>,
     syncer: Mutex<Option<SyncerHandle>>,
     compaction: tokio::task::JoinHandle<()>,
@@ -195,6 +196,7 @@ struct Parts {
     token: Arc<str>,
     http: reqwest::Client,
     applied_rx: watch::Receiver<u64>,
+    changes: Arc<crate::changes::ChangeFeed>,
     log_bytes: Arc<LogBytes>,
     syncer: SyncerHandle,
 }
@@ -239,7 +241,9 @@ impl RaftNode {
         let network = NetworkFactory::new(token.clone(), timeouts, snapshots.stats(), &settings.outgoing)
             .map_err(|e| RaftNodeError::Network(e.to_string()))?;
         let (applied_tx, applied_rx) = watch::channel(0u64);
-        let sm = StateMachine::new(db.clone(), snapshots.clone(), log_bytes.clone(), Arc::new(applied_tx))?;
+        let changes = Arc::new(crate::changes::ChangeFeed::default());
+        let sm =
+            StateMachine::new(db.clone(), snapshots.clone(), log_bytes.clone(), Arc::new(applied_tx), changes.clone())?;
         let (log_store, syncer) =
             LogStore::new(db.clone(), settings.max_append_bytes, settings.max_append_entries, log_bytes.clone())?;
         let raft = Raft::new(settings.node_id, Arc::new(config), network, log_store, sm).await.map_err(stopped)?;
@@ -249,7 +253,7 @@ impl RaftNode {
             }
             return Err(e);
         }
-        let parts = Parts { raft, db, snapshots, token, http, applied_rx, log_bytes, syncer };
+        let parts = Parts { raft, db, snapshots, token, http, applied_rx, changes, log_bytes, syncer };
         Ok(Self::assemble(parts, settings))
     }
 
@@ -276,7 +280,7 @@ impl RaftNode {
 
     /// Wraps a started Raft: leader tracking and the compaction trigger.
     fn assemble(parts: Parts, settings: &RaftSettings) -> Arc<Self> {
-        let Parts { raft, db, snapshots, token, http, applied_rx, log_bytes, syncer } = parts;
+        let Parts { raft, db, snapshots, token, http, applied_rx, changes, log_bytes, syncer } = parts;
         let leader_changes = Arc::new(AtomicU64::new(0));
         let leader_watch = {
             let (mut rx, counter) = (raft.metrics(), leader_changes.clone());
@@ -315,6 +319,7 @@ impl RaftNode {
             token,
             http,
             applied_rx,
+            changes,
             log_bytes,
             syncer: Mutex::new(Some(syncer)),
             compaction,
@@ -381,6 +386,11 @@ impl RaftNode {
     /// wait on it instead of polling.
     pub fn applied_watch(&self) -> watch::Receiver<u64> {
         self.applied_rx.clone()
+    }
+
+    /// Per-namespace change notifications (for watches).
+    pub fn changes(&self) -> &Arc<crate::changes::ChangeFeed> {
+        &self.changes
     }
 
     /// The last applied revision.

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use super::log_store::LogBytes;
 use super::snapshot::{KEY_LAST_APPLIED, KEY_MEMBERSHIP, SnapshotFile, SnapshotStore};
 use super::types::{FileSnapshot, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::changes::ChangeFeed;
 use crate::command::CommandOutcome;
 use crate::store::apply::apply_command;
 use crate::store::codec::{decode, encode};
@@ -29,6 +30,8 @@ pub struct StateMachine {
     log_bytes: Arc<LogBytes>,
     /// Last applied revision, published after each apply (readers wait on it).
     applied_tx: Arc<watch::Sender<u64>>,
+    /// Namespaces changed by each apply (watchers wait on theirs).
+    changes: Arc<ChangeFeed>,
 }
 
 impl StateMachine {
@@ -38,11 +41,12 @@ impl StateMachine {
         snapshots: Arc<SnapshotStore>,
         log_bytes: Arc<LogBytes>,
         applied_tx: Arc<watch::Sender<u64>>,
+        changes: Arc<ChangeFeed>,
     ) -> Result<Self, StoreError> {
         snapshots.resume_install(&db)?;
         let last = read_applied(&db)?.0.map_or(0, |l| l.index);
         applied_tx.send_replace(last);
-        Ok(Self { db, snapshots, building: Arc::new(AtomicBool::new(false)), log_bytes, applied_tx })
+        Ok(Self { db, snapshots, building: Arc::new(AtomicBool::new(false)), log_bytes, applied_tx, changes })
     }
 }
 
@@ -94,9 +98,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let db = self.db.clone();
         let (entries, responders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let (outcomes, last) = blocking(move || {
+        let (outcomes, last, touched) = blocking(move || {
             let sm_cf = cf(&db, CF_SM_META)?;
             let mut outcomes = Vec::with_capacity(entries.len());
+            let mut touched: Vec<String> = Vec::new();
             let mut last = 0;
             let opts = WriteOptions::default();
             for entry in &entries {
@@ -104,7 +109,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let index = entry.log_id.index;
                 let outcome = match &entry.payload {
                     EntryPayload::Blank => CommandOutcome::Nothing,
-                    EntryPayload::Normal(cmd) => apply_command(&db, &mut wb, index, cmd)?,
+                    EntryPayload::Normal(cmd) => {
+                        if let Some(ns) = cmd.op.namespace()
+                            && !touched.iter().any(|t| t == ns)
+                        {
+                            touched.push(ns.to_string());
+                        }
+                        apply_command(&db, &mut wb, index, cmd)?
+                    }
                     EntryPayload::Membership(m) => {
                         let stored = StoredMembership::new(Some(entry.log_id), m.clone());
                         wb.put_cf(&sm_cf, KEY_MEMBERSHIP, encode(&stored)?);
@@ -118,11 +130,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 outcomes.push(outcome);
                 last = index;
             }
-            Ok((outcomes, last))
+            Ok((outcomes, last, touched))
         })
         .await?;
         if last > 0 {
             self.applied_tx.send_replace(last);
+            self.changes.publish(touched.iter().map(String::as_str), last);
         }
         for (responder, outcome) in responders.into_iter().zip(outcomes) {
             if let Some(r) = responder {
@@ -161,6 +174,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await?;
         self.log_bytes.reset(meta_size);
         self.applied_tx.send_replace(index);
+        self.changes.publish_all(index);
         Ok(())
     }
 
