@@ -124,7 +124,7 @@ async fn list_pages_with_prefix_and_continue() -> Result<()> {
     let c = Cluster::start(Path::new(BIN), 1, &[]).await?;
     c.create_namespace(1, "list").await?;
     for k in ["a/1", "a/2", "a/3", "b/1", "a/4"] {
-        c.put_text(1, "list", k, k).await?;
+        assert_eq!(c.put_text(1, "list", k, k).await?.0, StatusCode::CREATED);
     }
     let mut keys = Vec::new();
     let mut next: Option<String> = None;
@@ -232,6 +232,8 @@ async fn auth_matrix() -> Result<()> {
         Case::new(Method::GET, "/api/v1/namespaces/NS/config/k", 0, S::OK),
         Case::new(Method::GET, "/api/v1/namespaces/NS/config/k/history", 0, S::OK),
         Case::new(Method::GET, "/api/v1/namespaces/NS/audit", 0, S::OK),
+        // A stream: the answer's status is all the matrix reads; dropping it closes it.
+        Case::new(Method::GET, "/api/v1/namespaces/NS/watch", 0, S::OK),
         Case::new(Method::PUT, "/api/v1/namespaces/NS/config/k-put", 1, S::CREATED).body("text/plain", "x").undo(
             Method::DELETE,
             "/api/v1/namespaces/NS/config/k-put",
@@ -363,12 +365,17 @@ async fn bad_input_is_refused_and_changes_nothing() -> Result<()> {
     let c = Cluster::start(Path::new(BIN), 1, &["--max-value-bytes", "1024", "--body-limit-bytes", "4096"]).await?;
     c.create_namespace(1, "bad").await?;
     c.put_text(1, "bad", "k", "original").await?;
+    // Each read must succeed: two failed reads would compare equal.
     let snapshot_state = || async {
-        let (_, audit) = c.call(1, Method::GET, "/api/v1/namespaces/bad/audit", &c.keys.admin, None).await?;
-        let (_, namespaces) = c.call(1, Method::GET, "/api/v1/namespaces", &c.keys.admin, None).await?;
-        let (_, entries) =
-            c.call(1, Method::GET, "/api/v1/namespaces/bad/config?includeValues=true", &c.keys.admin, None).await?;
-        Result::Ok((audit, namespaces, entries))
+        let mut out = Vec::new();
+        for path in
+            ["/api/v1/namespaces/bad/audit", "/api/v1/namespaces", "/api/v1/namespaces/bad/config?includeValues=true"]
+        {
+            let (st, v) = c.call(1, Method::GET, path, &c.keys.admin, None).await?;
+            assert_eq!(st, StatusCode::OK, "{path}: {v}");
+            out.push(v);
+        }
+        Result::Ok(out)
     };
     let before = snapshot_state().await?;
 

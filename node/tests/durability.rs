@@ -68,9 +68,10 @@ async fn sigterm_under_load_exits_cleanly_and_loses_no_acknowledged_write() -> R
     let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let (http, url, editor) = (c.http.clone(), c.url(1)?, c.keys.editor.clone());
     let mut writers = Vec::new();
+    let terminating = Arc::new(std::sync::atomic::AtomicBool::new(false));
     for w in 0..8 {
-        let (http, url, editor, acked, acked_tx) =
-            (http.clone(), url.clone(), editor.clone(), acked.clone(), acked_tx.clone());
+        let (http, url, editor, acked, acked_tx, terminating) =
+            (http.clone(), url.clone(), editor.clone(), acked.clone(), acked_tx.clone(), terminating.clone());
         writers.push(tokio::spawn(async move {
             for i in 0..10_000 {
                 let key = format!("w{w}-{i}");
@@ -80,18 +81,26 @@ async fn sigterm_under_load_exits_cleanly_and_loses_no_acknowledged_write() -> R
                     .header("content-type", "text/plain")
                     .body(key.clone())
                     .send()
-                    .await;
+                    .await
+                    .map(|r| r.status());
                 match r {
-                    Ok(resp) if resp.status().is_success() => {
+                    Ok(status) if status.is_success() => {
                         if let Ok(mut a) = acked.lock() {
                             a.push((key.clone(), key));
                         }
                         let _ = acked_tx.send(());
                     }
-                    // Refused or connection closed by the shutdown: not acknowledged.
-                    _ => break,
+                    // Refused or connection closed by the shutdown: not acknowledged. Before the
+                    // SIGTERM a failure is a defect of its own: it is reported.
+                    other => {
+                        if !terminating.load(std::sync::atomic::Ordering::SeqCst) {
+                            return Err(format!("write {key} failed before SIGTERM: {other:?}"));
+                        }
+                        break;
+                    }
                 }
             }
+            Ok::<(), String>(())
         }));
     }
     // Only the writers hold senders now: if they all stop early, `recv` returns None.
@@ -101,10 +110,11 @@ async fn sigterm_under_load_exits_cleanly_and_loses_no_acknowledged_write() -> R
         let got = timeout(BOUND, acked_rx.recv()).await;
         assert!(matches!(got, Ok(Some(()))), "writers stopped or stalled after {n} acknowledgements");
     }
+    terminating.store(true, std::sync::atomic::Ordering::SeqCst);
     let status = c.terminate(1, Duration::from_secs(60)).await?;
     for w in writers {
         let joined = timeout(BOUND, w).await;
-        assert!(matches!(joined, Ok(Ok(()))), "writer did not end after the node exited: {joined:?}");
+        assert!(matches!(joined, Ok(Ok(Ok(())))), "writer failed, or did not end after the node exited: {joined:?}");
     }
     assert!(status.success(), "exit status after SIGTERM: {status:?}");
     let records = c.log_records(1)?;

@@ -49,7 +49,8 @@ async fn lose_follower_and_compact(c: &mut Cluster, leader: u64, follower: u64) 
     assert!(st.is_success(), "allow rejoin: {st} {v}");
     c.wipe(follower)?;
     for i in 0..60 {
-        c.put_bytes(leader, "snap", &format!("after{i:03}"), random(512)).await?;
+        let st = c.put_bytes(leader, "snap", &format!("after{i:03}"), random(512)).await?;
+        assert!(st.is_success(), "write after{i:03}: {st}");
     }
     c.snapshot(leader).await?;
     let info = c.cluster_info(leader).await?;
@@ -62,7 +63,7 @@ async fn wiped_follower_rejoins_from_a_streamed_snapshot() -> Result<()> {
     let (mut c, leader, follower) = cluster_with_data(&[], 80, 4096).await?;
     // A few large values go through BlobDB and the SST as well.
     for i in 0..5 {
-        c.put_bytes(leader, "snap", &format!("big{i}"), random(300 * 1024)).await?;
+        assert!(c.put_bytes(leader, "snap", &format!("big{i}"), random(300 * 1024)).await?.is_success());
     }
     lose_follower_and_compact(&mut c, leader, follower).await?;
     c.spawn(follower)?;
@@ -106,7 +107,7 @@ async fn corrupted_snapshot_is_rejected_and_the_follower_converges_after_a_retry
     assert_eq!(c.digest(follower).await?["records"].as_u64(), Some(0), "follower state untouched");
 
     // A fresh snapshot on the leader replaces the corrupted one; the retry succeeds.
-    c.put_bytes(leader, "snap", "one-more", random(100)).await?;
+    assert!(c.put_bytes(leader, "snap", "one-more", random(100)).await?.is_success());
     c.snapshot(leader).await?;
     c.wait_converged(&ALL, Duration::from_secs(60)).await?;
     assert!(snapshot_stats(&c, follower).await?["installs"].as_u64() >= Some(1));

@@ -85,9 +85,9 @@ async fn watch_streams_every_change_in_order_and_resumes() -> Result<()> {
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("text/event-stream"));
     let mut w = SseReader::new(resp);
-    c.put_text(leader, "app", "a", "1").await?;
-    c.put_text(leader, "app", "a", "2").await?;
-    c.put_text(leader, "app", "b", "x").await?;
+    assert!(c.put_text(leader, "app", "a", "1").await?.0.is_success());
+    assert!(c.put_text(leader, "app", "a", "2").await?.0.is_success());
+    assert!(c.put_text(leader, "app", "b", "x").await?.0.is_success());
     let (st, _) = c.call(leader, Method::DELETE, "/api/v1/namespaces/app/config/a", &c.keys.editor, None).await?;
     assert_eq!(st, StatusCode::OK);
     let events = w.take(5).await?;
@@ -132,7 +132,7 @@ async fn watch_streams_every_change_in_order_and_resumes() -> Result<()> {
     let resp =
         c.request(leader, Method::GET, "/api/v1/namespaces/app/watch")?.bearer_auth(&c.keys.viewer).send().await?;
     let mut w3 = SseReader::new(resp);
-    c.put_text(leader, "app", "c", "new").await?;
+    assert!(c.put_text(leader, "app", "c", "new").await?.0.is_success());
     let next = w3.take(1).await?;
     assert_eq!((next[0].event.as_str(), &next[0].data["key"]), ("config.created", &Value::from("c")));
 

@@ -86,8 +86,11 @@ pub struct Unavailable {
 /// unavailability fails the test instead of passing as a slow success.
 #[derive(Debug, Default)]
 struct Windows {
-    open: Option<String>,
-    seen: Vec<Unavailable>,
+    /// The open window: its id and name.
+    open: Option<(u64, String)>,
+    next_id: u64,
+    /// Every 503 seen, with the id of the window it was retried in.
+    seen: Vec<(Option<u64>, Unavailable)>,
 }
 
 /// Harness errors.
@@ -105,9 +108,19 @@ pub enum HarnessError {
     /// Test certificates could not be made.
     #[error(transparent)]
     Certs(#[from] crate::certs::CertError),
-    /// A node answered 503 outside a failover window.
-    #[error("{0}: 503 outside a failover window: {1}")]
-    Unavailable(String, Value),
+    /// A node answered 503 outside a failover window, or for longer than a window allows.
+    #[error("{call}: 503 {}: {body}", match window {
+        Some(w) => format!("for 10 s inside the failover window {w:?}"),
+        None => "outside a failover window".to_string(),
+    })]
+    Unavailable {
+        /// The call.
+        call: String,
+        /// The window it was retried in, if any.
+        window: Option<String>,
+        /// The problem the node answered.
+        body: Value,
+    },
     /// Something unexpected.
     #[error("{0}")]
     Unexpected(String),
@@ -445,16 +458,28 @@ impl Cluster {
         }
     }
 
-    /// Writes raw bytes through node `id`; returns the status.
+    /// Writes raw bytes through node `id`; returns the status (a 503 is an error: see
+    /// [`Cluster::open_failover_window`]).
     pub async fn put_bytes(&self, id: u64, ns: &str, key: &str, value: Vec<u8>) -> Result<StatusCode> {
-        let resp = self
-            .request(id, Method::PUT, &format!("/api/v1/namespaces/{ns}/config/{key}"))?
-            .bearer_auth(&self.keys.editor)
-            .header("content-type", "application/octet-stream")
-            .body(value)
-            .send()
+        let what = format!("PUT {ns}/{key} ({} bytes) via node {id}", value.len());
+        let (st, v) = self
+            .retrying_in_window(&what, || async {
+                let resp = self
+                    .request(id, Method::PUT, &format!("/api/v1/namespaces/{ns}/config/{key}"))?
+                    .bearer_auth(&self.keys.editor)
+                    .header("content-type", "application/octet-stream")
+                    .body(value.clone())
+                    .send()
+                    .await?;
+                let status = resp.status();
+                let body = resp.bytes().await?;
+                Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+            })
             .await?;
-        Ok(resp.status())
+        if st == StatusCode::SERVICE_UNAVAILABLE {
+            return Err(self.unavailable_error(what, v));
+        }
+        Ok(st)
     }
 
     /// Triggers a snapshot on node `id` and waits for it.
@@ -590,34 +615,44 @@ impl Cluster {
     }
 
     /// Opens a failover window: until [`Cluster::close_failover_window`], the helpers
-    /// `create_namespace`, `put_text` and `get` retry a 503 (for up to 10 s per call), as a
-    /// client would while a new leader is elected. `why` names the event (it shows in
-    /// [`Cluster::unavailable`] and in failures).
+    /// `create_namespace`, `put_text`, `put_bytes` and `get` retry a 503 (for up to 10 s per
+    /// call), as a client would while a new leader is elected. `why` names the event (it shows
+    /// in [`Cluster::unavailable`] and in failures). Windows do not nest: opening one while
+    /// another is open is a test bug and panics.
     pub fn open_failover_window(&self, why: &str) {
-        if let Ok(mut w) = self.windows.lock() {
-            w.open = Some(why.to_string());
-        }
+        let mut w = self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        assert!(w.open.is_none(), "failover window {:?} opened while {:?} is open", why, w.open);
+        w.next_id += 1;
+        w.open = Some((w.next_id, why.to_string()));
     }
 
-    /// Closes the failover window; returns how many 503s were retried in it.
+    /// Closes the failover window; returns how many 503s were retried in it (0 when none was
+    /// open).
     pub fn close_failover_window(&self) -> usize {
-        let Ok(mut w) = self.windows.lock() else { return 0 };
-        let Some(why) = w.open.take() else { return 0 };
-        w.seen.iter().filter(|u| u.window.as_deref() == Some(why.as_str())).count()
+        let mut w = self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some((id, _)) = w.open.take() else { return 0 };
+        w.seen.iter().filter(|(window, _)| *window == Some(id)).count()
     }
 
     /// Every 503 a helper saw so far, in or outside a failover window.
     pub fn unavailable(&self) -> Vec<Unavailable> {
-        self.windows.lock().map(|w| w.seen.clone()).unwrap_or_default()
+        let w = self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        w.seen.iter().map(|(_, u)| u.clone()).collect()
     }
 
     /// Records a 503 and says whether to retry it (only inside an open window).
     fn record_unavailable(&self, call: String) -> bool {
-        let Ok(mut w) = self.windows.lock() else { return false };
-        let window = w.open.clone();
-        let retry = window.is_some();
-        w.seen.push(Unavailable { window, call });
+        let mut w = self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let open = w.open.clone();
+        let retry = open.is_some();
+        w.seen.push((open.as_ref().map(|(id, _)| *id), Unavailable { window: open.map(|(_, why)| why), call }));
         retry
+    }
+
+    /// The error for a 503 a helper gives up on.
+    fn unavailable_error(&self, call: String, body: Value) -> HarnessError {
+        let w = self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        HarnessError::Unavailable { call, window: w.open.as_ref().map(|(_, why)| why.clone()), body }
     }
 
     /// Runs `attempt` once, and again after each 503 while a failover window is open (for up to
@@ -651,27 +686,33 @@ impl Cluster {
             .await?;
         match st {
             s if s.is_success() => Ok(()),
-            StatusCode::SERVICE_UNAVAILABLE => Err(HarnessError::Unavailable(what, v)),
+            StatusCode::SERVICE_UNAVAILABLE => Err(self.unavailable_error(what, v)),
             _ => Err(HarnessError::Unexpected(format!("{what}: {st} {v}"))),
         }
     }
 
-    /// Writes a text value through node `id` with the editor key; returns status and body.
+    /// Writes a text value through node `id` with the editor key; returns status and body (a
+    /// 503 is an error: see [`Cluster::open_failover_window`]).
     pub async fn put_text(&self, id: u64, ns: &str, key: &str, value: &str) -> Result<(StatusCode, Value)> {
         let what = format!("PUT {ns}/{key} via node {id}");
-        self.retrying_in_window(&what, || async {
-            let resp = self
-                .request(id, Method::PUT, &format!("/api/v1/namespaces/{ns}/config/{key}"))?
-                .bearer_auth(&self.keys.editor)
-                .header("content-type", "text/plain")
-                .body(value.to_string())
-                .send()
-                .await?;
-            let status = resp.status();
-            let bytes = resp.bytes().await?;
-            Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
-        })
-        .await
+        let (st, v) = self
+            .retrying_in_window(&what, || async {
+                let resp = self
+                    .request(id, Method::PUT, &format!("/api/v1/namespaces/{ns}/config/{key}"))?
+                    .bearer_auth(&self.keys.editor)
+                    .header("content-type", "text/plain")
+                    .body(value.to_string())
+                    .send()
+                    .await?;
+                let status = resp.status();
+                let bytes = resp.bytes().await?;
+                Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+            })
+            .await?;
+        if st == StatusCode::SERVICE_UNAVAILABLE {
+            return Err(self.unavailable_error(what, v));
+        }
+        Ok((st, v))
     }
 
     /// Reads an entry through node `id` (linearizable unless `stale`); `None` on 404.
@@ -684,7 +725,7 @@ impl Cluster {
         match st {
             StatusCode::OK => Ok(Some(v)),
             StatusCode::NOT_FOUND => Ok(None),
-            StatusCode::SERVICE_UNAVAILABLE => Err(HarnessError::Unavailable(what, v)),
+            StatusCode::SERVICE_UNAVAILABLE => Err(self.unavailable_error(what, v)),
             other => Err(HarnessError::Unexpected(format!("{what}: {other} {v}"))),
         }
     }

@@ -43,6 +43,10 @@ pub struct Manifest {
     pub data_crc32: u32,
     /// Number of records in the SST.
     pub records: u64,
+    /// The SST carries a range tombstone over the whole state, so ingesting it replaces the
+    /// state in one step (false in snapshots built by older nodes).
+    #[serde(default)]
+    pub replaces_state: bool,
 }
 
 /// A complete snapshot on disk: openraft's `SnapshotData`, a path handle rather than bytes.
@@ -247,31 +251,22 @@ impl SnapshotStore {
         opts.fill_cache(false);
         opts.set_readahead_size(4 << 20);
         let sst_opts = state_options();
-        let mut writer: Option<SstFileWriter> = None;
+        let mut writer = SstFileWriter::create(&sst_opts);
+        writer.open(&data_path)?;
+        // The file replaces the whole state when ingested: a tombstone over every state key
+        // (it hides the older keys, not the file's own), so an install is one atomic step.
+        writer.delete_range(STATE_START, STATE_END)?;
         let mut records = 0u64;
         for item in snap.iterator_cf_opt(&state_cf, opts, IteratorMode::Start) {
             let (k, v) = item?;
-            let w = match &mut writer {
-                Some(w) => w,
-                None => {
-                    let w = SstFileWriter::create(&sst_opts);
-                    w.open(&data_path)?;
-                    writer.insert(w)
-                }
-            };
-            w.put(&k, &v)?;
+            writer.put(&k, &v)?;
             records += 1;
         }
-        let (data_size, data_crc32) = match writer {
-            Some(mut w) => {
-                w.finish()?;
-                File::open(&data_path)?.sync_all()?;
-                crc_of_file(&data_path)?
-            }
-            None => (0, 0),
-        };
+        writer.finish()?;
+        File::open(&data_path)?.sync_all()?;
+        let (data_size, data_crc32) = crc_of_file(&data_path)?;
         let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership };
-        let manifest = Manifest { meta, data_size, data_crc32, records };
+        let manifest = Manifest { meta, data_size, data_crc32, records, replaces_state: true };
         let index = last_applied.map_or(0, |l| l.index);
         let dir = self.publish(&staging, &manifest, index)?;
         self.stats.builds.fetch_add(1, Ordering::Relaxed);
@@ -359,9 +354,14 @@ impl SnapshotStore {
         let started = Instant::now();
         let state_cf = cf(db, CF_STATE)?;
         let meta_cf = cf(db, CF_SM_META)?;
-        // Drop every state key, then ingest: ingested files get a sequence number above the
-        // range tombstone, so the snapshot's keys win.
-        db.delete_range_cf(&state_cf, [0u8].as_slice(), [0xffu8, 0xff].as_slice())?;
+        // A snapshot file that carries its own covering tombstone replaces the state in the
+        // one ingestion: readers see the old state or the new one, never an empty one. Files
+        // from older nodes do not: the state is cleared first, then ingested (their keys get a
+        // sequence number above the range tombstone).
+        if !snapshot.manifest.replaces_state {
+            db.delete_range_cf(&state_cf, STATE_START, STATE_END)?;
+            install_step("install-after-clear", db);
+        }
         if snapshot.manifest.data_size > 0 {
             // Ingest a hard link so the snapshot keeps its own file for sending to others.
             let link = snapshot.dir.join(format!("ingest-{:016x}.sst", rand::random::<u64>()));
@@ -373,7 +373,7 @@ impl SnapshotStore {
                 fs::remove_file(&link)?;
             }
         }
-        crash_point("install-before-flip");
+        install_step("install-before-flip", db);
         let mut batch = WriteBatch::default();
         match &snapshot.manifest.meta.last_log_id {
             Some(l) => batch.put_cf(&meta_cf, KEY_LAST_APPLIED, encode(l)?),
@@ -410,6 +410,20 @@ impl SnapshotStore {
         self.stats.resumed_installs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// The whole state key space (every state key starts with a tag letter below 0xff).
+const STATE_START: &[u8] = &[0u8];
+const STATE_END: &[u8] = &[0xffu8, 0xff];
+
+/// A named point between the steps of an install: where crash tests abort the process, and
+/// where unit tests look at what a reader would see.
+fn install_step(name: &str, db: &RocksDb) {
+    #[cfg(test)]
+    tests::observe_step(name, db);
+    #[cfg(not(test))]
+    let _ = db;
+    crash_point(name);
 }
 
 /// Fault injection for crash tests: when `CONFMAN_FAULT_CRASH_AT` names this point, the
@@ -483,11 +497,67 @@ pub fn crc_of_file(path: &Path) -> Result<(u64, u32), StoreError> {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+
     use super::*;
+
+    thread_local! {
+        /// When set, each install step records how many state keys a reader would see.
+        static OBSERVED: RefCell<Option<Vec<(String, usize)>>> = const { RefCell::new(None) };
+    }
+
+    pub(super) fn observe_step(name: &str, db: &RocksDb) {
+        OBSERVED.with(|o| {
+            if let Some(steps) = o.borrow_mut().as_mut() {
+                let n = cf(db, CF_STATE).map(|c| db.iterator_cf(&c, IteratorMode::Start).count()).unwrap_or(0);
+                steps.push((name.to_string(), n));
+            }
+        });
+    }
+
+    /// Installs a snapshot of a 3-key state into a node holding 2 other keys, recording what a
+    /// reader sees between the steps.
+    fn install_observed(replaces_state: bool) -> Result<Vec<(String, usize)>, StoreError> {
+        let dir = tempfile::tempdir()?;
+        let (db_a, db_b) = (crate::store::open(&dir.path().join("a"))?, crate::store::open(&dir.path().join("b"))?);
+        let (cf_a, cf_b) = (cf(&db_a, CF_STATE)?, cf(&db_b, CF_STATE)?);
+        for k in [&b"n\0old1"[..], b"n\0old2"] {
+            db_a.put_cf(&cf_a, k, b"x")?;
+        }
+        for k in [&b"n\0new1"[..], b"n\0new2", b"n\0new3"] {
+            db_b.put_cf(&cf_b, k, b"y")?;
+        }
+        let store_b = SnapshotStore::open(&dir.path().join("b-data"))?;
+        let mut built = store_b.build(&db_b)?;
+        assert!(built.manifest.replaces_state, "new snapshots replace the state in one step");
+        built.manifest.replaces_state = replaces_state;
+        let store_a = SnapshotStore::open(&dir.path().join("a-data"))?;
+        let adopted = store_a.adopt(&built)?;
+        OBSERVED.with(|o| *o.borrow_mut() = Some(Vec::new()));
+        store_a.install(&db_a, &adopted)?;
+        let steps = OBSERVED.with(|o| o.borrow_mut().take()).unwrap_or_default();
+        assert_eq!(db_a.iterator_cf(&cf_a, IteratorMode::Start).count(), 3, "the snapshot's state, only");
+        assert_eq!(db_a.get_cf(&cf_a, b"n\0old1")?, None);
+        Ok(steps)
+    }
+
+    /// Reads during an install saw an empty state: the old keys were range-deleted in one
+    /// step and the snapshot ingested in the next. The snapshot file now carries the deletion.
+    #[test]
+    fn a_reader_never_sees_an_empty_state_during_an_install() -> Result<(), StoreError> {
+        let steps = install_observed(true)?;
+        assert!(!steps.is_empty(), "the install passed its steps");
+        assert!(steps.iter().all(|(_, n)| *n > 0), "a reader saw an empty state: {steps:?}");
+        // Snapshots from older nodes still install correctly, through the two-step path that
+        // had the window (which is what this test would see without the fix).
+        let legacy = install_observed(false)?;
+        assert!(legacy.iter().any(|(step, n)| step == "install-after-clear" && *n == 0), "{legacy:?}");
+        Ok(())
+    }
 
     fn empty_manifest() -> Manifest {
         let meta = SnapshotMeta { last_log_id: None, last_membership: StoredMembership::default() };
-        Manifest { meta, data_size: 0, data_crc32: 0, records: 0 }
+        Manifest { meta, data_size: 0, data_crc32: 0, records: 0, replaces_state: false }
     }
 
     /// A build and a received snapshot published at the same time both collect the older
