@@ -413,6 +413,7 @@ impl Client {
             partial: None,
             skip: 0,
             reconnects: 0,
+            retries: RetryStats::default(),
         };
         w.connect().await?;
         Ok(w)

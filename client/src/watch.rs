@@ -8,7 +8,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::Deserialize;
 
-use crate::{Error, Problem};
+use crate::{Error, Problem, RetryStats};
 
 /// One change in a watched namespace (the audit event of it).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -50,6 +50,8 @@ pub struct Watch {
     /// How many events of `partial`'s revision to skip on the current connection.
     pub(crate) skip: usize,
     pub(crate) reconnects: u64,
+    /// Connect attempts repeated after a failed one, by reason.
+    pub(crate) retries: RetryStats,
 }
 
 impl Watch {
@@ -61,6 +63,14 @@ impl Watch {
     /// How often the stream dropped and the watch resumed (on the same or another endpoint).
     pub fn reconnects(&self) -> u64 {
         self.reconnects
+    }
+
+    /// Connect attempts this watch repeated so far, by reason: an attempt answered `503`
+    /// (`unavailable`), one that never connected (`unreachable`) or one sent but unanswered
+    /// (`unanswered`), each then repeated on the next endpoint. A stream that dropped and was
+    /// resumed at the first attempt counts in [`Watch::reconnects`] only.
+    pub fn retries(&self) -> RetryStats {
+        self.retries
     }
 
     pub(crate) async fn connect(&mut self) -> Result<(), Error> {
@@ -91,6 +101,12 @@ impl Watch {
             if Instant::now() + delay > deadline {
                 return Err(err);
             }
+            match &err {
+                Error::Unavailable(_) => self.retries.unavailable += 1,
+                Error::Transport(e) if e.is_connect() => self.retries.unreachable += 1,
+                _ => self.retries.unanswered += 1,
+            }
+            tracing::debug!(endpoint = %base, error = %err, "watch connect failed, trying the next endpoint");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(1));
         }

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use confman_client::{Client, Error};
+use confman_client::{Client, Error, RetryStats};
 use confman_tests::cluster::Cluster;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -55,6 +55,7 @@ async fn the_client_reads_writes_fails_over_and_administers() -> Result<()> {
         seen.push((e.action, e.key, e.revision));
     }
     assert_eq!(watch.reconnects(), 0, "the watch's stream dropped while every node was up");
+    assert_eq!(watch.retries(), RetryStats::default(), "the watch repeated a connect attempt in a steady cluster");
     // All of the above ran against a steady cluster: not one attempt was repeated.
     let steady = client.retries();
     assert_eq!(steady.total(), 0, "retries in a steady cluster: {steady:?}");
@@ -80,6 +81,9 @@ async fn the_client_reads_writes_fails_over_and_administers() -> Result<()> {
         seen.push((e.action, e.key, e.revision));
     }
     assert_eq!(watch.reconnects(), 1, "the watch resumed once, when its node was killed");
+    // It resumed on the next endpoint, a live member of a cluster that kept its leader: the
+    // first connect attempt succeeded, none was repeated.
+    assert_eq!(watch.retries(), RetryStats::default(), "the watch's resume repeated connect attempts");
     let actions: Vec<(&str, Option<&str>)> = seen.iter().map(|(a, k, _)| (a.as_str(), k.as_deref())).collect();
     assert_eq!(
         actions,
@@ -93,6 +97,24 @@ async fn the_client_reads_writes_fails_over_and_administers() -> Result<()> {
         ]
     );
     assert!(seen.windows(2).all(|w| w[0].2 < w[1].2), "no repeats: {seen:?}");
+
+    // A new watch whose first endpoint is the dead node: its first connect attempt cannot
+    // connect and is the only one repeated; the next endpoint serves the same history.
+    let late = Client::builder(endpoints.clone(), &c.keys.admin).retry_for(Duration::from_secs(20)).build()?;
+    let mut watch2 = late.watch("app", Some(0)).await?;
+    assert_eq!(
+        watch2.retries(),
+        RetryStats { unreachable: 1, ..RetryStats::default() },
+        "the dead endpoint was tried once and never connected"
+    );
+    let mut replay = Vec::new();
+    while replay.len() < seen.len() {
+        let e = tokio::time::timeout(Duration::from_secs(30), watch2.next()).await??;
+        replay.push((e.action, e.key, e.revision));
+    }
+    assert_eq!(replay, seen, "the second watch's history");
+    assert_eq!((watch2.reconnects(), watch2.retries().total()), (0, 1), "the second watch after its connect");
+    assert_eq!(late.retries().total(), 0, "opening a watch from a revision makes no client call");
 
     // Administration with the cluster token: remove the dead member, cluster shrinks to 2. A
     // new client has no connections yet: its first attempt, on the dead endpoint, cannot

@@ -201,6 +201,25 @@ fn pod_ready(pod: &Value) -> bool {
     pod["status"]["conditions"][0]["status"] == json!("True")
 }
 
+/// Every version of pod `pod` written after resourceVersion `after`, as (resourceVersion,
+/// Ready), read from the API server's watch: its history keeps each write, so a not-ready
+/// state is seen however briefly it lasted (a poll of the current object could miss it).
+async fn pod_ready_history(env: &Env, pod: &str, after: u64) -> Result<Vec<(u64, bool)>> {
+    // The watch sends the history, then idles until its timeout ends the stream.
+    let url =
+        format!("{}/api/v1/namespaces/{NS}/pods?watch=true&resourceVersion={after}&timeoutSeconds=1", env.api.url);
+    let body = reqwest::get(url).await?.error_for_status()?.text().await?;
+    let mut history = Vec::new();
+    for line in body.lines().filter(|l| !l.trim().is_empty()) {
+        let event: Value = serde_json::from_str(line)?;
+        let object = &event["object"];
+        if object["metadata"]["name"] == json!(pod) && event["type"] != json!("DELETED") {
+            history.push((rv_of(object), pod_ready(object)));
+        }
+    }
+    Ok(history)
+}
+
 /// Waits until every node in `pods` reports `leader` as the leader (after a transfer, the
 /// followers learn it from the new leader's first append; until then they forward writes to the
 /// old one). Nodes push no event for it, so their cluster status is polled (bounded loop).
@@ -428,7 +447,8 @@ async fn create_scale_up_scale_down_and_pod_loss() -> Result<()> {
     // 4. A pod crashes: its process is restarted in place and rejoins as the same member;
     //    membership never shrinks. Evidence that the crash happened and the pod came back: the
     //    simulator restarted the process, and the pod object went not-ready and Ready again
-    //    (a pod status written after the crash). Only a cluster status written after that counts.
+    //    (both seen in the pod's history after the crash). Only a cluster status written after
+    //    that counts.
     let before = ids_of(&env.status());
     let pod1 = env.store().get(&pod_key("config-1")).ok_or("no pod config-1")?;
     let (events_before, rv_crash) = (env.sim.events().len(), env.store().revision());
@@ -449,6 +469,10 @@ async fn create_scale_up_scale_down_and_pod_loss() -> Result<()> {
         })
         .await
         .map_err(|e| env.explain(e))?;
+    let history = pod_ready_history(&env, "config-1", rv_crash).await?;
+    let not_ready = history.iter().find(|(rv, ready)| !ready && *rv < rv_back);
+    assert!(not_ready.is_some(), "config-1 was never seen not-ready between the crash and rv {rv_back}: {history:?}");
+    assert_eq!(history.iter().find(|(rv, _)| *rv == rv_back), Some(&(rv_back, true)), "{history:?}");
     let pod1_after = env.store().get(&pod_key("config-1")).ok_or("no pod config-1")?;
     assert_eq!(pod1_after["metadata"]["uid"], pod1["metadata"]["uid"], "a crash restarts the process, not the pod");
     env.store()
@@ -742,13 +766,17 @@ async fn a_tls_cluster_bootstraps_scales_and_serves_only_https() -> Result<()> {
     env.store().put(cmc_key(), cmc);
 
     // Bootstrap over TLS: the operator's admin calls, Raft RPC and readiness all use https.
+    // Once Running the cluster is settled: no call may need a retry (the client's 60 s retry
+    // budget would otherwise hide an unavailable node or a failing handshake).
     env.wait_members(&[1, 2, 3]).await?;
     let client = env.client(3)?;
+    let before_bootstrap = client.retries();
     client.put_namespace("app", "tls e2e", "e2e").await?;
     for i in 0..10 {
         client.put("app", &format!("k{i}"), format!("v{i}").into_bytes(), None).await?;
     }
     let group = client.cluster().await?;
+    assert_eq!(client.retries(), before_bootstrap, "retries on the settled 3-member TLS cluster");
     assert!(
         group.members.iter().all(|m| m.address.starts_with("https://")),
         "members advertise https: {:?}",
@@ -792,8 +820,11 @@ async fn a_tls_cluster_bootstraps_scales_and_serves_only_https() -> Result<()> {
     env.patch_spec(json!({"replicas": 5}));
     env.wait_members(&[1, 2, 3, 4, 5]).await?;
     let client5 = env.client(5)?;
+    let before_scaled = client5.retries();
     wait_digests_equal(&env, &client5, 5).await?;
     assert_eq!(client5.get("app", "k9").await?.map(|e| e.value.to_vec()), Some(b"v9".to_vec()));
+    client5.put("app", "scaled", b"5".to_vec(), None).await?;
+    assert_eq!(client5.retries(), before_scaled, "retries on the settled 5-member TLS cluster");
 
     // CA rotation, step one: the Secret's ca.crt becomes a bundle of the old and a new CA. The
     // nodes read it at start, so the operator rolls them (one at a time) to trust both.
@@ -824,8 +855,18 @@ async fn a_tls_cluster_bootstraps_scales_and_serves_only_https() -> Result<()> {
     assert!(env.event_reasons().iter().any(|r| r == "TrustChanged"), "{:?}", env.event_reasons());
     let sts = env.store().get(&sts_key()).ok_or("no StatefulSet")?;
     assert!(sts["spec"]["template"]["metadata"]["annotations"]["confman.io/ca-hash"].is_string());
-    env.wait_members(&[1, 2, 3, 4, 5]).await?;
+    let st = env.wait_members(&[1, 2, 3, 4, 5]).await?;
+    // The rolling restart may have moved leadership: settled means every member also knows the
+    // leader the status names (a follower that does not yet would answer a forwarded write 503).
+    let leader_pod = st["leader"].as_str().ok_or("no leader after the rotation")?;
+    let leader_id = ids_of(&st).into_iter().find(|(p, _)| p == leader_pod).map(|(_, id)| id).ok_or("leader unknown")?;
+    wait_leader_known(&env, &client5, 0..5, leader_id).await?;
+    // Settled after the rotation: every member serves again, no call needs a retry.
+    let before_rotated = client5.retries();
     assert_eq!(client5.get("app", "k0").await?.map(|e| e.value.to_vec()), Some(b"v0".to_vec()));
+    client5.put("app", "rotated", b"1".to_vec(), None).await?;
+    assert_eq!(client5.get("app", "scaled").await?.map(|e| e.value.to_vec()), Some(b"5".to_vec()));
+    assert_eq!(client5.retries(), before_rotated, "retries on the TLS cluster settled after the CA rotation");
 
     // A lost volume under TLS: the refusing node still answers over https (503 data-lost), so
     // the operator sees it and replaces node 3 with node 6.

@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use confman_client::{Client, Error};
-use confman_tests::cluster::Cluster;
-use confman_tests::cluster::HarnessError::Unexpected;
+use confman_tests::cluster::{Cluster, free_ports, private_loopback};
 use rustls::CertificateError;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -110,7 +109,10 @@ async fn a_cluster_replicates_catches_up_and_serves_over_tls_only() -> Result<()
     c.wait_all_ready(&[other]).await?;
     c.poll(&format!("node {other} to apply up to {target}"), Duration::from_secs(60), || {
         let c = &c;
-        async move { Ok(c.cluster_info(other).await?["appliedIndex"].as_u64().is_some_and(|a| a >= target)) }
+        // A failed call (the node is still starting) means "not yet", not a failure.
+        async move {
+            Ok(c.cluster_info(other).await.is_ok_and(|i| i["appliedIndex"].as_u64().is_some_and(|a| a >= target)))
+        }
     })
     .await?;
     // The client's one endpoint and the leader stayed up throughout: not one attempt was
@@ -201,9 +203,11 @@ async fn a_renewed_certificate_is_served_without_a_restart() -> Result<()> {
     assert!(renewed != original, "the renewal is a different certificate");
     c.poll("a certificate other than the original to be served", Duration::from_secs(60), || {
         let (ca, original) = (certs.ca_pem.clone(), original.clone());
+        // A failed connection or handshake (e.g. while the files are half written) means "not
+        // yet"; the assertions after the poll check what is served.
         async move {
-            let served = served_certificate(&ca, addr, "localhost").await.map_err(|e| Unexpected(e.to_string()))?;
-            Ok(served.is_ok_and(|served| served != original))
+            let served = served_certificate(&ca, addr, "localhost").await;
+            Ok(served.is_ok_and(|served| served.is_ok_and(|served| served != original)))
         }
     })
     .await?;
@@ -222,9 +226,11 @@ async fn a_node_on_a_system_without_ca_roots_starts() -> Result<()> {
     // Like a minimal container image: no CA bundle anywhere. The node must still start (its
     // HTTP clients fall back to "no roots"), serve plain HTTP and stop on SIGTERM.
     let dir = tempfile::tempdir()?;
-    let port = confman_tests::cluster::free_port()?;
+    // An address of its own (no other test listens on it), the port bound and released there.
+    let ip = private_loopback();
+    let port = *free_ports(ip, 1)?.first().ok_or("no port")?;
     let mut node = tokio::process::Command::new(BIN)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args(["--listen", &format!("{ip}:{port}"), "--data-dir"])
         .arg(dir.path().join("data"))
         .env_clear()
         .env("SSL_CERT_FILE", dir.path().join("none.pem"))
@@ -237,7 +243,7 @@ async fn a_node_on_a_system_without_ca_roots_starts() -> Result<()> {
     let http = confman_client::http_builder().timeout(Duration::from_secs(2)).build()?;
     let mut ready = false;
     for _ in 0..300 {
-        if let Ok(r) = http.get(format!("http://127.0.0.1:{port}/health/ready")).send().await
+        if let Ok(r) = http.get(format!("http://{ip}:{port}/health/ready")).send().await
             && r.status().is_success()
         {
             ready = true;

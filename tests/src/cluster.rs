@@ -182,11 +182,6 @@ pub struct Cluster {
     windows: std::sync::Mutex<Windows>,
 }
 
-/// Picks a free loopback port (bound and released; the node binds it right after).
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// A loopback address of its own for one cluster: `127.x.y.z` chosen at random (not
 /// 127.0.0.1). Ports picked on it are free by the time the nodes bind them, because nothing
 /// else in the test run listens on or connects from that address.

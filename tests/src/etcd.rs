@@ -1,11 +1,12 @@
-//! A 3-node etcd 3.4 cluster on loopback (Debian's `etcd-server`), the reference system of the
-//! comparison benchmark. Request-size and quota limits are raised so 1 MiB values are allowed.
+//! A 3-node etcd 3.4 cluster on a loopback address of its own (Debian's `etcd-server`), the
+//! reference system of the comparison benchmark. Request-size and quota limits are raised so
+//! 1 MiB values are allowed.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cluster::{HarnessError, Result, free_port};
+use crate::cluster::{HarnessError, Result, free_ports, private_loopback};
 
 /// A running etcd cluster; processes are killed on drop.
 pub struct EtcdCluster {
@@ -19,14 +20,15 @@ pub struct EtcdCluster {
 impl EtcdCluster {
     /// Starts three members under `root` and waits until they serve requests.
     pub async fn start(binary: &Path, root: &Path) -> Result<EtcdCluster> {
-        let mut ports = Vec::new();
-        for _ in 0..3 {
-            ports.push((free_port()?, free_port()?));
-        }
+        // An address of its own (etcd listens on any loopback address): nothing else in the
+        // run binds its ports, all picked at once, between their release and etcd binding them.
+        let ip = private_loopback();
+        let picked = free_ports(ip, 2 * 3)?;
+        let ports: Vec<(u16, u16)> = picked.chunks_exact(2).map(|p| (p[0], p[1])).collect();
         let initial = ports
             .iter()
             .enumerate()
-            .map(|(i, (_, peer))| format!("e{}=http://127.0.0.1:{peer}", i + 1))
+            .map(|(i, (_, peer))| format!("e{}=http://{ip}:{peer}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
         let mut c = EtcdCluster { children: Vec::new(), endpoints: Vec::new(), data_dirs: Vec::new() };
@@ -39,10 +41,10 @@ impl EtcdCluster {
                 .args(["--name", &name])
                 .arg("--data-dir")
                 .arg(&dir)
-                .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-                .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
-                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-                .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                .args(["--listen-client-urls", &format!("http://{ip}:{client}")])
+                .args(["--advertise-client-urls", &format!("http://{ip}:{client}")])
+                .args(["--listen-peer-urls", &format!("http://{ip}:{peer}")])
+                .args(["--initial-advertise-peer-urls", &format!("http://{ip}:{peer}")])
                 .args(["--initial-cluster", &initial, "--initial-cluster-state", "new"])
                 .args(["--initial-cluster-token", "confman-bench"])
                 // Allow multi-MB values and a large database, as the benchmark needs.
@@ -53,7 +55,7 @@ impl EtcdCluster {
                 .stderr(log)
                 .spawn()?;
             c.children.push(child);
-            c.endpoints.push(format!("http://127.0.0.1:{client}"));
+            c.endpoints.push(format!("http://{ip}:{client}"));
             c.data_dirs.push(dir);
         }
         c.wait_ready().await?;
