@@ -171,6 +171,8 @@ pub struct Cluster {
     root: PathBuf,
     peers: String,
     extra_args: Vec<String>,
+    /// Environment variables every node of this cluster gets.
+    extra_env: Vec<(String, String)>,
     /// HTTP client for tests (trusts the test CA when TLS is on).
     pub http: reqwest::Client,
     /// The certificates, when the nodes serve TLS.
@@ -211,7 +213,7 @@ impl Cluster {
 
     /// Starts `n` nodes (ids 1..=n) with exactly `extra_args` (node defaults otherwise).
     pub async fn start_with(binary: &Path, n: u64, extra_args: &[&str]) -> Result<Cluster> {
-        Self::start_opts(binary, n, extra_args, false).await
+        Self::start_opts(binary, n, extra_args, false, &[]).await
     }
 
     /// Like `start`, with every node serving TLS (a test CA generated for this cluster; the
@@ -219,10 +221,22 @@ impl Cluster {
     pub async fn start_tls(binary: &Path, n: u64, extra_args: &[&str]) -> Result<Cluster> {
         let mut args: Vec<&str> = TEST_TIMING.to_vec();
         args.extend_from_slice(extra_args);
-        Self::start_opts(binary, n, &args, true).await
+        Self::start_opts(binary, n, &args, true, &[]).await
     }
 
-    async fn start_opts(binary: &Path, n: u64, extra_args: &[&str], tls: bool) -> Result<Cluster> {
+    /// Like `start_with`, with environment variables for every node (e.g. a benchmark's
+    /// baseline switch).
+    pub async fn start_with_env(binary: &Path, n: u64, extra_args: &[&str], env: &[(&str, &str)]) -> Result<Cluster> {
+        Self::start_opts(binary, n, extra_args, false, env).await
+    }
+
+    async fn start_opts(
+        binary: &Path,
+        n: u64,
+        extra_args: &[&str],
+        tls: bool,
+        env: &[(&str, &str)],
+    ) -> Result<Cluster> {
         let tmp = tempfile::tempdir()?;
         let root = tmp.path().to_path_buf();
         let tmp = if std::env::var_os("CONFMAN_TEST_KEEP").is_some() {
@@ -275,6 +289,7 @@ impl Cluster {
             root,
             peers,
             extra_args: extra,
+            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             http: http.build()?,
             tls: certs,
             keys,
@@ -338,6 +353,7 @@ impl Cluster {
             // JSON lines, so tests can check levels and messages exactly (no colour codes).
             .args(["--log-format", "json"])
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

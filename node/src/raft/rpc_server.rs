@@ -35,14 +35,21 @@ pub struct RpcState {
     stats: Arc<SnapshotStats>,
     inbound_snapshot: Arc<Semaphore>,
     snapshot_idle: Duration,
+    contact: Arc<super::LeaderContact>,
 }
 
 /// Builds the `/raft/*` router. `snapshot_idle` bounds how long an inbound snapshot body may
 /// stall before it is abandoned.
-pub fn router(raft: Raft, token: Arc<str>, snapshots: Arc<SnapshotStore>, snapshot_idle: Duration) -> Router {
+pub fn router(
+    raft: Raft,
+    token: Arc<str>,
+    snapshots: Arc<SnapshotStore>,
+    snapshot_idle: Duration,
+    contact: Arc<super::LeaderContact>,
+) -> Router {
     let stats = snapshots.stats();
-    let state =
-        RpcState { raft, token, snapshots, stats, inbound_snapshot: Arc::new(Semaphore::new(1)), snapshot_idle };
+    let inbound_snapshot = Arc::new(Semaphore::new(1));
+    let state = RpcState { raft, token, snapshots, stats, inbound_snapshot, snapshot_idle, contact };
     Router::new()
         .route(wire::PATH_APPEND, post(append))
         .route(wire::PATH_VOTE, post(vote))
@@ -86,7 +93,14 @@ async fn decode_body<T: DeserializeOwned + Send + 'static>(body: Bytes) -> Resul
 
 async fn append(State(s): State<RpcState>, body: Bytes) -> Response {
     match decode_body(body).await {
-        Ok(req) => reply(s.raft.append_entries(req).await.map_err(|e| e.to_string())),
+        Ok(req) => {
+            let result = s.raft.append_entries(req).await;
+            // Accepted from the leader of our term (a higher vote means the sender is not it).
+            if result.as_ref().is_ok_and(|r| !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_))) {
+                s.contact.touch();
+            }
+            reply(result.map_err(|e| e.to_string()))
+        }
         Err(r) => r,
     }
 }
