@@ -40,7 +40,7 @@ async fn agreed_leader(c: &Cluster, ids: &[u64]) -> Option<u64> {
     leader.filter(|l| ids.contains(l))
 }
 
-async fn rounds(bin: &PathBuf, args: &Args, watchdog: bool) -> anyhow::Result<Vec<Duration>> {
+async fn rounds(bin: &std::path::Path, args: &Args, watchdog: bool) -> anyhow::Result<Vec<Duration>> {
     let timing = [
         "--heartbeat-ms".to_string(),
         "250".into(),
