@@ -16,7 +16,7 @@ use crate::auth::{Principal, Role};
 use crate::command::{Command, CommandOutcome, Operation};
 use crate::model::now_ms;
 use crate::raft::NodeId;
-use crate::store::{apply, blocking};
+use crate::store::{apply, request_blocking};
 
 /// The highest history depth an admin may set (every key may then keep this many versions).
 pub const MAX_HISTORY_DEPTH: u64 = 1000;
@@ -54,7 +54,7 @@ pub async fn info(ctx: Ctx, headers: HeaderMap) -> Result<Response, Problem> {
 /// The history depth this node applies writes with (the cluster's, as applied here).
 pub async fn cluster_history_depth(ctx: &AppContext) -> Result<u64, Problem> {
     let db = ctx.node.db().clone();
-    Ok(blocking(move || apply::history_depth(&db)).await?)
+    Ok(request_blocking(move || apply::history_depth(&db)).await?)
 }
 
 /// Body of a settings change.

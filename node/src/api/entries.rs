@@ -20,7 +20,7 @@ use crate::auth::Role;
 use crate::command::{Command, CommandOutcome, Operation, Precondition};
 use crate::model::{format_time_ms, now_ms, validate_key, validate_namespace};
 use crate::store::state::EntryMeta;
-use crate::store::{blocking, state};
+use crate::store::{request_blocking, state};
 
 /// Reads the whole request body, refusing more than the configured body limit with 413.
 pub async fn read_body(ctx: &AppContext, headers: &HeaderMap, body: Body) -> Result<Bytes, Problem> {
@@ -231,7 +231,7 @@ pub async fn get(
     ctx.read_barrier(q.consistency.as_deref()).await?;
     let db = ctx.node.db().clone();
     let (n, k) = (ns.clone(), key.clone());
-    let Some((meta, value)) = blocking(move || state::get_entry(&db, &n, &k)).await? else {
+    let Some((meta, value)) = request_blocking(move || state::get_entry(&db, &n, &k)).await? else {
         return Err(Problem::not_found("key-not-found", format!("key {key:?} does not exist in namespace {ns:?}")));
     };
     let raw = headers
@@ -263,7 +263,7 @@ async fn history(ctx: &AppContext, ns: String, key: String, q: GetQuery) -> Resu
     ctx.read_barrier(q.consistency.as_deref()).await?;
     let db = ctx.node.db().clone();
     let (n, k) = (ns.clone(), key.clone());
-    let page = blocking(move || state::history(&db, &n, &k, limit, below, HISTORY_PAGE_VALUE_BYTES)).await?;
+    let page = request_blocking(move || state::history(&db, &n, &k, limit, below, HISTORY_PAGE_VALUE_BYTES)).await?;
     if page.items.is_empty() && below.is_none() {
         return Err(Problem::not_found("key-not-found", format!("key {key:?} does not exist in namespace {ns:?}")));
     }
@@ -412,7 +412,7 @@ pub async fn list(
     let include = q.include_values.unwrap_or(false);
     let db = ctx.node.db().clone();
     let n = ns.clone();
-    let page = blocking(move || {
+    let page = request_blocking(move || {
         if state::get_namespace(&db, &n)?.is_none() {
             return Ok(None);
         }

@@ -13,7 +13,7 @@ use super::{Ctx, HEADER_REVISION, Q, ReadQuery};
 use crate::auth::Role;
 use crate::command::{Command, CommandOutcome, Operation};
 use crate::model::{AuditEvent, Namespace, format_time_ms, now_ms, validate_namespace};
-use crate::store::{blocking, state};
+use crate::store::{request_blocking, state};
 
 /// Namespace as shown by the API.
 #[derive(Debug, Serialize)]
@@ -64,7 +64,7 @@ pub async fn list(ctx: Ctx, headers: HeaderMap, Q(q): Q<ReadQuery>) -> Result<Re
     let p = ctx.authorize(&headers, Role::Viewer, None)?;
     ctx.read_barrier(q.consistency.as_deref()).await?;
     let db = ctx.node.db().clone();
-    let all = blocking(move || state::list_namespaces(&db)).await?;
+    let all = request_blocking(move || state::list_namespaces(&db)).await?;
     let items: Vec<NamespaceView> = all.into_iter().filter(|n| p.covers(&n.name)).map(Into::into).collect();
     Ok(Json(serde_json::json!({ "items": items })).into_response())
 }
@@ -81,7 +81,7 @@ pub async fn get(
     ctx.read_barrier(q.consistency.as_deref()).await?;
     let db = ctx.node.db().clone();
     let name = ns.clone();
-    match blocking(move || state::get_namespace(&db, &name)).await? {
+    match request_blocking(move || state::get_namespace(&db, &name)).await? {
         Some(n) => Ok(Json(NamespaceView::from(n)).into_response()),
         None => Err(Problem::not_found("namespace-not-found", format!("namespace {ns:?} does not exist"))),
     }
@@ -185,7 +185,7 @@ pub async fn audit(
     let limit = parse_limit(q.limit.as_deref(), 100, 1000)?;
     ctx.read_barrier(q.consistency.as_deref()).await?;
     let db = ctx.node.db().clone();
-    let events = blocking(move || state::audit(&db, &ns, limit)).await?;
+    let events = request_blocking(move || state::audit(&db, &ns, limit)).await?;
     let items: Vec<AuditView> = events.into_iter().map(Into::into).collect();
     Ok(Json(serde_json::json!({ "items": items })).into_response())
 }

@@ -31,7 +31,7 @@ use super::{Ctx, Q};
 use crate::auth::Role;
 use crate::changes::Subscription;
 use crate::model::AuditEvent;
-use crate::store::{RocksDb, blocking, state};
+use crate::store::{RocksDb, request_blocking, state};
 
 /// Events read from storage per page.
 const PAGE: usize = 256;
@@ -89,7 +89,7 @@ fn stream(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
             c.changes.all.borrow_and_update();
             let (db, ns, after) = (c.db.clone(), c.ns.clone(), c.after);
             c.reads.fetch_add(1, Ordering::Relaxed);
-            match blocking(move || state::audit_after(&db, &ns, after, PAGE)).await {
+            match request_blocking(move || state::audit_after(&db, &ns, after, PAGE)).await {
                 Ok(page) if !page.is_empty() => {
                     c.after = page.last().map_or(c.after, |e| e.revision);
                     c.pending.extend(page);

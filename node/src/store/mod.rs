@@ -76,6 +76,25 @@ where
     tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Task(e.to_string()))?
 }
 
+/// Blocking reads made for client requests that may run at once. Raft's own storage work
+/// (log appends, applies, snapshots) shares tokio's blocking pool with them; capping the
+/// requests' share keeps threads free for Raft however many requests arrive, and requests
+/// beyond the cap wait their turn instead of each holding a thread.
+pub const REQUEST_READS_AT_ONCE: usize = 64;
+
+static REQUEST_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(REQUEST_READS_AT_ONCE);
+
+/// Like [`blocking`], for work a client request asks for: at most
+/// [`REQUEST_READS_AT_ONCE`] run at a time.
+pub async fn request_blocking<T, F>(f: F) -> Result<T, StoreError>
+where
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    let _permit = REQUEST_READS.acquire().await.map_err(|e| StoreError::Task(e.to_string()))?;
+    blocking(f).await
+}
+
 /// Opens (or creates) the node database under `dir/rocksdb`.
 pub fn open(dir: &Path) -> Result<Arc<RocksDb>, StoreError> {
     let path: PathBuf = dir.join("rocksdb");
@@ -156,4 +175,49 @@ fn small_options() -> Options {
     o.set_compression_type(DBCompressionType::None);
     o.set_block_based_table_factory(&table_options(false));
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// However many requests read at once, at most `REQUEST_READS_AT_ONCE` hold a blocking
+    /// thread; the rest of the pool stays free for Raft's storage work.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn request_reads_never_take_more_than_their_share_of_blocking_threads() -> Result<(), StoreError> {
+        let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
+        let total = REQUEST_READS_AT_ONCE * 3;
+        let mut tasks = Vec::new();
+        for _ in 0..total {
+            let (now, peak, rx) = (now.clone(), peak.clone(), release_rx.clone());
+            tasks.push(tokio::spawn(request_blocking(move || {
+                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(n, Ordering::SeqCst);
+                // Each read holds its thread until the test releases one.
+                let _ = rx.lock().map(|r| r.recv());
+                now.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            })));
+        }
+        // Every permit is taken by a read that holds its thread; the others wait for permits.
+        for _ in 0..10_000 {
+            if now.load(Ordering::SeqCst) >= REQUEST_READS_AT_ONCE {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(now.load(Ordering::SeqCst), REQUEST_READS_AT_ONCE, "reads holding threads");
+        for _ in 0..total {
+            let _ = release_tx.send(());
+        }
+        for t in tasks {
+            t.await.map_err(|e| StoreError::Task(e.to_string()))??;
+        }
+        assert_eq!(peak.load(Ordering::SeqCst), REQUEST_READS_AT_ONCE, "never more at once");
+        Ok(())
+    }
 }
