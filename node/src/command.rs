@@ -67,6 +67,11 @@ pub enum Operation {
         /// Only when no depth was set yet (the first leader's initial value).
         if_unset: bool,
     },
+    /// Set how many audit events every namespace keeps (oldest whole revisions dropped first).
+    SetAuditRetention {
+        /// Events kept per namespace.
+        events: u64,
+    },
 }
 
 /// A condition on the current state of a key, evaluated when the command is applied, so
@@ -172,6 +177,7 @@ impl fmt::Display for Command {
             }
             Operation::DeleteEntry { namespace, key, .. } => write!(f, "delete {namespace}/{key} by {}", self.actor),
             Operation::SetHistoryDepth { depth, .. } => write!(f, "set history depth {depth} by {}", self.actor),
+            Operation::SetAuditRetention { events } => write!(f, "set audit retention {events} by {}", self.actor),
         }
     }
 }
@@ -182,7 +188,7 @@ impl Operation {
         match self {
             Operation::PutNamespace { name, .. } | Operation::DeleteNamespace { name } => Some(name),
             Operation::PutEntry { namespace, .. } | Operation::DeleteEntry { namespace, .. } => Some(namespace),
-            Operation::SetHistoryDepth { .. } => None,
+            Operation::SetHistoryDepth { .. } | Operation::SetAuditRetention { .. } => None,
         }
     }
 }
@@ -197,7 +203,7 @@ impl Command {
                 namespace.len() + key.len() + content_type.len() + value.len()
             }
             Operation::DeleteEntry { namespace, key, .. } => namespace.len() + key.len(),
-            Operation::SetHistoryDepth { .. } => 9,
+            Operation::SetHistoryDepth { .. } | Operation::SetAuditRetention { .. } => 9,
         };
         op + self.actor.len() + 32
     }

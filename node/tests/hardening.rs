@@ -272,3 +272,71 @@ async fn unknown_http_methods_do_not_create_metric_labels() -> Result<()> {
     assert_eq!(other, 50, "each request counted once, as method other:\n{text}");
     Ok(())
 }
+
+/// The audit log of a namespace grew forever. It keeps the cluster's `auditRetention` events
+/// (oldest whole revisions dropped first, identically on every replica), and a watch asking to
+/// resume before what was dropped gets 410 instead of silently missing events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_is_bounded_and_a_watch_behind_it_gets_410() -> Result<()> {
+    let all = [1, 2, 3];
+    let c = Cluster::start(Path::new(BIN), 3, &[]).await?;
+    let leader = c.wait_leader(&all, &all).await?;
+    c.create_namespace(leader, "aud").await?;
+    let (st, body) = c
+        .call(
+            leader,
+            Method::PUT,
+            "/api/v1/cluster/settings",
+            &c.keys.admin,
+            Some(serde_json::json!({"auditRetention": 100})),
+        )
+        .await?;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["auditRetention"].as_u64(), Some(100));
+    let mut last = 0;
+    for i in 0..150 {
+        let (st, body) = c.put_text(leader, "aud", &format!("k{i}"), "v").await?;
+        assert!(st.is_success(), "{st} {body}");
+        last = body["revision"].as_u64().ok_or("no revision")?;
+    }
+    c.wait_converged(&all, Duration::from_secs(60)).await?;
+    for id in all {
+        let (st, audit) = c
+            .call(id, Method::GET, "/api/v1/namespaces/aud/audit?limit=1000&consistency=stale", &c.keys.viewer, None)
+            .await?;
+        assert_eq!(st, StatusCode::OK, "{audit}");
+        let items = audit["items"].as_array().ok_or("no items")?;
+        assert_eq!(items.len(), 100, "node {id} keeps the retention");
+        assert_eq!(items[0]["revision"].as_u64(), Some(last), "newest kept");
+    }
+    let resp = c
+        .request(leader, Method::GET, "/api/v1/namespaces/aud/watch?fromRevision=0")?
+        .bearer_auth(&c.keys.viewer)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::GONE);
+    let problem: serde_json::Value = resp.json().await?;
+    let compacted = problem["compactedRevision"].as_u64().ok_or("no compactedRevision")?;
+    assert!(compacted > 0 && compacted < last, "{problem}");
+    // From the compacted revision on, nothing is missing: the watch is served.
+    let resp = c
+        .request(leader, Method::GET, &format!("/api/v1/namespaces/aud/watch?fromRevision={compacted}"))?
+        .bearer_auth(&c.keys.viewer)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Out-of-range retention is refused and changes nothing.
+    let (st, problem) = c
+        .call(
+            leader,
+            Method::PUT,
+            "/api/v1/cluster/settings",
+            &c.keys.admin,
+            Some(serde_json::json!({"auditRetention": 5})),
+        )
+        .await?;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{problem}");
+    let (_, settings) = c.call(leader, Method::GET, "/api/v1/cluster/settings", &c.keys.viewer, None).await?;
+    assert_eq!(settings["auditRetention"].as_u64(), Some(100), "{settings}");
+    Ok(())
+}

@@ -16,10 +16,13 @@ use crate::auth::{Principal, Role};
 use crate::command::{Command, CommandOutcome, Operation};
 use crate::model::now_ms;
 use crate::raft::NodeId;
-use crate::store::{apply, request_blocking};
+use crate::store::{apply, audit_retention, request_blocking};
 
 /// The highest history depth an admin may set (every key may then keep this many versions).
 pub const MAX_HISTORY_DEPTH: u64 = 1000;
+
+/// The highest audit retention an admin may set (events per namespace).
+pub const MAX_AUDIT_RETENTION: u64 = 10_000_000;
 
 /// Cluster administration needs an admin key that is not limited to some namespaces.
 fn admin(ctx: &AppContext, headers: &HeaderMap) -> Result<Principal, Problem> {
@@ -62,40 +65,69 @@ pub async fn cluster_history_depth(ctx: &AppContext) -> Result<u64, Problem> {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SettingsBody {
     history_depth: Option<u64>,
+    audit_retention: Option<u64>,
+}
+
+/// The cluster-wide settings as this node applied them.
+async fn settings_view(ctx: &AppContext) -> Result<serde_json::Value, Problem> {
+    let db = ctx.node.db().clone();
+    let (depth, retention) =
+        request_blocking(move || Ok((apply::history_depth(&db)?, audit_retention::audit_retention(&db)?))).await?;
+    Ok(serde_json::json!({ "historyDepth": depth, "auditRetention": retention }))
 }
 
 /// `GET /api/v1/cluster/settings`: the cluster-wide settings.
 pub async fn get_settings(ctx: Ctx, headers: HeaderMap) -> Result<Response, Problem> {
     ctx.authorize(&headers, Role::Viewer, None)?;
-    Ok(Json(serde_json::json!({ "historyDepth": cluster_history_depth(&ctx).await? })).into_response())
+    Ok(Json(settings_view(&ctx).await?).into_response())
 }
 
-/// `PUT /api/v1/cluster/settings` `{"historyDepth": N}`: changes a cluster-wide setting through
-/// the log, so every replica applies it at the same index. A lower depth trims each key's
-/// history on its next write.
+/// `PUT /api/v1/cluster/settings` `{"historyDepth": N, "auditRetention": M}`: changes
+/// cluster-wide settings through the log, so every replica applies them at the same index. A
+/// lower depth trims each key's history on its next write; a lower retention trims a
+/// namespace's audit log on its next change.
 pub async fn put_settings(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
     let p = admin(&ctx, &headers)?;
     let Some(b): Option<SettingsBody> = read_json_body(&ctx, &headers, body, false).await? else {
         return Err(Problem::bad_request("malformed-json", "a body {\"historyDepth\": N} is required"));
     };
-    let Some(depth) = b.history_depth else {
-        return Err(Problem::bad_request("invalid-setting", "nothing to change: send historyDepth"));
-    };
-    if depth > MAX_HISTORY_DEPTH {
+    if b.history_depth.is_none() && b.audit_retention.is_none() {
+        return Err(Problem::bad_request("invalid-setting", "nothing to change: send historyDepth or auditRetention"));
+    }
+    if let Some(depth) = b.history_depth
+        && depth > MAX_HISTORY_DEPTH
+    {
         return Err(Problem::bad_request(
             "invalid-setting",
             format!("historyDepth must be at most {MAX_HISTORY_DEPTH}, got {depth}"),
         ));
     }
-    let cmd = Command { actor: p.name, at_ms: now_ms(), op: Operation::SetHistoryDepth { depth, if_unset: false } };
-    match ctx.node.write(cmd).await? {
-        (CommandOutcome::SettingApplied { history_depth }, rev) => Ok((
-            [(super::HEADER_REVISION, rev.to_string())],
-            Json(serde_json::json!({ "historyDepth": history_depth, "revision": rev })),
-        )
-            .into_response()),
-        (other, _) => Err(Problem::internal(format!("unexpected outcome {other:?}"))),
+    if let Some(events) = b.audit_retention
+        && !(audit_retention::MIN_AUDIT_RETENTION..=MAX_AUDIT_RETENTION).contains(&events)
+    {
+        return Err(Problem::bad_request(
+            "invalid-setting",
+            format!(
+                "auditRetention must be {}..={MAX_AUDIT_RETENTION} events per namespace, got {events}",
+                audit_retention::MIN_AUDIT_RETENTION
+            ),
+        ));
     }
+    let mut rev = 0;
+    let ops = [
+        b.history_depth.map(|depth| Operation::SetHistoryDepth { depth, if_unset: false }),
+        b.audit_retention.map(|events| Operation::SetAuditRetention { events }),
+    ];
+    for op in ops.into_iter().flatten() {
+        let cmd = Command { actor: p.name.clone(), at_ms: now_ms(), op };
+        match ctx.node.write(cmd).await? {
+            (CommandOutcome::SettingApplied { .. }, r) => rev = r,
+            (other, _) => return Err(Problem::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+    let mut body = settings_view(&ctx).await?;
+    body["revision"] = rev.into();
+    Ok(([(super::HEADER_REVISION, rev.to_string())], Json(body)).into_response())
 }
 
 /// Body of an add-learner request.

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::Path;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
@@ -62,6 +62,8 @@ struct Cursor {
     /// Storage reads made by all watches of this node (the metric
     /// `confman_watch_storage_reads_total`).
     reads: Arc<AtomicU64>,
+    /// Set after the final (error) event.
+    ended: bool,
 }
 
 fn event(e: AuditEvent, last_of_revision: bool) -> Event {
@@ -81,6 +83,9 @@ fn event(e: AuditEvent, last_of_revision: bool) -> Event {
 fn stream(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
     futures::stream::unfold(cursor, |mut c| async move {
         loop {
+            if c.ended {
+                return None;
+            }
             if let Some(e) = c.pending.pop_front() {
                 let last = c.pending.front().is_none_or(|n| n.revision != e.revision);
                 return Some((Ok(event(e, last)), c));
@@ -90,12 +95,25 @@ fn stream(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
             let (db, ns, after) = (c.db.clone(), c.ns.clone(), c.after);
             c.reads.fetch_add(1, Ordering::Relaxed);
             match request_blocking(move || state::audit_after(&db, &ns, after, PAGE)).await {
-                Ok(page) if !page.is_empty() => {
+                Ok(Err(trimmed)) => {
+                    // A slow watcher fell behind the audit retention: say so and end, rather
+                    // than skip what was dropped (a client reconnecting gets the 410).
+                    tracing::info!(ns = %c.ns, after = c.after, trimmed.trimmed_upto, "watch fell behind the audit retention");
+                    let problem = serde_json::json!({
+                        "type": "https://confman.dev/problems/compacted",
+                        "status": 410,
+                        "detail": format!("events up to revision {} were dropped by the audit retention", trimmed.trimmed_upto),
+                        "compactedRevision": trimmed.trimmed_upto,
+                    });
+                    c.ended = true;
+                    return Some((Ok(Event::default().event("error").data(problem.to_string())), c));
+                }
+                Ok(Ok(page)) if !page.is_empty() => {
                     c.after = page.last().map_or(c.after, |e| e.revision);
                     c.pending.extend(page);
                     continue;
                 }
-                Ok(_) => {}
+                Ok(Ok(_)) => {}
                 Err(e) => {
                     tracing::warn!(ns = %c.ns, "watch stopped: {e}");
                     return None;
@@ -125,6 +143,20 @@ pub async fn watch(
         (None, Some(from)) => parse_revision(from, "fromRevision")?,
         (None, None) => ctx.node.applied_revision(),
     };
+    let (db, n) = (ctx.node.db().clone(), ns.clone());
+    let meta = request_blocking(move || crate::store::audit_retention::audit_meta(&db, &n)).await?;
+    if after < meta.trimmed_upto {
+        return Err(Problem::new(
+            StatusCode::GONE,
+            "compacted",
+            "Gone",
+            format!(
+                "events of namespace {ns:?} up to revision {} were dropped by the audit retention; resume from revision {} or later (list the current state first)",
+                meta.trimmed_upto, meta.trimmed_upto
+            ),
+        )
+        .with("compactedRevision", meta.trimmed_upto));
+    }
     // Subscribed before the first read: nothing applied from here on can be missed.
     let changes = ctx.node.changes().subscribe(&ns);
     let cursor = Cursor {
@@ -135,6 +167,7 @@ pub async fn watch(
         changes,
         shutdown: ctx.shutdown.clone(),
         reads: ctx.metrics.watch_reads(),
+        ended: false,
     };
     Ok(Sse::new(stream(cursor)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
 }

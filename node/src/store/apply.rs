@@ -37,6 +37,23 @@ pub fn apply_command(
     cmd: &Command,
 ) -> Result<CommandOutcome, StoreError> {
     let mut audit = AuditWriter { revision, seq: 0, at_ms: cmd.at_ms, actor: &cmd.actor };
+    let outcome = apply_op(db, batch, revision, cmd, &mut audit)?;
+    // Every operation that audits touches one namespace: its log is bounded in the same batch.
+    if audit.seq > 0
+        && let Some(ns) = cmd.op.namespace()
+    {
+        super::audit_retention::trim(db, batch, ns, u64::from(audit.seq))?;
+    }
+    Ok(outcome)
+}
+
+fn apply_op(
+    db: &RocksDb,
+    batch: &mut WriteBatch,
+    revision: u64,
+    cmd: &Command,
+    audit: &mut AuditWriter<'_>,
+) -> Result<CommandOutcome, StoreError> {
     match &cmd.op {
         Operation::PutNamespace { name, description, owner } => {
             let cf = cf(db, CF_STATE)?;
@@ -157,6 +174,10 @@ pub fn apply_command(
             }
             batch.put_cf(&cf, keys::setting(HISTORY_DEPTH), encode(depth)?);
             Ok(CommandOutcome::SettingApplied { history_depth: *depth })
+        }
+        Operation::SetAuditRetention { events } => {
+            super::audit_retention::set_audit_retention(db, batch, *events)?;
+            Ok(CommandOutcome::SettingApplied { history_depth: history_depth(db)? })
         }
         Operation::DeleteEntry { namespace, key, precondition } => {
             let cf = cf(db, CF_STATE)?;

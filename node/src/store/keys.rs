@@ -9,6 +9,7 @@
 //! | `h` | `h\0{ns}\0{key}\0{version BE}` | `EntryRecord` of a superseded version |
 //! | `a` | `a\0{ns}\0{revision BE}{seq BE}` | `AuditEvent` |
 //! | `s` | `s\0{name}` | a cluster setting (e.g. `history-depth`: u64), replicated like data |
+//! | `c` | `c\0{ns}` | `AuditMeta` of the namespace's audit log (events kept, trimmed up to) |
 
 fn join(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
     let len = 2 + parts.iter().map(|p| p.len() + 1).sum::<usize>();
@@ -22,6 +23,11 @@ fn join(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
         k.extend_from_slice(p);
     }
     k
+}
+
+/// Key of a namespace's audit bookkeeping.
+pub fn audit_meta(ns: &str) -> Vec<u8> {
+    join(b'c', &[ns.as_bytes()])
 }
 
 /// Key of a cluster-wide setting.

@@ -3,6 +3,7 @@
 //! define the on-disk layout, `state` reads it and `apply` turns a command into one write batch.
 
 pub mod apply;
+pub mod audit_retention;
 pub mod codec;
 pub mod keys;
 pub mod state;

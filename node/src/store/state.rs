@@ -186,14 +186,30 @@ pub fn history(
 /// Audit events of a namespace with revision above `after`, oldest first: up to `limit`, but
 /// always whole revisions (a revision is never split across pages, so a watcher resuming after
 /// a revision misses nothing; one revision may exceed `limit`, e.g. a cascading delete).
-pub fn audit_after(db: &RocksDb, ns: &str, after: u64, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+///
+/// `Err(AuditTrimmed)` when events after `after` were already dropped by the audit retention:
+/// reading on would skip them silently.
+pub fn audit_after(
+    db: &RocksDb,
+    ns: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Result<Vec<AuditEvent>, AuditTrimmed>, StoreError> {
     let cf = cf(db, CF_STATE)?;
+    let snap = db.snapshot();
+    let trimmed_upto = match snap.get_cf(&cf, keys::audit_meta(ns))? {
+        Some(b) => decode::<super::audit_retention::AuditMeta>(&b)?.trimmed_upto,
+        None => 0,
+    };
+    if after < trimmed_upto {
+        return Ok(Err(AuditTrimmed { trimmed_upto }));
+    }
     let prefix = keys::audit_prefix(ns);
     let mut opts = ReadOptions::default();
     opts.set_iterate_lower_bound(keys::audit(ns, after.saturating_add(1), 0));
     opts.set_iterate_upper_bound(keys::prefix_end(&prefix));
     let mut out: Vec<AuditEvent> = Vec::new();
-    for item in db.iterator_cf_opt(&cf, opts, IteratorMode::Start) {
+    for item in snap.iterator_cf_opt(&cf, opts, IteratorMode::Start) {
         let (_, v) = item?;
         let event: AuditEvent = decode(&v)?;
         if out.len() >= limit && out.last().is_some_and(|l| l.revision != event.revision) {
@@ -201,7 +217,14 @@ pub fn audit_after(db: &RocksDb, ns: &str, after: u64, limit: usize) -> Result<V
         }
         out.push(event);
     }
-    Ok(out)
+    Ok(Ok(out))
+}
+
+/// The audit events a reader asked for were dropped by the retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditTrimmed {
+    /// Every event at or below this revision is gone.
+    pub trimmed_upto: u64,
 }
 
 /// Returns up to `limit` audit events of a namespace, newest first.
