@@ -334,7 +334,7 @@ impl Client {
             .headers()
             .get("etag")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim_start_matches("W/").trim_matches('"').parse().ok())
+            .and_then(|v| v.trim_matches('"').strip_prefix('r')?.parse().ok())
             .unwrap_or(0);
         let value = resp.bytes().await.map_err(Error::Transport)?;
         Ok(Some(Entry { value, version, mod_revision, revision }))
@@ -360,7 +360,7 @@ impl Client {
                 self.req(Method::PUT, b, &path).header("content-type", "application/octet-stream").body(value.clone());
             match if_revision {
                 Some(0) => r.header("if-none-match", "*"),
-                Some(rev) => r.header("if-match", format!("\"{rev}\"")),
+                Some(rev) => r.header("if-match", format!("\"r{rev}\"")),
                 None => r,
             }
         })

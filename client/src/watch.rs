@@ -117,9 +117,11 @@ impl Watch {
         loop {
             if let Some(end) = self.buf.find("\n\n") {
                 let block: String = self.buf.drain(..end + 2).collect();
-                let (mut data, mut id) = (String::new(), None);
+                let (mut data, mut id, mut kind) = (String::new(), None, String::new());
                 for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("data:") {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        kind = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
                         data.push_str(v.trim_start());
                     } else if let Some(v) = line.strip_prefix("id:") {
                         id = v.trim().parse::<u64>().ok();
@@ -127,6 +129,18 @@ impl Watch {
                 }
                 if data.is_empty() {
                     continue; // keep-alive comment
+                }
+                // The node ends a stream with an `error` event carrying a problem (e.g. 410
+                // compacted: the watch fell behind the audit retention).
+                if kind == "error" {
+                    let v: serde_json::Value = serde_json::from_str(&data).unwrap_or_default();
+                    self.body = None;
+                    return Err(Error::Api(Problem {
+                        status: v["status"].as_u64().and_then(|s| u16::try_from(s).ok()).unwrap_or(500),
+                        kind: v["type"].as_str().and_then(|t| t.rsplit('/').next()).unwrap_or("error").to_string(),
+                        detail: v["detail"].as_str().unwrap_or(&data).to_string(),
+                        node_id: None,
+                    }));
                 }
                 let event: WatchEvent = serde_json::from_str(&data).map_err(|e| {
                     Error::Api(Problem {

@@ -67,10 +67,13 @@ pub enum Operation {
         /// Only when no depth was set yet (the first leader's initial value).
         if_unset: bool,
     },
-    /// Set how many audit events every namespace keeps (oldest whole revisions dropped first).
-    SetAuditRetention {
-        /// Events kept per namespace.
-        events: u64,
+    /// Change cluster settings together (an admin's `PUT /api/v1/cluster/settings`): all or
+    /// none of them apply.
+    SetSettings {
+        /// Superseded versions kept per key.
+        history_depth: Option<u64>,
+        /// Audit events kept per namespace (oldest whole revisions dropped first).
+        audit_retention: Option<u64>,
     },
 }
 
@@ -177,7 +180,9 @@ impl fmt::Display for Command {
             }
             Operation::DeleteEntry { namespace, key, .. } => write!(f, "delete {namespace}/{key} by {}", self.actor),
             Operation::SetHistoryDepth { depth, .. } => write!(f, "set history depth {depth} by {}", self.actor),
-            Operation::SetAuditRetention { events } => write!(f, "set audit retention {events} by {}", self.actor),
+            Operation::SetSettings { history_depth, audit_retention } => {
+                write!(f, "set history depth {history_depth:?}, audit retention {audit_retention:?} by {}", self.actor)
+            }
         }
     }
 }
@@ -188,7 +193,7 @@ impl Operation {
         match self {
             Operation::PutNamespace { name, .. } | Operation::DeleteNamespace { name } => Some(name),
             Operation::PutEntry { namespace, .. } | Operation::DeleteEntry { namespace, .. } => Some(namespace),
-            Operation::SetHistoryDepth { .. } | Operation::SetAuditRetention { .. } => None,
+            Operation::SetHistoryDepth { .. } | Operation::SetSettings { .. } => None,
         }
     }
 }
@@ -203,7 +208,7 @@ impl Command {
                 namespace.len() + key.len() + content_type.len() + value.len()
             }
             Operation::DeleteEntry { namespace, key, .. } => namespace.len() + key.len(),
-            Operation::SetHistoryDepth { .. } | Operation::SetAuditRetention { .. } => 9,
+            Operation::SetHistoryDepth { .. } | Operation::SetSettings { .. } => 9,
         };
         op + self.actor.len() + 32
     }

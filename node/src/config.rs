@@ -483,6 +483,13 @@ impl Settings {
                 });
             }
         };
+        let history_depth = o.history_depth.unwrap_or(crate::store::apply::DEFAULT_HISTORY_DEPTH);
+        if history_depth > crate::api::cluster::MAX_HISTORY_DEPTH {
+            return Err(ConfigError::Invalid {
+                setting: "history-depth",
+                reason: format!("{history_depth} is above the maximum of {}", crate::api::cluster::MAX_HISTORY_DEPTH),
+            });
+        }
         Ok(Settings {
             node_id,
             listen,
@@ -492,7 +499,7 @@ impl Settings {
             join: o.join.unwrap_or(false),
             api_keys_file: o.api_keys_file,
             cluster_token_file: o.cluster_token_file,
-            history_depth: o.history_depth.unwrap_or(10),
+            history_depth,
             tuning,
             resolve: match &o.resolve {
                 Some(r) => parse_resolve(r)?,

@@ -44,7 +44,7 @@ async fn compare_and_set_and_history() -> Result<()> {
             .get("x-confman-revision")
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| HarnessError::Unexpected("no revision".into()))?;
-        assert_eq!(etag, format!("\"{rev}\""), "ETag is the write's revision");
+        assert_eq!(etag, format!("\"r{rev}\""), "ETag is the write's revision");
         Ok(etag)
     };
 
@@ -73,7 +73,12 @@ async fn compare_and_set_and_history() -> Result<()> {
     assert_eq!(resp.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("application/problem+json"));
     let problem: Value = resp.json().await?;
     assert_eq!(problem["currentVersion"], json!(2));
-    assert_eq!(format!("\"{}\"", problem["currentRevision"]), e2, "the 412 names the current ETag: {problem}");
+    assert_eq!(format!("\"r{}\"", problem["currentRevision"]), e2, "the 412 names the current ETag: {problem}");
+    // A bare number (an older client's version ETag) or a weak ETag is refused, not matched.
+    for bad in ["\"2\"", "W/\"r1\""] {
+        let (st, _) = put_with(&c, path, Some(("if-match", bad)), "nope").await?;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "If-Match {bad}");
+    }
     let entry = c.get(1, "cas", "db/url", false).await?.unwrap_or_default();
     assert_eq!((entry["value"].clone(), entry["version"].clone()), (json!("two"), json!(2)));
 

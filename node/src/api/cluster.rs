@@ -113,18 +113,11 @@ pub async fn put_settings(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Re
             ),
         ));
     }
-    let mut rev = 0;
-    let ops = [
-        b.history_depth.map(|depth| Operation::SetHistoryDepth { depth, if_unset: false }),
-        b.audit_retention.map(|events| Operation::SetAuditRetention { events }),
-    ];
-    for op in ops.into_iter().flatten() {
-        let cmd = Command { actor: p.name.clone(), at_ms: now_ms(), op };
-        match ctx.node.write(cmd).await? {
-            (CommandOutcome::SettingApplied { .. }, r) => rev = r,
-            (other, _) => return Err(Problem::internal(format!("unexpected outcome {other:?}"))),
-        }
-    }
+    let op = Operation::SetSettings { history_depth: b.history_depth, audit_retention: b.audit_retention };
+    let rev = match ctx.node.write(Command { actor: p.name, at_ms: now_ms(), op }).await? {
+        (CommandOutcome::SettingApplied { .. }, rev) => rev,
+        (other, _) => return Err(Problem::internal(format!("unexpected outcome {other:?}"))),
+    };
     let mut body = settings_view(&ctx).await?;
     body["revision"] = rev.into();
     Ok(([(super::HEADER_REVISION, rev.to_string())], Json(body)).into_response())
@@ -229,7 +222,7 @@ pub async fn snapshot(ctx: Ctx, headers: HeaderMap) -> Result<Response, Problem>
 pub async fn digest(ctx: Ctx, headers: HeaderMap) -> Result<Response, Problem> {
     admin(&ctx, &headers)?;
     static RUNNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
-    let Ok(_one) = RUNNING.try_acquire() else {
+    let Ok(one) = RUNNING.try_acquire() else {
         return Err(Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
             "busy",
@@ -238,5 +231,12 @@ pub async fn digest(ctx: Ctx, headers: HeaderMap) -> Result<Response, Problem> {
         )
         .retry_after(1));
     };
-    Ok(Json(ctx.node.state_digest().await?).into_response())
+    // A task of its own holds the permit until the scan ends, even if the caller goes away.
+    let node = ctx.node.clone();
+    let digest = tokio::spawn(async move {
+        let _one = one;
+        node.state_digest().await
+    });
+    let digest = digest.await.map_err(Problem::internal)??;
+    Ok(Json(digest).into_response())
 }

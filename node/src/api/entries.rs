@@ -135,14 +135,21 @@ fn precondition(headers: &HeaderMap) -> Result<Precondition, Problem> {
             Err(Problem::bad_request("invalid-precondition", format!("If-None-Match supports only *, got {v:?}")))
         }
         (Some(v), None) if v == "*" => Ok(Precondition::Exists),
-        (Some(v), None) => {
-            v.trim_start_matches("W/").trim_matches('"').parse::<u64>().map(Precondition::Revision).map_err(|_| {
+        (Some(v), None) if v.starts_with("W/") => Err(Problem::bad_request(
+            "invalid-precondition",
+            format!("a weak ETag never satisfies If-Match (RFC 9110), got {v:?}"),
+        )),
+        (Some(v), None) => v
+            .strip_prefix("\"r")
+            .and_then(|r| r.strip_suffix('"'))
+            .and_then(|r| r.parse::<u64>().ok())
+            .map(Precondition::Revision)
+            .ok_or_else(|| {
                 Problem::bad_request(
                     "invalid-precondition",
-                    format!("If-Match must be * or an ETag this API returned, like \"42\", got {v:?}"),
+                    format!("If-Match must be * or an ETag this API returned, like \"r42\", got {v:?}"),
                 )
-            })
-        }
+            }),
         (None, None) => Ok(Precondition::None),
     }
 }
@@ -153,9 +160,10 @@ fn check_names(ns: &str, key: &str) -> Result<(), Problem> {
 }
 
 /// An entry's ETag: the revision of its last change (unique across delete and re-create, unlike
-/// the version).
+/// the version), as `"r<revision>"` so that a bare version number from an older client can
+/// never be taken for one.
 fn etag(revision: u64) -> String {
-    format!("\"{revision}\"")
+    format!("\"r{revision}\"")
 }
 
 /// Entry as shown by the API.
@@ -341,6 +349,12 @@ pub async fn delete(
     let p = ctx.authorize(&headers, Role::Editor, Some(&ns))?;
     check_names(&ns, &key)?;
     let pre = precondition(&headers)?;
+    if pre == Precondition::Absent {
+        return Err(Problem::bad_request(
+            "invalid-precondition",
+            "If-None-Match: * asks to delete a key only if it does not exist; send If-Match or nothing",
+        ));
+    }
     let cmd = Command {
         actor: p.name,
         at_ms: now_ms(),

@@ -101,6 +101,7 @@ fn stream(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
                     tracing::info!(ns = %c.ns, after = c.after, trimmed.trimmed_upto, "watch fell behind the audit retention");
                     let problem = serde_json::json!({
                         "type": "https://confman.dev/problems/compacted",
+                        "title": "Gone",
                         "status": 410,
                         "detail": format!("events up to revision {} were dropped by the audit retention", trimmed.trimmed_upto),
                         "compactedRevision": trimmed.trimmed_upto,
@@ -144,18 +145,18 @@ pub async fn watch(
         (None, None) => ctx.node.applied_revision(),
     };
     let (db, n) = (ctx.node.db().clone(), ns.clone());
-    let meta = request_blocking(move || crate::store::audit_retention::audit_meta(&db, &n)).await?;
-    if after < meta.trimmed_upto {
+    let trimmed_upto = request_blocking(move || crate::store::audit_retention::trimmed_upto(&db, &n)).await?;
+    if after < trimmed_upto {
         return Err(Problem::new(
             StatusCode::GONE,
             "compacted",
             "Gone",
             format!(
                 "events of namespace {ns:?} up to revision {} were dropped by the audit retention; resume from revision {} or later (list the current state first)",
-                meta.trimmed_upto, meta.trimmed_upto
+                trimmed_upto, trimmed_upto
             ),
         )
-        .with("compactedRevision", meta.trimmed_upto));
+        .with("compactedRevision", trimmed_upto));
     }
     // Subscribed before the first read: nothing applied from here on can be missed.
     let changes = ctx.node.changes().subscribe(&ns);

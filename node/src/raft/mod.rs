@@ -358,8 +358,9 @@ impl RaftNode {
     fn assemble(parts: Parts, settings: &RaftSettings) -> Arc<Self> {
         let Parts { raft, db, snapshots, token, http, applied_rx, changes, log_bytes, syncer } = parts;
         let leader_changes = Arc::new(AtomicU64::new(0));
+        let contact = Arc::new(LeaderContact::new());
         let leader_watch = {
-            let (mut rx, counter) = (raft.metrics(), leader_changes.clone());
+            let (mut rx, counter, contact) = (raft.metrics(), leader_changes.clone(), contact.clone());
             tokio::spawn(async move {
                 let mut last = rx.borrow_watched().current_leader;
                 while rx.changed().await.is_ok() {
@@ -367,6 +368,9 @@ impl RaftNode {
                     if now != last {
                         if now.is_some() {
                             counter.fetch_add(1, Ordering::Relaxed);
+                            // A new leader (this node stepping down included) counts as contact:
+                            // the failover watchdog waits a full lease from here.
+                            contact.touch();
                         }
                         last = now;
                     }
@@ -374,7 +378,6 @@ impl RaftNode {
             })
         };
 
-        let contact = Arc::new(LeaderContact::new());
         // The benchmark's baseline switch (openraft's own timers only); never set in production.
         let watchdog = std::env::var_os("CONFMAN_BENCH_NO_FAILOVER_WATCHDOG").is_none();
         let failover = tokio::spawn(failover_watchdog(
@@ -523,6 +526,15 @@ impl RaftNode {
     async fn record_initial_settings(&self) -> Result<(), RaftNodeError> {
         let db = self.db.clone();
         let stored = crate::store::blocking(move || crate::store::apply::stored_history_depth(&db)).await?;
+        if let Some(d) = stored
+            && d != self.initial_history_depth
+        {
+            tracing::warn!(
+                cluster = d,
+                flag = self.initial_history_depth,
+                "--history-depth differs from the cluster's setting, which applies (change it with PUT /api/v1/cluster/settings)"
+            );
+        }
         if stored.is_none() {
             let cmd = Command {
                 actor: "cluster-bootstrap".into(),

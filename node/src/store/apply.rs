@@ -2,7 +2,7 @@
 //! together (the caller adds the last-applied log id to the same batch), so a crash never leaves
 //! half a change and replaying a command after a crash is impossible (last-applied moves with it).
 
-use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
 
 use super::codec::{decode, encode};
 use super::keys;
@@ -25,6 +25,33 @@ pub fn stored_history_depth(db: &RocksDb) -> Result<Option<u64>, StoreError> {
 /// The history depth every replica applies writes with.
 pub fn history_depth(db: &RocksDb) -> Result<u64, StoreError> {
     Ok(stored_history_depth(db)?.unwrap_or(DEFAULT_HISTORY_DEPTH))
+}
+
+const HISTORY_DEPTH_WIDEST: &str = "history-depth-widest";
+
+/// The largest depth any key may still have history for: after the depth is lowered, a key's
+/// older versions are removed on its next write, without reading anything.
+fn history_depth_widest(db: &RocksDb, depth: u64) -> Result<u64, StoreError> {
+    let cf = cf(db, CF_STATE)?;
+    let widest: Option<u64> = db.get_cf(&cf, keys::setting(HISTORY_DEPTH_WIDEST))?.map(|b| decode(&b)).transpose()?;
+    Ok(widest.unwrap_or(depth).max(depth))
+}
+
+/// Records a history depth (unless `if_unset` and one is set); returns the depth in force.
+fn set_history_depth(db: &RocksDb, batch: &mut WriteBatch, depth: u64, if_unset: bool) -> Result<u64, StoreError> {
+    let cf = cf(db, CF_STATE)?;
+    let current = stored_history_depth(db)?;
+    if if_unset && let Some(d) = current {
+        return Ok(d);
+    }
+    // Keys written under a larger depth keep that much history until their next write.
+    let widest = match current {
+        Some(c) => history_depth_widest(db, c)?.max(depth),
+        None => depth,
+    };
+    batch.put_cf(&cf, keys::setting(HISTORY_DEPTH), encode(&depth)?);
+    batch.put_cf(&cf, keys::setting(HISTORY_DEPTH_WIDEST), encode(&widest)?);
+    Ok(depth)
 }
 
 /// Applies `cmd` at log index `revision` by adding its writes to `batch`. Reads see the state
@@ -138,16 +165,14 @@ fn apply_op(
                 if depth > 0 {
                     batch.put_cf(&cf, keys::history(namespace, key, old.version), encode(&record)?);
                 }
-                // Versions at or below `old.version - depth` fall out. Usually one; more after
-                // the depth was lowered. Point deletes of what exists (no range tombstones).
+                // Versions above `old.version - widest` may exist; those at or below
+                // `old.version - depth` fall out. One point delete while the depth never went
+                // down, a few after it was lowered; nothing is read.
                 if old.version >= depth {
-                    let prefix = keys::history_prefix(namespace, key);
-                    let mut opts = ReadOptions::default();
-                    opts.set_iterate_lower_bound(prefix.clone());
-                    opts.set_iterate_upper_bound(keys::history(namespace, key, old.version - depth + 1));
-                    for item in db.iterator_cf_opt(&cf, opts, IteratorMode::Start) {
-                        let (k, _) = item?;
-                        batch.delete_cf(&cf, k);
+                    let widest = history_depth_widest(db, depth)?;
+                    let lowest = old.version.saturating_sub(widest).max(1);
+                    for v in lowest..=old.version - depth {
+                        batch.delete_cf(&cf, keys::history(namespace, key, v));
                     }
                 }
             }
@@ -167,17 +192,18 @@ fn apply_op(
             Ok(CommandOutcome::EntryWritten { created: current.is_none(), version, revision })
         }
         Operation::SetHistoryDepth { depth, if_unset } => {
-            let cf = cf(db, CF_STATE)?;
-            let current = stored_history_depth(db)?;
-            if *if_unset && let Some(d) = current {
-                return Ok(CommandOutcome::SettingApplied { history_depth: d });
-            }
-            batch.put_cf(&cf, keys::setting(HISTORY_DEPTH), encode(depth)?);
-            Ok(CommandOutcome::SettingApplied { history_depth: *depth })
+            let history_depth = set_history_depth(db, batch, *depth, *if_unset)?;
+            Ok(CommandOutcome::SettingApplied { history_depth })
         }
-        Operation::SetAuditRetention { events } => {
-            super::audit_retention::set_audit_retention(db, batch, *events)?;
-            Ok(CommandOutcome::SettingApplied { history_depth: history_depth(db)? })
+        Operation::SetSettings { history_depth: depth, audit_retention } => {
+            if let Some(events) = audit_retention {
+                super::audit_retention::set_audit_retention(db, batch, *events)?;
+            }
+            let history_depth = match depth {
+                Some(d) => set_history_depth(db, batch, *d, false)?,
+                None => history_depth(db)?,
+            };
+            Ok(CommandOutcome::SettingApplied { history_depth })
         }
         Operation::DeleteEntry { namespace, key, precondition } => {
             let cf = cf(db, CF_STATE)?;

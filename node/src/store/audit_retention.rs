@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use super::codec::{decode, encode};
 use super::keys;
 use super::{CF_STATE, RocksDb, StoreError, cf};
-use crate::model::AuditEvent;
 
 /// Audit events kept per namespace until an admin sets another value.
 pub const DEFAULT_AUDIT_RETENTION: u64 = 10_000;
@@ -57,9 +56,27 @@ pub fn audit_meta(db: &RocksDb, ns: &str) -> Result<AuditMeta, StoreError> {
     let mut opts = ReadOptions::default();
     opts.set_iterate_lower_bound(prefix.clone());
     opts.set_iterate_upper_bound(keys::prefix_end(&prefix));
-    let count = db.iterator_cf_opt(&cf, opts, IteratorMode::Start).count() as u64;
+    let mut count = 0u64;
+    for item in db.iterator_cf_opt(&cf, opts, IteratorMode::Start) {
+        item?;
+        count += 1;
+    }
     Ok(AuditMeta { count, trimmed_upto: 0 })
 }
+
+/// What was trimmed from `ns`'s audit log (0: nothing), without counting anything.
+pub fn trimmed_upto(db: &RocksDb, ns: &str) -> Result<u64, StoreError> {
+    let cf = cf(db, CF_STATE)?;
+    Ok(db
+        .get_cf(&cf, keys::audit_meta(ns))?
+        .map(|b| decode::<AuditMeta>(&b))
+        .transpose()?
+        .map_or(0, |m| m.trimmed_upto))
+}
+
+/// At most this many events are dropped by one command, so the first trim of a large log
+/// (or a retention lowered a lot) is spread over the next writes instead of one huge batch.
+const MAX_DROPPED_PER_COMMAND: u64 = 10_000;
 
 /// Accounts for `added` events of `ns` written into `batch` by the current command and drops
 /// the oldest whole revisions while more than the retention are kept. Reads see the state
@@ -72,19 +89,30 @@ pub fn trim(db: &RocksDb, batch: &mut WriteBatch, ns: &str, added: u64) -> Resul
     if meta.count > retention {
         let prefix = keys::audit_prefix(ns);
         let mut opts = ReadOptions::default();
-        opts.set_iterate_lower_bound(prefix.clone());
+        // Start after what was dropped already: no stepping over its tombstones.
+        opts.set_iterate_lower_bound(keys::audit(ns, meta.trimmed_upto.saturating_add(1), 0));
         opts.set_iterate_upper_bound(keys::prefix_end(&prefix));
-        for item in db.iterator_cf_opt(&cf, opts, IteratorMode::Start) {
-            let (k, v) = item?;
-            let event: AuditEvent = decode(&v)?;
+        let mut iter = db.raw_iterator_cf_opt(&cf, opts);
+        iter.seek_to_first();
+        let mut dropped = 0u64;
+        while let Some(k) = iter.key() {
+            // The revision is in the key (prefix, revision BE, seq BE): no value is read.
+            let revision = k
+                .get(prefix.len()..prefix.len() + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| StoreError::Corrupt(format!("audit key of {ns:?} without a revision")))?;
             // Whole revisions only: keep going until the revision of the last dropped event ends.
-            if meta.count <= retention && event.revision > meta.trimmed_upto {
+            if (meta.count <= retention || dropped >= MAX_DROPPED_PER_COMMAND) && revision > meta.trimmed_upto {
                 break;
             }
             batch.delete_cf(&cf, k);
             meta.count -= 1;
-            meta.trimmed_upto = meta.trimmed_upto.max(event.revision);
+            dropped += 1;
+            meta.trimmed_upto = meta.trimmed_upto.max(revision);
+            iter.next();
         }
+        iter.status()?;
     }
     batch.put_cf(&cf, keys::audit_meta(ns), encode(&meta)?);
     Ok(())

@@ -92,8 +92,14 @@ where
     F: FnOnce() -> Result<T, StoreError> + Send + 'static,
     T: Send + 'static,
 {
-    let _permit = REQUEST_READS.acquire().await.map_err(|e| StoreError::Task(e.to_string()))?;
-    blocking(f).await
+    let permit = REQUEST_READS.acquire().await.map_err(|e| StoreError::Task(e.to_string()))?;
+    // The permit lives in the blocking closure: a cancelled request (the client hung up) does
+    // not free it while its read still occupies a thread.
+    blocking(move || {
+        let _permit = permit;
+        f()
+    })
+    .await
 }
 
 /// Opens (or creates) the node database under `dir/rocksdb`.
@@ -220,5 +226,30 @@ mod tests {
         }
         assert_eq!(peak.load(Ordering::SeqCst), REQUEST_READS_AT_ONCE, "never more at once");
         Ok(())
+    }
+
+    /// A request that is cancelled while its read runs keeps its permit until the read ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_request_keeps_its_permit_until_its_read_ends() -> Result<(), StoreError> {
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let before = REQUEST_READS.available_permits();
+        let read = tokio::spawn(request_blocking(move || {
+            let _ = started_tx.send(());
+            let _ = release_rx.recv();
+            Ok(())
+        }));
+        started_rx.await.map_err(|e| StoreError::Task(e.to_string()))?;
+        read.abort();
+        let _ = read.await;
+        assert_eq!(REQUEST_READS.available_permits(), before - 1, "the running read still holds its permit");
+        let _ = release_tx.send(());
+        for _ in 0..10_000 {
+            if REQUEST_READS.available_permits() == before {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        Err(StoreError::Task("the permit never came back after the read ended".into()))
     }
 }
