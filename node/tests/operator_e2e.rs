@@ -784,24 +784,7 @@ async fn a_tls_cluster_bootstraps_scales_and_serves_only_https() -> Result<()> {
     );
     // A client without the CA gets nowhere: the handshake fails certificate verification
     // because the issuer is unknown to it (not for any other reason, such as a dead pod).
-    /// The rustls certificate error behind `e`: walks the source chain, opening each `io::Error`
-    /// (whose `source()` skips the rustls error it carries).
-    fn certificate_error(e: &(dyn std::error::Error + 'static)) -> Option<rustls::CertificateError> {
-        let mut cur = Some(e);
-        while let Some(err) = cur {
-            if let Some(rustls::Error::InvalidCertificate(c)) = err.downcast_ref::<rustls::Error>() {
-                return Some(c.clone());
-            }
-            // An `io::Error` wrapping another error: go to the wrapped one itself (its `source()`
-            // would skip it, and io errors nest: hyper's wraps tokio-rustls' wraps rustls').
-            let wrapped = err.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref);
-            cur = match wrapped {
-                Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
-                None => err.source(),
-            };
-        }
-        None
-    }
+    use confman_tests::certs::certificate_error;
     let untrusting = Client::builder([env.url("config-0")], env.token()?)
         .retry_for(Duration::ZERO)
         .resolve(format!("config-0.config-peers.{NS}.svc"), env.sim.ip(1, 0))

@@ -21,25 +21,7 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 const BIN: &str = env!("CARGO_BIN_EXE_confman-node");
 
-/// The certificate-verification failure behind an error, if that is what it is. Walks the
-/// source chain; rustls' error travels inside an `io::Error`, whose `source()` skips it, so
-/// each `io::Error` on the way is opened too.
-fn certificate_error(e: &(dyn std::error::Error + 'static)) -> Option<CertificateError> {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(rustls::Error::InvalidCertificate(c)) = err.downcast_ref::<rustls::Error>() {
-            return Some(c.clone());
-        }
-        // An `io::Error` wrapping another error: go to the wrapped one itself (its `source()`
-        // would skip it, and io errors nest: hyper's wraps tokio-rustls' wraps rustls').
-        let wrapped = err.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref);
-        cur = match wrapped {
-            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
-            None => err.source(),
-        };
-    }
-    None
-}
+use confman_tests::certs::certificate_error;
 
 /// The certificate-verification failure behind a client call's error (a transport error only).
 fn refused_certificate<T: std::fmt::Debug>(r: &std::result::Result<T, Error>) -> Option<CertificateError> {

@@ -84,3 +84,21 @@ pub fn issue(ca: &Arc<TestCa>, dir: &Path, names: &[&str]) -> Result<TestCerts, 
 pub fn generate(dir: &Path, names: &[&str]) -> Result<TestCerts, CertError> {
     issue(&Arc::new(TestCa::new()?), dir, names)
 }
+
+/// The rustls certificate-verification failure behind an error, if that is what it is. Walks
+/// the source chain; rustls' error travels inside an `io::Error`, whose `source()` skips it,
+/// so each `io::Error` on the way is opened too (hyper's wraps tokio-rustls' wraps rustls').
+pub fn certificate_error(e: &(dyn std::error::Error + 'static)) -> Option<rustls::CertificateError> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(rustls::Error::InvalidCertificate(c)) = err.downcast_ref::<rustls::Error>() {
+            return Some(c.clone());
+        }
+        let wrapped = err.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref);
+        cur = match wrapped {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
+}

@@ -8,3 +8,12 @@ pub mod etcd;
 pub mod floors;
 pub mod kube;
 pub mod stats;
+
+/// The `confman-node` binary a benchmark runs: `given`, or the one built next to the running
+/// executable (cargo puts every binary of the workspace in one directory).
+pub fn node_binary(given: Option<std::path::PathBuf>) -> std::io::Result<std::path::PathBuf> {
+    match given {
+        Some(b) => Ok(b),
+        None => Ok(std::env::current_exe()?.with_file_name("confman-node")),
+    }
+}

@@ -122,10 +122,7 @@ async fn run(urls: &[String], http: &reqwest::Client, op: Op, clients: usize, se
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bin = match args.node_bin {
-        Some(b) => b,
-        None => std::env::current_exe()?.with_file_name("confman-node"),
-    };
+    let bin = confman_tests::node_binary(args.node_bin.clone())?;
     if !bin.exists() {
         bail!(
             "confman-node not found at {}; run `cargo build -p confman-node` first or pass --node-bin",

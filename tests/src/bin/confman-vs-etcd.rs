@@ -245,10 +245,7 @@ fn workloads(sustained: u64) -> Vec<Workload> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let node_bin = match args.node_bin {
-        Some(b) => b,
-        None => std::env::current_exe()?.with_file_name("confman-node"),
-    };
+    let node_bin = confman_tests::node_binary(args.node_bin.clone())?;
     if !node_bin.exists() {
         bail!("confman-node not found at {}; run `cargo build -p confman-node` first", node_bin.display());
     }

@@ -85,10 +85,7 @@ fn ms(d: &Duration) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bin = match &args.node_bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?.with_file_name("confman-node"),
-    };
+    let bin = confman_tests::node_binary(args.node_bin.clone())?;
     println!(
         "failover: 3 nodes on loopback, heartbeat 250 ms, election timeout {}–{} ms, {} rounds per variant",
         args.election_min_ms, args.election_max_ms, args.rounds

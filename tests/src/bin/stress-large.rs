@@ -69,10 +69,7 @@ fn rss_row(c: &Cluster) -> Value {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bin = match args.node_bin {
-        Some(b) => b,
-        None => std::env::current_exe()?.with_file_name("confman-node"),
-    };
+    let bin = confman_tests::node_binary(args.node_bin.clone())?;
     if !bin.exists() {
         bail!("confman-node not found at {}; run `cargo build -p confman-node` first", bin.display());
     }

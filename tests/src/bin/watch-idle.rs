@@ -86,10 +86,7 @@ async fn phase(c: &Cluster, pid: u32, rate: u64, secs: u64) -> anyhow::Result<Ph
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bin = match args.node_bin {
-        Some(b) => b,
-        None => std::env::current_exe()?.with_file_name("confman-node"),
-    };
+    let bin = confman_tests::node_binary(args.node_bin.clone())?;
     let c = Cluster::start(&bin, 1, &[]).await.context("starting the node")?;
     c.create_namespace(1, "a").await?;
     c.create_namespace(1, "b").await?;
