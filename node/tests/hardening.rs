@@ -340,3 +340,43 @@ async fn the_audit_log_is_bounded_and_a_watch_behind_it_gets_410() -> Result<()>
     assert_eq!(settings["auditRetention"].as_u64(), Some(100), "{settings}");
     Ok(())
 }
+
+/// A leader shutting down handed leadership to the first other voter by id, even one that was
+/// down (a pod being replaced): the hand-over timed out and the cluster waited for an
+/// election. It now picks the most caught-up voter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_shutting_down_hands_over_to_a_live_voter() -> Result<()> {
+    let all = [1, 2, 3];
+    let mut c = Cluster::start(Path::new(BIN), 3, &[]).await?;
+    let leader = c.wait_leader(&all, &all).await?;
+    if leader != 1 {
+        let (st, body) = c
+            .call(leader, Method::POST, "/api/v1/cluster/leader", &c.keys.admin, Some(serde_json::json!({"to": 1})))
+            .await?;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        c.wait_leader(&all, &[1]).await?;
+    }
+    c.create_namespace(1, "ho").await?;
+    // Node 2, the first other voter by id, is down, and the leader has noticed (no heartbeat
+    // acknowledged for longer than the minimum election timeout, 400 ms here).
+    c.kill(2)?;
+    c.poll("the leader to miss node 2's heartbeat acks", Duration::from_secs(30), || async {
+        let info = c.cluster_info(1).await?;
+        let age = info["members"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["id"] == 2))
+            .map(|m| m["lastHeartbeatAckMs"].as_u64());
+        Ok(matches!(age, Some(Some(ms)) if ms > 400))
+    })
+    .await?;
+    let status = c.terminate(1, Duration::from_secs(60)).await?;
+    assert!(status.success(), "{status:?}");
+    let handed: Vec<_> = c
+        .log_records(1)?
+        .into_iter()
+        .filter(|r| r["fields"]["message"] == "leadership handed over before shutdown")
+        .collect();
+    assert_eq!(handed.len(), 1, "exactly one hand-over: {handed:?}");
+    assert_eq!(handed[0]["fields"]["to"].as_u64(), Some(3), "handed to the live voter: {handed:?}");
+    Ok(())
+}

@@ -158,6 +158,10 @@ pub struct MemberStatus {
     pub address: String,
     /// `voter` or `learner`.
     pub role: &'static str,
+    /// On the leader: milliseconds since this member last acknowledged a heartbeat (absent on
+    /// followers, for the leader itself, and for a member that never answered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_ack_ms: Option<u64>,
 }
 
 /// When this node last heard from a leader (an AppendEntries, heartbeats included).
@@ -258,6 +262,7 @@ pub struct RaftNode {
     settings_recorded: std::sync::atomic::AtomicBool,
     snapshot_timeout: Duration,
     request_timeout: Duration,
+    election_min: Duration,
 }
 
 fn stopped<E: std::fmt::Display>(e: E) -> RaftNodeError {
@@ -423,6 +428,7 @@ impl RaftNode {
             settings_recorded: std::sync::atomic::AtomicBool::new(false),
             snapshot_timeout: settings.snapshot_timeout,
             request_timeout: settings.request_timeout,
+            election_min: settings.election_min,
         })
     }
 
@@ -637,6 +643,15 @@ impl RaftNode {
                 id: *id,
                 address: node.addr.clone(),
                 role: if voters.contains(id) { "voter" } else { "learner" },
+                last_heartbeat_ack_ms: m
+                    .heartbeat
+                    .as_ref()
+                    .filter(|_| *id != self.id)
+                    .and_then(|h| h.get(id).cloned().flatten())
+                    .map(|at| {
+                        use openraft::Instant as _;
+                        at.elapsed().as_millis() as u64
+                    }),
             })
             .collect();
         let role = match m.state {
@@ -708,12 +723,29 @@ impl RaftNode {
         let status = self.status();
         let target = match to {
             Some(t) => t,
-            None => status
-                .members
-                .iter()
-                .find(|m| m.role == "voter" && m.id != self.id)
-                .map(|m| m.id)
-                .ok_or_else(|| RaftNodeError::Membership("no other voter to transfer leadership to".into()))?,
+            // The most caught-up other voter: it can take over at once, and one that is down or
+            // lagging (a pod being replaced) is not picked while a better one exists.
+            None => {
+                use openraft::Instant as _;
+                let (matched, acked) = {
+                    let m = self.raft.metrics();
+                    let m = m.borrow_watched();
+                    (m.replication.clone().unwrap_or_default(), m.heartbeat.clone().unwrap_or_default())
+                };
+                // Answering heartbeats now (acked within half the minimum election timeout).
+                let live = |id: &NodeId| {
+                    acked.get(id).cloned().flatten().is_some_and(|at| at.elapsed() < self.election_min / 2)
+                };
+                status
+                    .members
+                    .iter()
+                    .filter(|m| m.role == "voter" && m.id != self.id)
+                    .max_by_key(|m| {
+                        (live(&m.id), matched.get(&m.id).cloned().flatten().map(|l| l.index), std::cmp::Reverse(m.id))
+                    })
+                    .map(|m| m.id)
+                    .ok_or_else(|| RaftNodeError::Membership("no other voter to transfer leadership to".into()))?
+            }
         };
         if !status.members.iter().any(|m| m.id == target && m.role == "voter") {
             return Err(RaftNodeError::Membership(format!("node {target} is not a voter")));
