@@ -136,6 +136,26 @@ async fn history_is_paged_by_bytes() -> Result<()> {
         }
     }
     assert_eq!(versions, [4, 3, 2, 1], "newest first, each version once");
+
+    // A continue token does not carry over into another incarnation of the key.
+    let (_, first) = c.call(1, Method::GET, "/api/v1/namespaces/big/config/k/history", &c.keys.viewer, None).await?;
+    let token = first["continue"].as_str().ok_or("a second page exists")?.to_string();
+    let resp =
+        c.request(1, Method::DELETE, "/api/v1/namespaces/big/config/k")?.bearer_auth(&c.keys.editor).send().await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    for i in 0..3u8 {
+        assert!(c.put_bytes(1, "big", "k", vec![b'x' + i; 16]).await?.is_success());
+    }
+    let (st, problem) = c
+        .call(
+            1,
+            Method::GET,
+            &format!("/api/v1/namespaces/big/config/k/history?continue={token}"),
+            &c.keys.viewer,
+            None,
+        )
+        .await?;
+    assert_eq!(st, StatusCode::GONE, "{problem}");
     let (st, problem) =
         c.call(1, Method::GET, "/api/v1/namespaces/big/config/k/history?continue=x", &c.keys.viewer, None).await?;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{problem}");

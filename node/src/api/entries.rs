@@ -261,19 +261,31 @@ async fn history(ctx: &AppContext, ns: String, key: String, q: GetQuery) -> Resu
     check_names(&ns, &key)?;
     let max = super::cluster::cluster_history_depth(ctx).await? as usize + 1;
     let limit = parse_limit(q.limit.as_deref(), max, max)?;
-    let below =
-        match q.continue_token.as_deref() {
-            None => None,
-            Some(t) => Some(t.parse::<u64>().map_err(|_| {
+    let below = match q.continue_token.as_deref() {
+        None => None,
+        Some(t) => {
+            let cursor = t
+                .split_once('.')
+                .and_then(|(v, r)| Some(state::HistoryCursor { version: v.parse().ok()?, revision: r.parse().ok()? }));
+            Some(cursor.ok_or_else(|| {
                 Problem::bad_request("invalid-continue", "the continue token is not one this API issued")
-            })?),
-        };
+            })?)
+        }
+    };
     ctx.read_barrier(q.consistency.as_deref()).await?;
     let db = ctx.node.db().clone();
     let (n, k) = (ns.clone(), key.clone());
     let page = request_blocking(move || state::history(&db, &n, &k, limit, below, HISTORY_PAGE_VALUE_BYTES)).await?;
     if page.items.is_empty() && below.is_none() {
         return Err(Problem::not_found("key-not-found", format!("key {key:?} does not exist in namespace {ns:?}")));
+    }
+    if page.replaced {
+        return Err(Problem::new(
+            StatusCode::GONE,
+            "history-replaced",
+            "Gone",
+            format!("key {key:?} was deleted since the previous page; list its history again from the start"),
+        ));
     }
     let items: Vec<EntryView> = page
         .items
@@ -290,7 +302,7 @@ async fn history(ctx: &AppContext, ns: String, key: String, q: GetQuery) -> Resu
             EntryView::new(&ns, &key, &meta, Some(r.value))
         })
         .collect();
-    let next = page.next_below.map(|v| v.to_string());
+    let next = page.next_below.map(|c| format!("{}.{}", c.version, c.revision));
     Ok(Json(serde_json::json!({ "items": items, "continue": next })).into_response())
 }
 

@@ -123,8 +123,20 @@ pub fn list_entries(
 pub struct HistoryPage {
     /// The versions on this page.
     pub items: Vec<EntryRecord>,
-    /// Where the next page starts (versions below this one), when there is more.
-    pub next_below: Option<u64>,
+    /// Where the next page starts, when there is more: the last version returned and its
+    /// revision (versions below it follow; the revision ties them to this incarnation).
+    pub next_below: Option<HistoryCursor>,
+    /// The key was deleted (and maybe created again) since the page the cursor came from.
+    pub replaced: bool,
+}
+
+/// A position in an entry's history: a version and the revision that wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryCursor {
+    /// Versions below this one come next.
+    pub version: u64,
+    /// The revision of that version, so a re-created key (versions restart) is noticed.
+    pub revision: u64,
 }
 
 /// Returns the current version (unless `below` is given) and superseded versions below
@@ -135,13 +147,31 @@ pub fn history(
     ns: &str,
     key: &str,
     limit: usize,
-    below: Option<u64>,
+    below: Option<HistoryCursor>,
     max_value_bytes: u64,
 ) -> Result<HistoryPage, StoreError> {
     let cf = cf(db, CF_STATE)?;
     let snap = db.snapshot();
     let mut items: Vec<EntryRecord> = Vec::new();
     let mut bytes = 0u64;
+    if let Some(c) = below {
+        // The version the cursor names must still be the one written at its revision: either
+        // current, or in history; if it fell out of history (trimmed) the current version is
+        // newer. A deleted or re-created key ends the listing instead of mixing incarnations.
+        let current: Option<EntryMeta> =
+            snap.get_cf(&cf, keys::entry_meta(ns, key))?.map(|b| decode(&b)).transpose()?;
+        let kept: Option<EntryRecord> =
+            snap.get_cf(&cf, keys::history(ns, key, c.version))?.map(|b| decode(&b)).transpose()?;
+        let same = match (&current, &kept) {
+            (Some(m), _) if m.version == c.version => m.revision == c.revision,
+            (Some(m), Some(r)) => m.version > c.version && r.revision == c.revision,
+            (Some(m), None) => m.version > c.version && m.revision > c.revision,
+            (None, _) => false,
+        };
+        if !same {
+            return Ok(HistoryPage { items, next_below: None, replaced: true });
+        }
+    }
     if below.is_none()
         && let Some(meta) = snap.get_cf(&cf, keys::entry_meta(ns, key))?
     {
@@ -161,7 +191,7 @@ pub fn history(
     let mut opts = ReadOptions::default();
     opts.set_iterate_lower_bound(prefix.clone());
     opts.set_iterate_upper_bound(match below {
-        Some(v) => keys::history(ns, key, v),
+        Some(c) => keys::history(ns, key, c.version),
         None => keys::prefix_end(&prefix),
     });
     let mut more = false;
@@ -179,8 +209,9 @@ pub fn history(
         bytes += record.value.len() as u64;
         items.push(record);
     }
-    let next_below = if more { items.last().map(|r| r.version) } else { None };
-    Ok(HistoryPage { items, next_below })
+    let next_below =
+        if more { items.last().map(|r| HistoryCursor { version: r.version, revision: r.revision }) } else { None };
+    Ok(HistoryPage { items, next_below, replaced: false })
 }
 
 /// Audit events of a namespace with revision above `after`, oldest first: up to `limit`, but
