@@ -190,10 +190,14 @@ mod tests {
 
     use super::*;
 
+    /// The permit tests count the one process-wide semaphore: they run one at a time.
+    static PERMITS_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     /// However many requests read at once, at most `REQUEST_READS_AT_ONCE` hold a blocking
     /// thread; the rest of the pool stays free for Raft's storage work.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn request_reads_never_take_more_than_their_share_of_blocking_threads() -> Result<(), StoreError> {
+        let _alone = PERMITS_TESTS.lock().await;
         let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
@@ -231,6 +235,7 @@ mod tests {
     /// A request that is cancelled while its read runs keeps its permit until the read ends.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cancelled_request_keeps_its_permit_until_its_read_ends() -> Result<(), StoreError> {
+        let _alone = PERMITS_TESTS.lock().await;
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
         let before = REQUEST_READS.available_permits();
