@@ -11,6 +11,11 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_confman-node");
 const ALL: [u64; 3] = [1, 2, 3];
+/// The 200 MB transfer saturates the disk and both cores of a small machine; it runs alone
+/// (write lock) while the other tests of this file share (read lock), so no test's timing
+/// depends on another's load.
+static HEAVY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// Small log: snapshots and purges happen after a few dozen entries.
 const COMPACT: &[&str] = &["--compaction-entries", "50", "--logs-to-keep", "10"];
 
@@ -60,6 +65,7 @@ async fn lose_follower_and_compact(c: &mut Cluster, leader: u64, follower: u64) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wiped_follower_rejoins_from_a_streamed_snapshot() -> Result<()> {
+    let _shared = HEAVY.read().await;
     let (mut c, leader, follower) = cluster_with_data(&[], 80, 4096).await?;
     // A few large values go through BlobDB and the SST as well.
     for i in 0..5 {
@@ -87,6 +93,7 @@ fn newest_snapshot_file(data_dir: &Path) -> Result<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_snapshot_is_rejected_and_the_follower_converges_after_a_retry() -> Result<()> {
+    let _shared = HEAVY.read().await;
     let (mut c, leader, follower) = cluster_with_data(&[], 80, 2048).await?;
     lose_follower_and_compact(&mut c, leader, follower).await?;
     // Flip one byte in the middle of the leader's current snapshot file.
@@ -116,6 +123,7 @@ async fn corrupted_snapshot_is_rejected_and_the_follower_converges_after_a_retry
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_during_snapshot_builds_are_on_every_node() -> Result<()> {
+    let _shared = HEAVY.read().await;
     let (c, leader, _) = cluster_with_data(&[], 10, 1024).await?;
     let c = std::sync::Arc::new(c);
     let mut writers = Vec::new();
@@ -169,6 +177,7 @@ async fn writes_during_snapshot_builds_are_on_every_node() -> Result<()> {
 /// small-class timing (400–800 ms election timeout) is in force: no election may happen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_mb_snapshot_transfer_causes_no_election() -> Result<()> {
+    let _alone = HEAVY.write().await;
     let (mut c, leader, follower) = cluster_with_data(&[], 200, 1 << 20).await?;
     let before: Vec<Value> = futures_terms(&c, &ALL).await?;
     lose_follower_and_compact(&mut c, leader, follower).await?;
@@ -200,6 +209,7 @@ async fn futures_terms(c: &Cluster, ids: &[u64]) -> Result<Vec<Value>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_31_mib_value_replicates_and_an_oversized_one_gets_413() -> Result<()> {
+    let _shared = HEAVY.read().await;
     let limits = ["--max-value-bytes", "33554432", "--body-limit-bytes", "41943040"];
     let (c, leader, follower) = cluster_with_data(&limits, 1, 16).await?;
     let value = random(31 << 20);
@@ -241,6 +251,7 @@ async fn crash_follower_mid_install(c: &mut Cluster, follower: u64) -> Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_during_install_recovers_on_restart() -> Result<()> {
+    let _shared = HEAVY.read().await;
     let (mut c, leader, follower) = cluster_with_data(&[], 80, 2048).await?;
     lose_follower_and_compact(&mut c, leader, follower).await?;
     crash_follower_mid_install(&mut c, follower).await?;
@@ -261,6 +272,7 @@ async fn a_crash_during_install_recovers_on_restart() -> Result<()> {
 /// 0` and the test fails).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_follower_cut_off_after_a_crash_mid_install_finishes_the_install_alone() -> Result<()> {
+    let _shared = HEAVY.read().await;
     let (mut c, leader, follower) = cluster_with_data(&[], 80, 2048).await?;
     c.wait_converged(&ALL, Duration::from_secs(60)).await?;
     let lagging = c.digest(follower).await?;
