@@ -12,12 +12,15 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Api;
+use kube::api::DynamicObject;
 use kube::runtime::Controller;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube_lease_manager::LeaseManagerBuilder;
 
+use crate::builders::pdb_v1beta1_resource;
+use crate::capabilities::discover;
 use crate::crd::ConfmanCluster;
 use crate::metrics::Metrics;
 use crate::reconcile::{Context, FIELD_MANAGER, error_policy, reconcile};
@@ -81,7 +84,9 @@ async fn serve_http(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
 }
 
 /// Runs the controller (watches and reconcile loop) with `ctx` until `stop` resolves or a
-/// signal arrives. Used by `run` and by end-to-end tests against a stand-in API server.
+/// signal arrives. Used by `run` and by end-to-end tests against a stand-in API server. The
+/// PodDisruptionBudgets are watched in the API version `ctx.capabilities` says is served: a
+/// watch on `policy/v1` fails on a server older than 1.21.
 pub async fn run_controller(
     client: kube::Client,
     namespace: Option<&str>,
@@ -101,11 +106,21 @@ pub async fn run_controller(
     let ns = namespace;
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=confman-operator");
     tracing::info!(namespace = ns.unwrap_or("<all>"), "controller started");
-    Controller::new(api::<ConfmanCluster>(&client, ns), watcher::Config::default())
+    let controller = Controller::new(api::<ConfmanCluster>(&client, ns), watcher::Config::default())
         .owns(api::<StatefulSet>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned.clone())
-        .owns(api::<ConfigMap>(&client, ns), owned.clone())
-        .owns(api::<PodDisruptionBudget>(&client, ns), owned)
+        .owns(api::<ConfigMap>(&client, ns), owned.clone());
+    let controller = if ctx.capabilities.pdb_v1 {
+        controller.owns(api::<PodDisruptionBudget>(&client, ns), owned)
+    } else {
+        let ar = pdb_v1beta1_resource();
+        let pdbs = match ns {
+            Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar),
+            None => Api::<DynamicObject>::all_with(client.clone(), &ar),
+        };
+        controller.owns_with(pdbs, ar, owned)
+    };
+    controller
         // Pods belong to the StatefulSet, not to the cluster: map them back by their instance
         // label, so readiness changes drive the membership steps without waiting for a requeue.
         .watches(api::<Pod>(&client, ns), watcher::Config::default().labels("app.kubernetes.io/name=confman"), |pod| {
@@ -153,7 +168,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     tokio::spawn(serve_http(listener, metrics.clone()));
 
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(opts.identity.clone()) };
-    let ctx = Arc::new(Context::new(client.clone(), reporter, metrics.clone()));
+    let mut ctx = Context::new(client.clone(), reporter, metrics.clone());
+    ctx.capabilities = discover(&client).await;
+    let ctx = Arc::new(ctx);
     let ns = opts.namespace.clone();
     if !opts.leader_election {
         metrics.set_leader(true);

@@ -3,6 +3,7 @@
 //! reconcile loop and controller that apply them.
 
 pub mod builders;
+pub mod capabilities;
 pub mod controller;
 pub mod crd;
 pub mod members;

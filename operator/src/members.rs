@@ -81,6 +81,24 @@ impl Ledger {
         Ok(Ledger { ids: parsed.ids, bootstrap_peers: parsed.bootstrap_peers, next_id, admitted: parsed.admitted })
     }
 
+    /// Whether the group was created serving TLS: the scheme of the bootstrap members' URLs,
+    /// which are in the Raft log (so TLS cannot be switched later). None when they do not agree
+    /// or there are none.
+    pub fn tls(&self) -> Option<bool> {
+        let mut schemes = self.bootstrap_peers.split(',').filter_map(|p| {
+            let url = p.split_once('=')?.1.trim();
+            if url.starts_with("https://") {
+                Some(true)
+            } else if url.starts_with("http://") {
+                Some(false)
+            } else {
+                None
+            }
+        });
+        let first = schemes.next()?;
+        schemes.all(|s| s == first).then_some(first)
+    }
+
     /// Gives every ordinal below `replicas` an id, allocating fresh ones; returns the pods that
     /// got a new id.
     pub fn allocate(&mut self, c: &ConfmanCluster, replicas: u32) -> Vec<String> {
@@ -184,5 +202,17 @@ mod tests {
         cm.data.get_or_insert_default().remove(MEMBERS_FILE);
         assert!(matches!(Ledger::parse(&cm), Err(LedgerError::Malformed { key: MEMBERS_FILE, .. })));
         Ok(())
+    }
+
+    #[test]
+    fn the_ledger_remembers_whether_the_group_was_created_with_tls() {
+        let mut c = cluster(3, PayloadClassSpec::Small);
+        assert_eq!(Ledger::bootstrap(&c, 3).tls(), Some(false));
+        c.spec.tls = Some(crate::crd::TlsSpec { client_secret: "tls".into(), peer_secret: None });
+        let l = Ledger::bootstrap(&c, 3);
+        assert_eq!(l.tls(), Some(true));
+        let mixed = Ledger { bootstrap_peers: format!("{},9=http://x:8080", l.bootstrap_peers), ..l.clone() };
+        assert_eq!(mixed.tls(), None);
+        assert_eq!(Ledger { bootstrap_peers: String::new(), ..l }.tls(), None);
     }
 }

@@ -30,7 +30,7 @@ pub struct PodView {
     pub ready: bool,
     /// Its node answers the admin API (it may still be waiting to join).
     pub alive: bool,
-    /// The pod runs the StatefulSet's current template revision.
+    /// The pod runs the StatefulSet's newest template revision (`status.updateRevision`).
     pub updated: bool,
     /// The node's applied index, when alive.
     pub applied: Option<u64>,

@@ -100,6 +100,9 @@ pub async fn observe(
             exists: pod.is_some(),
             ready: pod.is_some_and(|p| pod_ready(p)),
             alive: status.is_some(),
+            // Outdated means "not at `status.updateRevision`" (the newest template). With the
+            // `OnDelete` strategy a pod keeps its old hash until the operator deletes it, and
+            // `currentRevision` is never advanced, so it must not be the reference.
             updated: match (revision.as_deref(), update_revision) {
                 (Some(r), Some(u)) => r == u,
                 _ => true,

@@ -2,7 +2,7 @@
 //! build (pure) → apply (server-side apply, one field manager) → status and Events.
 //! An invalid or paused spec changes no child.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
@@ -19,14 +19,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 
-use crate::builders::{self, BuildError};
+use crate::builders::{self, BuildError, Pdb};
+use crate::capabilities::Capabilities;
 use crate::crd::{ConfmanCluster, ConfmanClusterStatus, MemberStatus};
 use crate::members::{Ledger, LedgerError};
 use crate::membership::{Observation, PodView, RaftView, Step, next_step};
 use crate::metrics::Metrics;
 use crate::nodes;
 use crate::status::{self, Observed, Outcome};
-use crate::validate::validate;
+use crate::validate::{Applied, validate};
 
 /// Field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "confman-operator";
@@ -82,6 +83,10 @@ pub struct Context {
     pub max_learner_lag: u64,
     /// How soon a cluster that is still converging is looked at again.
     pub converging: Duration,
+    /// What the API server supports (discovered at start-up; a recent server by default).
+    pub capabilities: Capabilities,
+    /// Clusters (by uid) already told which of their settings this server does not honour.
+    told_unavailable: Mutex<HashSet<String>>,
 }
 
 impl Context {
@@ -95,6 +100,8 @@ impl Context {
             resolve: Vec::new(),
             max_learner_lag: 64,
             converging: CONVERGING,
+            capabilities: Capabilities::RECENT,
+            told_unavailable: Mutex::default(),
         }
     }
 }
@@ -122,6 +129,23 @@ where
     Ok(Api::<K>::namespaced(client.clone(), &ns).patch(&name, &params, &Patch::Apply(obj)).await?)
 }
 
+/// [`apply`] for a type k8s-openapi does not have (an older API version of a kind).
+async fn apply_dynamic(client: &kube::Client, obj: &DynamicObject, ar: &ApiResource) -> Result<(), Error> {
+    let ns = obj.metadata.namespace.clone().unwrap_or_default();
+    let name = obj.metadata.name.clone().unwrap_or_default();
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    Api::<DynamicObject>::namespaced_with(client.clone(), &ns, ar).patch(&name, &params, &Patch::Apply(obj)).await?;
+    Ok(())
+}
+
+/// Applies the PodDisruptionBudget in the API version the server serves.
+async fn apply_pdb(client: &kube::Client, pdb: &Pdb) -> Result<(), Error> {
+    match pdb {
+        Pdb::V1(p) => apply(client, p).await.map(|_| ()),
+        Pdb::V1beta1(d) => apply_dynamic(client, d, &builders::pdb_v1beta1_resource()).await,
+    }
+}
+
 async fn publish(ctx: &Context, c: &ConfmanCluster, type_: EventType, reason: &str, note: String, action: &str) {
     let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
     if let Err(e) = ctx.recorder.publish(&event, &c.object_ref(&())).await {
@@ -133,11 +157,7 @@ async fn publish(ctx: &Context, c: &ConfmanCluster, type_: EventType, reason: &s
 /// for every condition that changed.
 async fn write_status(ctx: &Context, c: &ConfmanCluster, new: ConfmanClusterStatus) -> Result<(), Error> {
     let api = Api::<ConfmanCluster>::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
-    let body = serde_json::json!({
-        "apiVersion": ConfmanCluster::api_version(&()),
-        "kind": ConfmanCluster::kind(&()),
-        "status": new,
-    });
+    let body = status::status_apply_body(&new)?;
     api.patch_status(&c.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
     for cond in status::transitions(c.status.as_ref(), &new) {
         let type_ = if status::is_warning(cond) { EventType::Warning } else { EventType::Normal };
@@ -146,6 +166,17 @@ async fn write_status(ctx: &Context, c: &ConfmanCluster, new: ConfmanClusterStat
         publish(ctx, c, type_, &cond.reason, note, &format!("{}{}", cond.type_, cond.status)).await;
     }
     Ok(())
+}
+
+/// Tells a cluster's owner, once per cluster (by uid) and operator run, which of its settings this
+/// server does not honour (see [`Capabilities::unavailable_note`]).
+async fn tell_unavailable(ctx: &Context, c: &ConfmanCluster) {
+    let Some(note) = ctx.capabilities.unavailable_note(&c.spec) else { return };
+    let uid = c.uid().unwrap_or_else(|| key(c));
+    if !ctx.told_unavailable.lock().await.insert(uid) {
+        return;
+    }
+    publish(ctx, c, EventType::Warning, "FeatureUnavailable", note, "Reconcile").await;
 }
 
 /// Reads the token, creating the Secret once if it does not exist (never rewritten).
@@ -301,12 +332,12 @@ async fn apply_children(
     c: &ConfmanCluster,
     tuning: &confman_tuning::Tuning,
     sts: Option<&StatefulSet>,
+    stored: Option<ConfigMap>,
 ) -> Result<(Observed, Option<(&'static str, String)>, Vec<MemberStatus>, Option<String>), Error> {
     let ns = c.namespace().unwrap_or_default();
     let client = &ctx.client;
     let token = ensure_token(ctx, c).await?;
 
-    let stored = get_opt::<ConfigMap>(client, &ns, &builders::members_name(c)).await?;
     let mut ledger = match &stored {
         Some(cm) => Ledger::parse(cm)?,
         None => Ledger::bootstrap(c, u32::try_from(c.spec.replicas).unwrap_or(0)),
@@ -363,7 +394,7 @@ async fn apply_children(
     apply(client, &config).await?;
     apply(client, &builders::headless_service(c)?).await?;
     apply(client, &builders::client_service(c)?).await?;
-    let mut desired = builders::statefulset(c, tuning, &hash)?;
+    let mut desired = builders::statefulset(c, tuning, &hash, &ctx.capabilities)?;
     desired.spec.replicas = Some(i32::try_from(plan.replicas).unwrap_or(i32::MAX));
     let ca_hash = ca.as_deref().map(|ca| builders::with_trusted_ca(&mut desired, ca));
     let old = |annotation: &str| {
@@ -387,7 +418,7 @@ async fn apply_children(
         let voters = r.members.values().filter(|v| **v).count();
         (i32::try_from(voters).unwrap_or(0), i32::try_from(plan.replicas).unwrap_or(0))
     });
-    apply(client, &builders::pod_disruption_budget(c, group)?).await?;
+    apply_pdb(client, &builders::pod_disruption_budget(c, group, &ctx.capabilities)?).await?;
 
     let progress = execute(ctx, c, &plan.step, &node_client).await?;
     let members = raft
@@ -437,7 +468,12 @@ async fn reconcile_inner(c: &ConfmanCluster, ctx: &Context) -> Result<Action, Er
         write_status(ctx, c, status::next_status(c, &Outcome::Paused, Observed::of(sts.as_ref()), now)).await?;
         return Ok(Action::await_change());
     }
-    let tuning = match validate(&c.spec) {
+    // The ledger records whether the group was created with TLS: the stand-in for CEL's
+    // `oldSelf` in the "tls cannot be added or removed" rule (not enforced before 1.25). An
+    // unreadable ledger tells nothing here; apply_children reports it.
+    let stored = get_opt::<ConfigMap>(&ctx.client, &ns, &builders::members_name(c)).await?;
+    let applied = Applied { tls: stored.as_ref().and_then(|cm| Ledger::parse(cm).ok()).and_then(|l| l.tls()) };
+    let tuning = match validate(&c.spec, &applied) {
         Ok(t) => t,
         Err(invalid) => {
             ctx.metrics.invalid_spec();
@@ -447,7 +483,8 @@ async fn reconcile_inner(c: &ConfmanCluster, ctx: &Context) -> Result<Action, Er
             return Ok(Action::await_change());
         }
     };
-    match apply_children(ctx, c, &tuning, sts.as_ref()).await {
+    tell_unavailable(ctx, c).await;
+    match apply_children(ctx, c, &tuning, sts.as_ref(), stored).await {
         Ok((observed, progress, members, leader)) => {
             let outcome = Outcome::Applied { tuning: tuning.into(), progress: progress.clone() };
             let mut new = status::next_status(c, &outcome, observed, now);
@@ -492,6 +529,114 @@ pub fn error_policy(c: Arc<ConfmanCluster>, err: &Error, ctx: Arc<Context>) -> A
     let delay = backoff(n);
     tracing::warn!(cluster = %key(&c), error = %err, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
+}
+
+/// The stateful API-server fake of the operator's integration tests, reused for the wiring of
+/// capabilities and the ledger-based TLS check (it answers whatever path it is asked).
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../tests/support/mod.rs"]
+mod fake_api;
+
+#[cfg(test)]
+mod wiring_tests {
+    use std::sync::Arc;
+
+    use kube::runtime::events::Reporter;
+    use serde_json::json;
+
+    use super::fake_api::FakeApi;
+    use super::*;
+    use crate::crd::{ConfmanClusterSpec, PayloadClassSpec, TlsSpec};
+
+    const CMC: &str = "/apis/confman.io/v1alpha1/namespaces/platform/confmanclusters/config";
+    const STS: &str = "/apis/apps/v1/namespaces/platform/statefulsets/config";
+    const MEMBERS: &str = "/api/v1/namespaces/platform/configmaps/config-members";
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn cluster() -> ConfmanCluster {
+        let mut c = ConfmanCluster::new(
+            "config",
+            ConfmanClusterSpec {
+                payload_class: PayloadClassSpec::Small,
+                ..ConfmanClusterSpec::minimal(3, "confman:1", "10Gi")
+            },
+        );
+        c.metadata.namespace = Some("platform".into());
+        c.metadata.uid = Some("cmc-uid".into());
+        c.metadata.generation = Some(1);
+        c
+    }
+
+    fn setup(c: &ConfmanCluster, caps: Capabilities) -> Result<(Arc<Context>, FakeApi), serde_json::Error> {
+        let (client, fake) = FakeApi::start();
+        fake.seed(CMC, serde_json::to_value(c)?);
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some("test".into()) };
+        let mut ctx = Context::new(client, reporter, Arc::new(Metrics::default()));
+        ctx.capabilities = caps;
+        Ok((Arc::new(ctx), fake))
+    }
+
+    #[tokio::test]
+    async fn a_kubernetes_1_20_server_gets_objects_it_accepts_and_the_owner_is_told_once() -> TestResult {
+        let c = cluster();
+        let (ctx, fake) = setup(&c, Capabilities::of_version(1, 20))?;
+        reconcile(Arc::new(c.clone()), ctx.clone()).await?;
+        let paths: Vec<String> = fake.patches().into_iter().map(|p| p.path).collect();
+        let v1beta1 = "/apis/policy/v1beta1/namespaces/platform/poddisruptionbudgets/config";
+        assert!(paths.iter().any(|p| p == v1beta1), "{paths:?}");
+        assert!(!paths.iter().any(|p| p.starts_with("/apis/policy/v1/")), "{paths:?}");
+        let pdb = fake.get(v1beta1).ok_or("no PDB")?;
+        assert_eq!((&pdb["apiVersion"], &pdb["spec"]["minAvailable"]), (&json!("policy/v1beta1"), &json!(2)));
+        let sts = fake.get(STS).ok_or("no StatefulSet")?;
+        assert!(sts["spec"].get("persistentVolumeClaimRetentionPolicy").is_none(), "{}", sts["spec"]);
+        assert_eq!(sts["spec"]["updateStrategy"]["type"], json!("OnDelete"));
+
+        // Reconciled again (the StatefulSet gone, so no member is asked): no second Event.
+        fake.0.lock().map_err(|e| e.to_string())?.objects.remove(STS);
+        reconcile(Arc::new(c), ctx).await?;
+        let told = fake.event_reasons().iter().filter(|r| *r == "FeatureUnavailable").count();
+        assert_eq!(told, 1, "{:?}", fake.event_reasons());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_recent_server_gets_policy_v1_and_the_retention_policy_without_a_warning() -> TestResult {
+        let c = cluster();
+        let (ctx, fake) = setup(&c, Capabilities::RECENT)?;
+        reconcile(Arc::new(c), ctx).await?;
+        assert!(fake.get("/apis/policy/v1/namespaces/platform/poddisruptionbudgets/config").is_some());
+        let sts = fake.get(STS).ok_or("no StatefulSet")?;
+        assert_eq!(sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"], json!("Delete"));
+        assert!(!fake.event_reasons().iter().any(|r| r == "FeatureUnavailable"));
+        Ok(())
+    }
+
+    /// Without CEL (Kubernetes < 1.25) the API server takes a spec that adds TLS to a cluster
+    /// created without it; the operator refuses it by the scheme recorded in the ledger.
+    #[tokio::test]
+    async fn adding_tls_to_a_running_cluster_is_refused_and_changes_no_child() -> TestResult {
+        let plain = cluster();
+        let ledger = Ledger::bootstrap(&plain, 3).config_map(&plain)?;
+        let mut c = plain;
+        c.spec.tls = Some(TlsSpec { client_secret: "tls".into(), peer_secret: None });
+        let (ctx, fake) = setup(&c, Capabilities::of_version(1, 20))?;
+        fake.seed(MEMBERS, serde_json::to_value(&ledger)?);
+        reconcile(Arc::new(c), ctx).await?;
+        let children: Vec<String> =
+            fake.patches().into_iter().map(|p| p.path).filter(|p| !p.starts_with(CMC)).collect();
+        assert!(children.is_empty(), "{children:?}");
+        let stored: ConfmanCluster = serde_json::from_value(fake.get(CMC).ok_or("cluster gone")?)?;
+        let inv = stored
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|x| x.type_ == status::INVALID_SPEC))
+            .ok_or("no InvalidSpec")?;
+        assert_eq!((inv.status.as_str(), inv.reason.as_str()), ("True", "InvalidTLS"));
+        assert!(inv.message.contains("tls cannot be added or removed"), "{}", inv.message);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

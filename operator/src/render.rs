@@ -4,9 +4,10 @@
 use kube::ResourceExt;
 
 use crate::builders::{self, BuildError};
+use crate::capabilities::Capabilities;
 use crate::crd::ConfmanCluster;
 use crate::members::Ledger;
-use crate::validate::{Invalid, validate};
+use crate::validate::{Applied, Invalid, validate};
 
 /// Why a cluster could not be rendered.
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +24,8 @@ pub enum RenderError {
 }
 
 /// Renders the children of the ConfmanCluster in `yaml`; a missing namespace becomes
-/// `default` and a missing uid a placeholder (the API server assigns both).
+/// `default` and a missing uid a placeholder (the API server assigns both). The objects are
+/// those for a current Kubernetes ([`Capabilities::RECENT`]).
 pub fn render(yaml: &str) -> Result<String, RenderError> {
     let mut c: ConfmanCluster = serde_yaml_ng::from_str(yaml)?;
     if c.namespace().is_none() {
@@ -32,7 +34,8 @@ pub fn render(yaml: &str) -> Result<String, RenderError> {
     if c.metadata.uid.is_none() {
         c.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
     }
-    let tuning = validate(&c.spec).map_err(RenderError::Invalid)?;
+    let tuning = validate(&c.spec, &Applied::default()).map_err(RenderError::Invalid)?;
+    let caps = Capabilities::RECENT;
     let replicas = u32::try_from(c.spec.replicas).unwrap_or(0);
     let ledger = Ledger::bootstrap(&c, replicas);
     let config = builders::config_map(&c, &tuning)?;
@@ -43,8 +46,8 @@ pub fn render(yaml: &str) -> Result<String, RenderError> {
         serde_yaml_ng::to_string(&config)?,
         serde_yaml_ng::to_string(&builders::headless_service(&c)?)?,
         serde_yaml_ng::to_string(&builders::client_service(&c)?)?,
-        serde_yaml_ng::to_string(&builders::statefulset(&c, &tuning, &hash)?)?,
-        serde_yaml_ng::to_string(&builders::pod_disruption_budget(&c, None)?)?,
+        serde_yaml_ng::to_string(&builders::statefulset(&c, &tuning, &hash, &caps)?)?,
+        serde_yaml_ng::to_string(&builders::pod_disruption_budget(&c, None, &caps)?)?,
     ];
     Ok(docs.iter().map(|d| format!("---\n{d}")).collect())
 }

@@ -1,10 +1,13 @@
 //! Status computation (pure): conditions `Available`, `Progressing`, `Degraded`, `InvalidSpec`
 //! and the phase, from the outcome of a reconcile and the observed StatefulSet. A condition's
 //! `lastTransitionTime` moves only when its status changes; [`transitions`] lists the changes so
-//! the reconciler can publish an Event for each.
+//! the reconciler can publish an Event for each. Every condition carries a non-empty message:
+//! kube-apiserver 1.20's server-side apply of a custom resource's status turns an empty
+//! `message` into null and then refuses it (`must be of type string`, 422).
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::Resource;
 
 use crate::crd::{ConfmanCluster, ConfmanClusterStatus, EffectiveTuning};
 
@@ -50,29 +53,31 @@ pub struct Observed {
     pub replicas: i32,
     /// Pods that are Ready.
     pub ready: i32,
-    /// Pods at the current template revision.
+    /// Pods at the latest template revision (`status.updateRevision`).
     pub updated: i32,
     /// The StatefulSet controller has seen its latest spec.
     pub settled: bool,
 }
 
 impl Observed {
-    /// Reads a StatefulSet's status (absent: nothing observed yet).
+    /// Reads a StatefulSet's status (absent: nothing observed yet). Whether the pods are current
+    /// is judged by `updatedReplicas` alone, never by `currentRevision == updateRevision`: with
+    /// the `OnDelete` strategy the StatefulSet controller never advances `currentRevision`
+    /// (kubernetes/kubernetes#73492), so that comparison would report a rollout forever.
     pub fn of(sts: Option<&StatefulSet>) -> Observed {
         let Some(sts) = sts else { return Observed::default() };
         let st = sts.status.clone().unwrap_or_default();
-        let revisions_equal = st.current_revision.is_some() && st.current_revision == st.update_revision;
         Observed {
             replicas: st.replicas,
             ready: st.ready_replicas.unwrap_or(0),
             updated: st.updated_replicas.unwrap_or(0),
-            settled: st.observed_generation.is_some()
-                && st.observed_generation == sts.metadata.generation
-                && revisions_equal,
+            settled: st.observed_generation.is_some() && st.observed_generation == sts.metadata.generation,
         }
     }
 }
 
+/// A condition; an empty `message` is replaced by `"<type> is <status>: <reason>"` so none is
+/// ever sent empty (see the module docs).
 fn condition(
     type_: &str,
     status: bool,
@@ -81,9 +86,11 @@ fn condition(
     generation: Option<i64>,
     now: &Time,
 ) -> Condition {
+    let status = if status { "True" } else { "False" };
+    let message = if message.trim().is_empty() { format!("{type_} is {status}: {reason}") } else { message };
     Condition {
         type_: type_.into(),
-        status: if status { "True" } else { "False" }.into(),
+        status: status.into(),
         reason: reason.into(),
         message,
         observed_generation: generation,
@@ -99,6 +106,9 @@ fn carry_transition_times(old: &[Condition], new: &mut [Condition]) {
         }
     }
 }
+
+/// Message of `InvalidSpec=False`.
+const SPEC_VALID: &str = "the spec passed validation";
 
 /// The status after a reconcile.
 pub fn next_status(c: &ConfmanCluster, outcome: &Outcome, observed: Observed, now: Time) -> ConfmanClusterStatus {
@@ -127,13 +137,13 @@ pub fn next_status(c: &ConfmanCluster, outcome: &Outcome, observed: Observed, no
             "Invalid",
         ),
         Outcome::Paused => (
-            condition(INVALID_SPEC, false, "Valid", String::new(), generation, &now),
+            condition(INVALID_SPEC, false, "Valid", SPEC_VALID.into(), generation, &now),
             condition(PROGRESSING, false, "Paused", "spec.paused is true: nothing is changed".into(), generation, &now),
-            condition(DEGRADED, false, "Paused", String::new(), generation, &now),
+            condition(DEGRADED, false, "Paused", format!("not assessed while paused; {ready_msg}"), generation, &now),
             "Paused",
         ),
         Outcome::Failed { message } => (
-            condition(INVALID_SPEC, false, "Valid", String::new(), generation, &now),
+            condition(INVALID_SPEC, false, "Valid", SPEC_VALID.into(), generation, &now),
             condition(PROGRESSING, true, "Retrying", "applying the children failed; retrying".into(), generation, &now),
             condition(DEGRADED, true, "ApplyFailed", message.clone(), generation, &now),
             "Degraded",
@@ -151,7 +161,7 @@ pub fn next_status(c: &ConfmanCluster, outcome: &Outcome, observed: Observed, no
             let bootstrapping = reason == "Bootstrapping";
             let unready = observed.ready < desired && !bootstrapping;
             (
-                condition(INVALID_SPEC, false, "Valid", String::new(), generation, &now),
+                condition(INVALID_SPEC, false, "Valid", SPEC_VALID.into(), generation, &now),
                 condition(PROGRESSING, prog, reason, msg, generation, &now),
                 condition(
                     DEGRADED,
@@ -188,6 +198,15 @@ pub fn next_status(c: &ConfmanCluster, outcome: &Outcome, observed: Observed, no
         conditions,
         phase: Some(phase.into()),
     }
+}
+
+/// The body of the server-side apply on the status subresource that writes `status`.
+pub fn status_apply_body(status: &ConfmanClusterStatus) -> Result<serde_json::Value, serde_json::Error> {
+    Ok(serde_json::json!({
+        "apiVersion": ConfmanCluster::api_version(&()),
+        "kind": ConfmanCluster::kind(&()),
+        "status": serde_json::to_value(status)?,
+    }))
 }
 
 /// Conditions whose status changed between `old` and `new` (new value), for Events.
@@ -305,5 +324,103 @@ mod tests {
             (p.status.as_str(), p.reason.as_str(), p.message.as_str()),
             ("True", "ScalingDown", "removed config-4")
         );
+    }
+
+    /// One outcome of every variant (the `match` stops compiling when a variant is added, the
+    /// count check when one is left out), plus the cases whose message could come out empty.
+    fn every_outcome() -> Vec<Outcome> {
+        let tuning: EffectiveTuning = PayloadClassSpec::Small.into_tuning().into();
+        let all = vec![
+            Outcome::Applied { tuning, progress: None },
+            Outcome::Applied { tuning, progress: Some(("ScalingUp", "added config-3 as a learner".into())) },
+            Outcome::Applied { tuning, progress: Some(("WaitingForMembers", String::new())) },
+            Outcome::InvalidSpec { reason: "InvalidReplicas", message: "spec.replicas is 4".into() },
+            Outcome::InvalidSpec { reason: "InvalidReplicas", message: " ".into() },
+            Outcome::Paused,
+            Outcome::Failed { message: "kubernetes api: 500".into() },
+            Outcome::Failed { message: String::new() },
+        ];
+        let variants: std::collections::BTreeSet<u8> = all
+            .iter()
+            .map(|o| match o {
+                Outcome::Applied { .. } => 0,
+                Outcome::InvalidSpec { .. } => 1,
+                Outcome::Paused => 2,
+                Outcome::Failed { .. } => 3,
+            })
+            .collect();
+        assert_eq!(variants.len(), 4, "every Outcome variant is exercised");
+        all
+    }
+
+    #[test]
+    fn every_condition_of_every_outcome_is_sent_with_a_message() -> Result<(), serde_json::Error> {
+        let fresh = cluster(3, PayloadClassSpec::Small);
+        let mut running = fresh.clone();
+        running.status = Some(next_status(&running, &applied(), ready(3), at(100)));
+        let observations = [ready(0), ready(2), ready(3), Observed { updated: 1, settled: false, ..ready(3) }];
+        for outcome in every_outcome() {
+            for c in [&fresh, &running] {
+                for observed in observations {
+                    let body = status_apply_body(&next_status(c, &outcome, observed, at(200)))?;
+                    assert_eq!(body["kind"], "ConfmanCluster");
+                    let conditions = body["status"]["conditions"].as_array().cloned().unwrap_or_default();
+                    let types: Vec<&str> = conditions.iter().filter_map(|c| c["type"].as_str()).collect();
+                    assert_eq!(types, [AVAILABLE, PROGRESSING, DEGRADED, INVALID_SPEC], "{outcome:?}");
+                    for cond in &conditions {
+                        let message = cond["message"].as_str();
+                        assert!(
+                            message.is_some_and(|m| !m.trim().is_empty()),
+                            "{outcome:?} / {observed:?}: {} has message {}",
+                            cond["type"],
+                            cond["message"]
+                        );
+                        assert!(cond["reason"].as_str().is_some_and(|r| !r.is_empty()), "{cond}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn an_empty_message_names_the_condition_and_its_reason() {
+        let c = cluster(3, PayloadClassSpec::Small);
+        let s = next_status(&c, &Outcome::Failed { message: String::new() }, ready(3), at(100));
+        assert_eq!(get(&s, DEGRADED).message, "Degraded is True: ApplyFailed");
+        assert_eq!(get(&s, INVALID_SPEC).message, SPEC_VALID);
+    }
+
+    #[test]
+    fn an_on_delete_rollout_is_done_when_every_pod_runs_the_update_revision() {
+        use k8s_openapi::api::apps::v1::StatefulSetStatus;
+        // What a real StatefulSet with `OnDelete` reports after its pods were all replaced:
+        // `currentRevision` stays at the old revision.
+        let sts = |updated: i32| StatefulSet {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                generation: Some(2),
+                ..Default::default()
+            },
+            status: Some(StatefulSetStatus {
+                observed_generation: Some(2),
+                replicas: 3,
+                ready_replicas: Some(3),
+                updated_replicas: Some(updated),
+                current_revision: Some("config-6d9f".into()),
+                update_revision: Some("config-7c4b".into()),
+                ..StatefulSetStatus::default()
+            }),
+            ..StatefulSet::default()
+        };
+        let mut c = cluster(3, PayloadClassSpec::Small);
+        c.status = Some(next_status(&c, &applied(), ready(3), at(100)));
+        let done = next_status(&c, &applied(), Observed::of(Some(&sts(3))), at(200));
+        assert_eq!((done.phase.as_deref(), get(&done, PROGRESSING).reason.as_str()), (Some("Running"), "Stable"));
+        let partway = next_status(&c, &applied(), Observed::of(Some(&sts(2))), at(200));
+        assert_eq!(get(&partway, PROGRESSING).reason, "RollingOut");
+        // A spec the StatefulSet controller has not seen yet is not settled either.
+        let mut unseen = sts(3);
+        unseen.metadata.generation = Some(3);
+        assert!(!Observed::of(Some(&unseen)).settled);
     }
 }

@@ -1,16 +1,19 @@
 //! Spec validation (pure), before anything is built: what the CRD schema and CEL rules cannot
-//! check, or should not be trusted to have checked (a CRD installed from an older release).
-//! Returns the effective tuning or the `InvalidSpec` reason and message.
+//! check, or should not be trusted to have checked. CEL `x-kubernetes-validations` are enforced
+//! only from Kubernetes 1.25 (and not at all with a CRD installed from an older release), so every
+//! CEL rule of the CRD has an operator-side twin here ([`CEL_TWINS`], kept equal to the CRD's rules
+//! by a test). Returns the effective tuning or the `InvalidSpec` reason and message.
 
 use confman_tuning::Tuning;
 
-use crate::crd::ConfmanClusterSpec;
+use crate::crd::{ConfmanClusterSpec, TuningSpec};
 use crate::tuning::{effective_tuning, invalid_spec_message};
 
 /// A refused spec: condition reason and a message naming the field, rule and values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
-    /// `InvalidTuning`, `InvalidReplicas`, `InvalidStorage` or `Unsupported`.
+    /// `InvalidTuning`, `InvalidReplicas`, `InvalidStorage`, `InvalidImage`, `InvalidTLS`,
+    /// `InvalidService` or `Unsupported`.
     pub reason: &'static str,
     /// What is wrong.
     pub message: String,
@@ -18,6 +21,160 @@ pub struct Invalid {
 
 fn invalid(reason: &'static str, message: String) -> Invalid {
     Invalid { reason, message }
+}
+
+/// What the operator already rolled out, standing in for CEL's `oldSelf` in transition rules:
+/// the operator sees only the current spec, but the children it applied record what the
+/// previous one was.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Whether the Raft group was created with TLS, read from the scheme of the bootstrap
+    /// members' URLs in the member ledger (those addresses are in the Raft log, which is why the
+    /// rule exists); None before the ledger exists (a new cluster: nothing to compare with).
+    pub tls: Option<bool>,
+}
+
+/// Messages of the CRD's CEL rules (the twins' refusals include them).
+mod msg {
+    pub const TLS_FIXED: &str =
+        "tls cannot be added or removed after creation: the members' addresses (http or https) are in the Raft log";
+    pub const REPLICAS: &str = "replicas must be odd and between 1 and 9";
+    pub const IMAGE: &str = "image must not be empty";
+    pub const ELECTION_ORDER: &str = "electionMinMs must be below electionMaxMs";
+    pub const HEARTBEAT: &str = "heartbeatMs must be 10..10000";
+    pub const ELECTION_MIN: &str = "electionMinMs must be 50..60000";
+    pub const ELECTION_MAX: &str = "electionMaxMs must be 100..120000";
+    pub const MAX_VALUE: &str = "maxValueBytes must be 1 KiB..256 MiB";
+    pub const SERVICE_TYPE: &str = "type must be ClusterIP, NodePort or LoadBalancer";
+    pub const SERVICE_PORT: &str = "port must be 1..65535";
+}
+
+/// A CEL rule of the CRD and the operator-side check that refuses the same specs.
+#[derive(Debug, Clone, Copy)]
+pub struct CelTwin {
+    /// The rule as it appears in the CRD (`x-kubernetes-validations[].rule`).
+    pub rule: &'static str,
+    /// Its message (the twin's refusal message includes it).
+    pub message: &'static str,
+    /// The check.
+    pub check: fn(&ConfmanClusterSpec, &Applied) -> Result<(), Invalid>,
+}
+
+/// Every CEL rule of `crd.rs`, with its twin; a test asserts the rules equal those in the
+/// generated CRD, so a rule added there without a twin fails the build's tests.
+pub const CEL_TWINS: [CelTwin; 10] = [
+    CelTwin { rule: "has(self.tls) == has(oldSelf.tls)", message: msg::TLS_FIXED, check: tls_fixed_at_creation },
+    CelTwin { rule: "self >= 1 && self <= 9 && self % 2 == 1", message: msg::REPLICAS, check: replicas_odd_up_to_nine },
+    CelTwin { rule: "self != ''", message: msg::IMAGE, check: image_not_empty },
+    CelTwin {
+        rule: "!has(self.electionMinMs) || !has(self.electionMaxMs) || self.electionMinMs < self.electionMaxMs",
+        message: msg::ELECTION_ORDER,
+        check: election_min_below_max,
+    },
+    CelTwin { rule: "self >= 10 && self <= 10000", message: msg::HEARTBEAT, check: heartbeat_range },
+    CelTwin { rule: "self >= 50 && self <= 60000", message: msg::ELECTION_MIN, check: election_min_range },
+    CelTwin { rule: "self >= 100 && self <= 120000", message: msg::ELECTION_MAX, check: election_max_range },
+    CelTwin { rule: "self >= 1024 && self <= 268435456", message: msg::MAX_VALUE, check: max_value_range },
+    CelTwin {
+        rule: "self in ['ClusterIP', 'NodePort', 'LoadBalancer']",
+        message: msg::SERVICE_TYPE,
+        check: service_type,
+    },
+    CelTwin { rule: "self >= 1 && self <= 65535", message: msg::SERVICE_PORT, check: service_port },
+];
+
+/// `has(self.tls) == has(oldSelf.tls)`: checked against the scheme the group was created with
+/// ([`Applied::tls`]), the simplest sound stand-in for `oldSelf` — it is exactly the fact the rule
+/// protects, and it survives a spec that was changed twice between reconciles.
+fn tls_fixed_at_creation(spec: &ConfmanClusterSpec, applied: &Applied) -> Result<(), Invalid> {
+    match applied.tls {
+        Some(was) if was != spec.tls.is_some() => Err(invalid(
+            "InvalidTLS",
+            format!(
+                "spec.tls was {} at creation and is {} now: {}; restore it",
+                if was { "set" } else { "unset" },
+                if spec.tls.is_some() { "set" } else { "unset" },
+                msg::TLS_FIXED
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn replicas_odd_up_to_nine(spec: &ConfmanClusterSpec, _: &Applied) -> Result<(), Invalid> {
+    if (1..=9).contains(&spec.replicas) && spec.replicas % 2 == 1 {
+        return Ok(());
+    }
+    Err(invalid("InvalidReplicas", format!("spec.replicas is {}: {} (a Raft quorum)", spec.replicas, msg::REPLICAS)))
+}
+
+/// Stricter than the CEL rule: an image of blanks is refused too.
+fn image_not_empty(spec: &ConfmanClusterSpec, _: &Applied) -> Result<(), Invalid> {
+    if spec.image.trim().is_empty() {
+        return Err(invalid("InvalidImage", format!("spec.image {:?}: {}", spec.image, msg::IMAGE)));
+    }
+    Ok(())
+}
+
+fn election_min_below_max(spec: &ConfmanClusterSpec, _: &Applied) -> Result<(), Invalid> {
+    let t = spec.tuning.unwrap_or_default();
+    match (t.election_min_ms, t.election_max_ms) {
+        (Some(min), Some(max)) if min >= max => Err(invalid(
+            "InvalidTuning",
+            format!("spec.tuning.electionMinMs is {min} and spec.tuning.electionMaxMs {max}: {}", msg::ELECTION_ORDER),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A `spec.tuning` override, when set, within `lo..=hi`.
+fn tuning_range(
+    spec: &ConfmanClusterSpec,
+    field: &str,
+    get: fn(&TuningSpec) -> Option<u64>,
+    (lo, hi): (u64, u64),
+    message: &str,
+) -> Result<(), Invalid> {
+    match spec.tuning.as_ref().and_then(get) {
+        Some(v) if !(lo..=hi).contains(&v) => {
+            Err(invalid("InvalidTuning", format!("spec.tuning.{field} is {v}: {message}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn heartbeat_range(spec: &ConfmanClusterSpec, _: &Applied) -> Result<(), Invalid> {
+    tuning_range(spec, "heartbeatMs", |t| t.heartbeat_ms, (10, 10_000), msg::HEARTBEAT)
+}
+
+fn election_min_range(spec: &ConfmanClusterSpec, _: &Applied) -> Result<(), Invalid> {
+    tuning_range(spec, "electionMinMs", |t| t.election_min_ms, (50, 60_000), msg::ELECTION_MIN)
+}
+
+fn election_max_range(spec: &ConfmanClusterSpec, _: &Applied) -> Result<(), Invalid> {
+    tuning_range(spec, "electionMaxMs", |t| t.election_max_ms, (100, 120_000), msg::ELECTION_MAX)
+}
+
+fn max_value_range(spec: &ConfmanClusterSpec, _: &Applied) -> Result<(), Invalid> {
+    tuning_range(spec, "maxValueBytes", |t| t.max_value_bytes, (1024, 268_435_456), msg::MAX_VALUE)
+}
+
+fn service_type(spec: &ConfmanClusterSpec, _: &Applied) -> Result<(), Invalid> {
+    match spec.service.as_ref().and_then(|s| s.type_.as_deref()) {
+        Some(t) if !["ClusterIP", "NodePort", "LoadBalancer"].contains(&t) => {
+            Err(invalid("InvalidService", format!("spec.service.type is {t:?}: {}", msg::SERVICE_TYPE)))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn service_port(spec: &ConfmanClusterSpec, _: &Applied) -> Result<(), Invalid> {
+    match spec.service.as_ref().and_then(|s| s.port) {
+        Some(p) if !(1..=65_535).contains(&p) => {
+            Err(invalid("InvalidService", format!("spec.service.port is {p}: {}", msg::SERVICE_PORT)))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `10Gi`, `500M`, `1e9`, `1024`: a Kubernetes quantity as used for volume sizes.
@@ -32,22 +189,17 @@ fn is_quantity(s: &str) -> bool {
         && exp.parse::<i32>().is_ok()
 }
 
-/// Validates a spec and derives its tuning.
-pub fn validate(spec: &ConfmanClusterSpec) -> Result<Tuning, Invalid> {
-    if !(1..=9).contains(&spec.replicas) || spec.replicas % 2 == 0 {
-        return Err(invalid(
-            "InvalidReplicas",
-            format!("spec.replicas is {}; it must be odd and between 1 and 9 (a Raft quorum)", spec.replicas),
-        ));
+/// Validates a spec against the CEL twins (with `applied` standing in for the old object) and
+/// what CEL cannot express, and derives its tuning.
+pub fn validate(spec: &ConfmanClusterSpec, applied: &Applied) -> Result<Tuning, Invalid> {
+    for twin in &CEL_TWINS {
+        (twin.check)(spec, applied)?;
     }
     if !is_quantity(&spec.storage.size) {
         return Err(invalid(
             "InvalidStorage",
             format!("spec.storage.size {:?} is not a Kubernetes quantity such as 10Gi", spec.storage.size),
         ));
-    }
-    if spec.image.trim().is_empty() {
-        return Err(invalid("InvalidImage", "spec.image must not be empty".into()));
     }
     if let Some(tls) = &spec.tls {
         if tls.client_secret.trim().is_empty() {
@@ -65,9 +217,146 @@ pub fn validate(spec: &ConfmanClusterSpec) -> Result<Tuning, Invalid> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::Value;
+
     use super::*;
     use crate::builders::fixtures::cluster;
-    use crate::crd::{PayloadClassSpec, TlsSpec, TuningSpec};
+    use crate::crd::{PayloadClassSpec, ServiceSpec, TlsSpec, TuningSpec};
+
+    /// The CRD as installed (the generated, committed file; a drift test keeps it current).
+    const INSTALLED_CRD: &str = include_str!("../../crds/confmancluster.yaml");
+
+    fn installed_schema() -> Value {
+        let crd: Value = serde_yaml_ng::from_str(INSTALLED_CRD).unwrap_or_default();
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+    }
+
+    /// Every `(rule, message)` of `x-kubernetes-validations` anywhere in `schema`.
+    fn cel_rules(schema: &Value, out: &mut BTreeSet<(String, String)>) {
+        match schema {
+            Value::Object(m) => {
+                for r in m.get("x-kubernetes-validations").and_then(Value::as_array).into_iter().flatten() {
+                    let text = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                    out.insert((text("rule"), text("message")));
+                }
+                m.values().for_each(|v| cel_rules(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| cel_rules(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_cel_rule_of_the_crd_has_an_operator_twin() {
+        let mut installed = BTreeSet::new();
+        cel_rules(&installed_schema(), &mut installed);
+        assert!(installed.len() >= 10, "the CRD's CEL rules were not found: {installed:?}");
+        let twins: BTreeSet<(String, String)> =
+            CEL_TWINS.iter().map(|t| (t.rule.to_string(), t.message.to_string())).collect();
+        assert_eq!(twins.len(), CEL_TWINS.len(), "a rule is listed twice");
+        let missing: Vec<_> = installed.difference(&twins).collect();
+        let stale: Vec<_> = twins.difference(&installed).collect();
+        assert!(missing.is_empty(), "CEL rules without an operator-side twin in CEL_TWINS: {missing:?}");
+        assert!(stale.is_empty(), "twins of rules the CRD no longer has: {stale:?}");
+    }
+
+    /// A spec (and the previous one, for transition rules) that breaks exactly `rule`.
+    fn breaking(rule: &str) -> (ConfmanClusterSpec, Option<ConfmanClusterSpec>) {
+        let base = cluster(3, PayloadClassSpec::Small).spec;
+        let tuning = |t: TuningSpec| ConfmanClusterSpec { tuning: Some(t), ..base.clone() };
+        let service = |s: ServiceSpec| ConfmanClusterSpec { service: Some(s), ..base.clone() };
+        match rule {
+            "has(self.tls) == has(oldSelf.tls)" => (
+                ConfmanClusterSpec {
+                    tls: Some(TlsSpec { client_secret: "tls".into(), peer_secret: None }),
+                    ..base.clone()
+                },
+                Some(base),
+            ),
+            "self >= 1 && self <= 9 && self % 2 == 1" => (ConfmanClusterSpec { replicas: 4, ..base }, None),
+            "self != ''" => (ConfmanClusterSpec { image: String::new(), ..base }, None),
+            "!has(self.electionMinMs) || !has(self.electionMaxMs) || self.electionMinMs < self.electionMaxMs" => (
+                tuning(TuningSpec { election_min_ms: Some(900), election_max_ms: Some(800), ..TuningSpec::default() }),
+                None,
+            ),
+            "self >= 10 && self <= 10000" => {
+                (tuning(TuningSpec { heartbeat_ms: Some(5), ..TuningSpec::default() }), None)
+            }
+            "self >= 50 && self <= 60000" => {
+                (tuning(TuningSpec { election_min_ms: Some(10), ..TuningSpec::default() }), None)
+            }
+            "self >= 100 && self <= 120000" => {
+                (tuning(TuningSpec { election_max_ms: Some(200_000), ..TuningSpec::default() }), None)
+            }
+            "self >= 1024 && self <= 268435456" => {
+                (tuning(TuningSpec { max_value_bytes: Some(100), ..TuningSpec::default() }), None)
+            }
+            "self in ['ClusterIP', 'NodePort', 'LoadBalancer']" => {
+                (service(ServiceSpec { type_: Some("ExternalName".into()), port: None }), None)
+            }
+            "self >= 1 && self <= 65535" => (service(ServiceSpec { type_: None, port: Some(70_000) }), None),
+            other => panic!("no breaking example for CEL rule {other:?}: add one"),
+        }
+    }
+
+    fn object(spec: &ConfmanClusterSpec) -> Value {
+        let mut c = cluster(3, PayloadClassSpec::Small);
+        c.spec = spec.clone();
+        serde_json::to_value(&c).unwrap_or_default()
+    }
+
+    /// What the operator reads back for a previous spec (see [`Applied`]).
+    fn applied_from(old: Option<&ConfmanClusterSpec>) -> Applied {
+        Applied { tls: old.map(|o| o.tls.is_some()) }
+    }
+
+    #[test]
+    fn each_twin_refuses_exactly_what_its_cel_rule_refuses() {
+        let schema = installed_schema();
+        let cel = kube::core::cel::Validator::new();
+        let base = cluster(3, PayloadClassSpec::Small).spec;
+        assert!(cel.validate(&schema, &object(&base), Some(&object(&base))).is_ok());
+        for twin in &CEL_TWINS {
+            assert_eq!((twin.check)(&base, &applied_from(Some(&base))), Ok(()), "{}", twin.rule);
+            let (spec, old) = breaking(twin.rule);
+            // The example breaks this very rule, as the API server (1.25+) would judge it.
+            let errors = cel
+                .validate(&schema, &object(&spec), old.as_ref().map(object).as_ref())
+                .err()
+                .map(|e| e.into_vec())
+                .unwrap_or_default();
+            assert!(
+                errors.iter().any(|e| e.rule == twin.rule),
+                "{}: the CEL validator does not refuse the example: {errors:?}",
+                twin.rule
+            );
+            // The operator refuses it too, naming the rule's message, on its own and in validate().
+            let applied = applied_from(old.as_ref());
+            let err = (twin.check)(&spec, &applied).err().unwrap_or_else(|| panic!("{}: twin accepts", twin.rule));
+            assert!(err.message.contains(twin.message), "{}: {}", twin.rule, err.message);
+            assert!(validate(&spec, &applied).is_err(), "{}: validate accepts", twin.rule);
+        }
+    }
+
+    #[test]
+    fn tls_can_be_set_at_creation_but_not_added_or_removed_later() {
+        let plain = cluster(3, PayloadClassSpec::Small).spec;
+        let tls = ConfmanClusterSpec {
+            tls: Some(TlsSpec { client_secret: "tls".into(), peer_secret: None }),
+            ..plain.clone()
+        };
+        assert!(validate(&tls, &Applied { tls: None }).is_ok(), "a new cluster may use TLS");
+        assert!(validate(&tls, &Applied { tls: Some(true) }).is_ok());
+        let added = validate(&tls, &Applied { tls: Some(false) }).err().map(|e| (e.reason, e.message));
+        assert!(
+            added.as_ref().is_some_and(|(r, m)| *r == "InvalidTLS" && m.contains("unset at creation")),
+            "{added:?}"
+        );
+        let removed = validate(&plain, &Applied { tls: Some(true) }).err().map(|e| e.message).unwrap_or_default();
+        assert!(removed.contains("was set at creation"), "{removed}");
+    }
 
     #[test]
     fn quantities() {
@@ -82,7 +371,7 @@ mod tests {
     #[test]
     fn each_refusal_names_the_field() {
         let base = cluster(3, PayloadClassSpec::Small).spec;
-        assert!(validate(&base).is_ok());
+        assert!(validate(&base, &Applied::default()).is_ok());
         let cases: Vec<(ConfmanClusterSpec, &str, &str)> = vec![
             (ConfmanClusterSpec { replicas: 4, ..base.clone() }, "InvalidReplicas", "spec.replicas is 4"),
             (ConfmanClusterSpec { replicas: 11, ..base.clone() }, "InvalidReplicas", "spec.replicas is 11"),
@@ -121,7 +410,7 @@ mod tests {
             ),
         ];
         for (spec, reason, needle) in cases {
-            let err = validate(&spec).err().unwrap_or_else(|| panic!("{needle}: accepted"));
+            let err = validate(&spec, &Applied::default()).err().unwrap_or_else(|| panic!("{needle}: accepted"));
             assert_eq!(err.reason, reason, "{needle}");
             assert!(err.message.contains(needle), "{} lacks {needle}", err.message);
         }
@@ -155,7 +444,7 @@ mod tests {
         ];
         for (tuning, rule) in cases {
             let spec = ConfmanClusterSpec { tuning: Some(tuning), ..cluster(3, PayloadClassSpec::Small).spec };
-            let err = validate(&spec).err().unwrap_or_else(|| panic!("{rule}: accepted"));
+            let err = validate(&spec, &Applied::default()).err().unwrap_or_else(|| panic!("{rule}: accepted"));
             assert_eq!(err.reason, "InvalidTuning", "{rule}");
             assert!(err.message.contains(&format!("violates {rule}:")), "{rule}: {}", err.message);
             assert!(err.message.starts_with("spec.tuning."), "{rule}: {}", err.message);

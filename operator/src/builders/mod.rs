@@ -16,11 +16,11 @@ use kube::{Resource, ResourceExt};
 use crate::crd::ConfmanCluster;
 
 pub use config::{CONFIG_DIR, CONFIG_FILE, config_hash, config_map, node_config};
-pub use pdb::pod_disruption_budget;
+pub use pdb::{Pdb, pdb_v1beta1_resource, pod_disruption_budget};
 pub use secret::{TOKEN_KEY, generate_token, token_secret};
 pub use services::{client_service, headless_service};
 pub use statefulset::{
-    CA_HASH_ANNOTATION, CONFIG_HASH_ANNOTATION, DATA_DIR, MEMBERS_DIR, MEMBERS_FILE, statefulset,
+    CA_HASH_ANNOTATION, CONFIG_HASH_ANNOTATION, DATA_DIR, MEMBERS_DIR, MEMBERS_FILE, UPDATE_STRATEGY, statefulset,
     termination_grace_seconds, with_trusted_ca,
 };
 
@@ -33,6 +33,9 @@ pub enum BuildError {
     /// The cluster lacks metadata a child needs (name, namespace or uid).
     #[error("ConfmanCluster is missing metadata.{0}")]
     MissingMetadata(&'static str),
+    /// A built object could not be converted to another API version's shape.
+    #[error("converting a child object: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 /// Name of the headless (peer) Service.
@@ -128,19 +131,23 @@ pub(crate) mod fixtures {
 mod tests {
     use super::fixtures::cluster;
     use super::*;
+    use crate::capabilities::Capabilities;
     use crate::crd::PayloadClassSpec;
 
     #[test]
     fn every_child_is_owned_and_labelled() -> Result<(), BuildError> {
         let c = cluster(3, PayloadClassSpec::Small);
         let t = PayloadClassSpec::Small.into_tuning();
+        let old = Capabilities::of_version(1, 20);
         let metas = [
             headless_service(&c)?.metadata,
             client_service(&c)?.metadata,
             config_map(&c, &t)?.metadata,
-            pod_disruption_budget(&c, None)?.metadata,
+            pod_disruption_budget(&c, None, &Capabilities::RECENT)?.metadata().clone(),
+            pod_disruption_budget(&c, None, &old)?.metadata().clone(),
             token_secret(&c, "t0k3n")?.metadata,
-            statefulset(&c, &t, "hash")?.metadata,
+            statefulset(&c, &t, "hash", &Capabilities::RECENT)?.metadata,
+            statefulset(&c, &t, "hash", &old)?.metadata,
         ];
         for m in metas {
             let owner = m.owner_references.unwrap_or_default();

@@ -10,10 +10,11 @@ use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    Affinity, Capabilities as LinuxCapabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -23,6 +24,7 @@ use super::{
     BuildError, CONFIG_DIR, CONFIG_FILE, NODE_PORT, TOKEN_KEY, client_name, config_name, headless_name, members_name,
     meta, selector_labels, token_name,
 };
+use crate::capabilities::Capabilities;
 use crate::crd::ConfmanCluster;
 
 /// Where each member's volume is mounted (the node's data dir).
@@ -163,7 +165,7 @@ fn container(c: &ConfmanCluster) -> Container {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             run_as_non_root: Some(true),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+            capabilities: Some(LinuxCapabilities { drop: Some(vec!["ALL".into()]), ..LinuxCapabilities::default() }),
             ..SecurityContext::default()
         }),
         volume_mounts: Some(mounts),
@@ -196,11 +198,27 @@ pub fn with_trusted_ca(sts: &mut StatefulSet, ca_pem: &str) -> String {
     hash
 }
 
-/// The StatefulSet. `config_hash` goes into the pod template, so a config change rolls the pods.
+/// The update strategy: `OnDelete`. The operator replaces outdated pods itself, one at a time,
+/// followers first and the leader last after a leadership transfer, and only while every member
+/// is healthy (`membership::Step::Replace`). With `RollingUpdate` the StatefulSet controller
+/// would also roll the pods on its own — highest ordinal first, blind to which one leads — while
+/// the operator deletes the pod of its choice: two members down at once, a lost quorum in a
+/// three-member group. With `OnDelete` a template change only moves `status.updateRevision`;
+/// pods keep their old `controller-revision-hash` until the operator deletes them.
+pub const UPDATE_STRATEGY: &str = "OnDelete";
+
+/// The StatefulSet. `config_hash` goes into the pod template, so a config change makes the pods
+/// outdated (the operator then replaces them, see [`UPDATE_STRATEGY`]).
 /// Pods start in parallel (the node tolerates it: only the lowest bootstrap id initialises the
 /// group, the others wait for it), which avoids the ordered-start deadlock where pod 0 cannot
-/// become Ready without a quorum.
-pub fn statefulset(c: &ConfmanCluster, tuning: &Tuning, config_hash: &str) -> Result<StatefulSet, BuildError> {
+/// become Ready without a quorum. The PVC retention policy is set only where the server
+/// enforces it (`caps`); elsewhere volumes are kept and the cluster's owner is told.
+pub fn statefulset(
+    c: &ConfmanCluster,
+    tuning: &Tuning,
+    config_hash: &str,
+    caps: &Capabilities,
+) -> Result<StatefulSet, BuildError> {
     let grace = termination_grace_seconds(tuning);
     let mut volumes = vec![
         config_volume("config", config_name(c), CONFIG_FILE),
@@ -229,13 +247,15 @@ pub fn statefulset(c: &ConfmanCluster, tuning: &Tuning, config_hash: &str) -> Re
             service_name: Some(headless_name(c)),
             pod_management_policy: Some("Parallel".into()),
             update_strategy: Some(StatefulSetUpdateStrategy {
-                type_: Some("RollingUpdate".into()),
+                type_: Some(UPDATE_STRATEGY.into()),
                 rolling_update: None,
             }),
             selector: LabelSelector { match_labels: Some(selector_labels(c)), ..LabelSelector::default() },
-            persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
-                when_deleted: Some(if c.spec.storage.retain_on_delete { "Retain" } else { "Delete" }.into()),
-                when_scaled: Some(if c.spec.storage.retain_on_scale_down { "Retain" } else { "Delete" }.into()),
+            persistent_volume_claim_retention_policy: caps.pvc_retention_policy.then(|| {
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some(if c.spec.storage.retain_on_delete { "Retain" } else { "Delete" }.into()),
+                    when_scaled: Some(if c.spec.storage.retain_on_scale_down { "Retain" } else { "Delete" }.into()),
+                }
             }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
@@ -282,8 +302,8 @@ mod tests {
     fn a_new_ca_bundle_changes_the_pod_template() -> Result<(), Box<dyn std::error::Error>> {
         let c = cluster(3, PayloadClassSpec::Small);
         let t = PayloadClassSpec::Small.into_tuning();
-        let mut a = statefulset(&c, &t, "h")?;
-        let mut b = statefulset(&c, &t, "h")?;
+        let mut a = statefulset(&c, &t, "h", &Capabilities::RECENT)?;
+        let mut b = statefulset(&c, &t, "h", &Capabilities::RECENT)?;
         let ha = with_trusted_ca(&mut a, "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n");
         let same = with_trusted_ca(&mut b, "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----");
         assert_eq!(ha, same, "whitespace around the bundle does not roll the pods");
@@ -292,6 +312,41 @@ mod tests {
         let other = with_trusted_ca(&mut b, "-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----");
         assert_ne!(other, ha, "a different bundle rolls the pods");
         assert_eq!(annotations(&b).and_then(|m| m.get(CONFIG_HASH_ANNOTATION).cloned()), Some("h".to_string()));
+        Ok(())
+    }
+
+    #[test]
+    fn pods_are_replaced_by_the_operator_not_rolled_by_the_statefulset() -> Result<(), BuildError> {
+        let c = cluster(3, PayloadClassSpec::Small);
+        let t = PayloadClassSpec::Small.into_tuning();
+        for caps in [Capabilities::RECENT, Capabilities::of_version(1, 20)] {
+            let sts = statefulset(&c, &t, "h", &caps)?;
+            let strategy = sts.spec.update_strategy.unwrap_or_default();
+            assert_eq!(strategy.type_.as_deref(), Some("OnDelete"), "{caps:?}");
+            assert_eq!(strategy.rolling_update, None);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_retention_policy_is_sent_only_where_it_is_enforced() -> Result<(), BuildError> {
+        let mut c = cluster(3, PayloadClassSpec::Small);
+        c.spec.storage.retain_on_delete = true;
+        let t = PayloadClassSpec::Small.into_tuning();
+        let policy = statefulset(&c, &t, "h", &Capabilities::RECENT)?.spec.persistent_volume_claim_retention_policy;
+        assert_eq!(
+            policy,
+            Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+                when_deleted: Some("Retain".into()),
+                when_scaled: Some("Delete".into()),
+            })
+        );
+        for minor in [20, 23, 26] {
+            let sts = statefulset(&c, &t, "h", &Capabilities::of_version(1, minor))?;
+            assert_eq!(sts.spec.persistent_volume_claim_retention_policy, None, "1.{minor}");
+            let json = serde_json::to_value(&sts).map_err(BuildError::Json)?;
+            assert!(json["spec"].get("persistentVolumeClaimRetentionPolicy").is_none(), "1.{minor}: {json}");
+        }
         Ok(())
     }
 }

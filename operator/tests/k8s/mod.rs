@@ -1,0 +1,264 @@
+//! Helpers for the scenarios on a real Kubernetes cluster (`scripts/k8s-e2e` starts it, loads
+//! the images and installs the operator from the Helm chart as a user would).
+//!
+//! Every wait is on an event from the API (a watch through `await_condition`), bounded by a
+//! deadline that only turns a hang into a failure with a message.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use confman_operator::crd::{AuthSpec, ConfmanCluster};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{Condition, await_condition};
+use kube::{Client, ResourceExt};
+
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+pub type BoxError = Box<dyn std::error::Error>;
+
+/// How long the cluster may take for a step that starts or replaces pods.
+pub const SLOW: Duration = Duration::from_secs(300);
+
+/// The node image under test and a second tag of it (an image change without a rebuild).
+pub fn images() -> Result<(String, String), BoxError> {
+    let image = std::env::var("CONFMAN_E2E_NODE_IMAGE").map_err(|_| "CONFMAN_E2E_NODE_IMAGE is not set")?;
+    let next = std::env::var("CONFMAN_E2E_NODE_IMAGE_NEXT").map_err(|_| "CONFMAN_E2E_NODE_IMAGE_NEXT is not set")?;
+    Ok((image, next))
+}
+
+/// A namespace of its own for one scenario, with the API keys Secret the cluster uses.
+pub struct Scenario {
+    pub client: Client,
+    pub ns: String,
+    pub admin_key: String,
+}
+
+impl Scenario {
+    pub async fn new(name: &str) -> Result<Scenario, BoxError> {
+        let client = Client::try_default().await?;
+        let ns = format!("e2e-{name}");
+        let namespaces = Api::<Namespace>::all(client.clone());
+        if namespaces.get_opt(&ns).await?.is_some() {
+            namespaces.delete(&ns, &DeleteParams::default()).await?;
+            deadline(SLOW, &format!("namespace {ns} deleted"), async {
+                await_condition(namespaces.clone(), &ns, |n: Option<&Namespace>| n.is_none()).await
+            })
+            .await??;
+        }
+        let mut n = Namespace::default();
+        n.metadata.name = Some(ns.clone());
+        namespaces.create(&PostParams::default(), &n).await?;
+        let admin_key = format!("e2e-admin-{}", rand_suffix());
+        let keys = format!("keys:\n  - name: e2e-admin\n    key: \"{admin_key}\"\n    roles: [admin]\n");
+        let mut secret = Secret::default();
+        secret.metadata.name = Some("confman-keys".into());
+        secret.string_data = Some(BTreeMap::from([("keys.yaml".to_string(), keys)]));
+        Api::<Secret>::namespaced(client.clone(), &ns).create(&PostParams::default(), &secret).await?;
+        Ok(Scenario { client, ns, admin_key })
+    }
+
+    pub fn clusters(&self) -> Api<ConfmanCluster> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// `examples/kubernetes/small-3.yaml` as a user would apply it, in this scenario's
+    /// namespace, with the image under test, a small volume and the keys Secret.
+    pub async fn create_from_example(&self, replicas: i32, image: &str) -> Result<ConfmanCluster, BoxError> {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/kubernetes/small-3.yaml"))?;
+        let mut c: ConfmanCluster = serde_yaml_ng::from_str(&text)?;
+        c.metadata.namespace = Some(self.ns.clone());
+        c.spec.replicas = replicas;
+        c.spec.image = image.to_string();
+        c.spec.storage.size = "1Gi".into();
+        c.spec.auth = Some(AuthSpec { api_keys_secret: "confman-keys".into() });
+        Ok(self.clusters().create(&PostParams::default(), &c).await?)
+    }
+
+    /// Merge-patches the cluster's spec.
+    pub async fn patch_spec(&self, name: &str, spec: serde_json::Value) -> Result<(), BoxError> {
+        let patch = serde_json::json!({ "spec": spec });
+        self.clusters().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        Ok(())
+    }
+
+    /// Waits until the cluster reports `replicas` healthy voters, Available and not Progressing.
+    pub async fn settled(&self, name: &str, replicas: usize) -> Result<ConfmanCluster, BoxError> {
+        let what = format!("{}/{name} settled with {replicas} healthy voters", self.ns);
+        let found = deadline(SLOW, &what, async {
+            await_condition(self.clusters(), name, move |c: Option<&ConfmanCluster>| {
+                c.is_some_and(|c| is_settled(c, replicas))
+            })
+            .await
+        })
+        .await??;
+        found.ok_or_else(|| format!("{what}: the cluster was deleted").into())
+    }
+
+    /// A client for the cluster's client Service (its ClusterIP, reached through kube-proxy).
+    pub async fn node_client(&self, name: &str) -> Result<confman_client::Client, BoxError> {
+        let svc = Api::<Service>::namespaced(self.client.clone(), &self.ns).get(name).await?;
+        let spec = svc.spec.ok_or("client Service has no spec")?;
+        let ip = spec.cluster_ip.ok_or("client Service has no ClusterIP")?;
+        let port = spec.ports.unwrap_or_default().first().map(|p| p.port).ok_or("client Service has no port")?;
+        Ok(confman_client::Client::builder([format!("http://{ip}:{port}")], self.admin_key.clone())
+            .retry_for(Duration::from_secs(30))
+            .build()?)
+    }
+
+    /// The cluster's pods, by name.
+    pub async fn pods_of(&self, name: &str) -> Result<Vec<Pod>, BoxError> {
+        let lp = ListParams::default().labels(&format!("app.kubernetes.io/instance={name}"));
+        let mut pods = self.pods().list(&lp).await?.items;
+        pods.sort_by_key(|p| p.name_any());
+        Ok(pods)
+    }
+
+    /// Deletes the namespace (and with it everything in it); does not wait.
+    pub async fn cleanup(self) -> Result<(), BoxError> {
+        Api::<Namespace>::all(self.client.clone()).delete(&self.ns, &DeleteParams::default()).await?;
+        Ok(())
+    }
+}
+
+pub fn condition_true(c: &ConfmanCluster, type_: &str) -> bool {
+    c.status.as_ref().is_some_and(|s| s.conditions.iter().any(|x| x.type_ == type_ && x.status == "True"))
+}
+
+pub fn is_settled(c: &ConfmanCluster, replicas: usize) -> bool {
+    let Some(s) = c.status.as_ref() else { return false };
+    s.members.len() == replicas
+        && s.members.iter().all(|m| m.healthy && m.role == "voter")
+        && condition_true(c, "Available")
+        && !condition_true(c, "Progressing")
+        && c.spec.replicas == i32::try_from(replicas).unwrap_or(-1)
+}
+
+pub fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+pub fn pod_image(p: &Pod) -> Option<String> {
+    p.spec.as_ref()?.containers.first()?.image.clone()
+}
+
+/// Awaits `f`, failing with `what` after `limit`.
+pub async fn deadline<T>(limit: Duration, what: &str, f: impl Future<Output = T>) -> Result<T, BoxError> {
+    tokio::time::timeout(limit, f).await.map_err(|_| format!("timed out after {limit:?} waiting for: {what}").into())
+}
+
+/// Waits for any condition on a pod (a watch on it).
+pub async fn pod_condition(
+    pods: &Api<Pod>,
+    name: &str,
+    what: &str,
+    cond: impl Condition<Pod>,
+) -> Result<Option<Pod>, BoxError> {
+    Ok(deadline(SLOW, what, await_condition(pods.clone(), name, cond)).await??)
+}
+
+fn rand_suffix() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let n = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{:x}{:x}", n, std::process::id())
+}
+
+/// Runs `ctr` against the test cluster's containerd on the container of `pod` (`kill -s
+/// SIGKILL`, `pause`, `resume`): faults the API cannot inject, done to the real runtime.
+pub async fn container_task(pods: &Api<Pod>, pod: &str, args: &[&str]) -> Result<(), BoxError> {
+    let p = pods.get(pod).await?;
+    let id = p
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref()?.first()?.container_id.clone())
+        .ok_or_else(|| format!("{pod} has no running container"))?;
+    let id = id.trim_start_matches("containerd://").to_string();
+    let dir = std::env::var("CONFMAN_K8S_DIR").unwrap_or_else(|_| "/tmp/confman-k8s".into());
+    let sock = format!("{dir}/containerd/containerd.sock");
+    let (verb, rest) = args.split_first().ok_or("no ctr task verb")?;
+    let out = tokio::process::Command::new("ctr")
+        .args(["--address", &sock, "-n", "k8s.io", "tasks", verb])
+        .args(rest)
+        .arg(&id)
+        .output()
+        .await?;
+    if !out.status.success() {
+        return Err(format!("ctr tasks {verb} {pod}: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(())
+}
+
+/// Sends `signal` (e.g. `STOP`, `CONT`) to the main process of `pod`'s container, found
+/// through containerd (`ctr tasks ls`): a member that hangs without exiting.
+pub async fn signal_container(pods: &Api<Pod>, pod: &str, signal: &str) -> Result<(), BoxError> {
+    let p = pods.get(pod).await?;
+    let id = p
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref()?.first()?.container_id.clone())
+        .ok_or_else(|| format!("{pod} has no running container"))?;
+    let id = id.trim_start_matches("containerd://").to_string();
+    let dir = std::env::var("CONFMAN_K8S_DIR").unwrap_or_else(|_| "/tmp/confman-k8s".into());
+    let sock = format!("{dir}/containerd/containerd.sock");
+    let out =
+        tokio::process::Command::new("ctr").args(["--address", &sock, "-n", "k8s.io", "tasks", "ls"]).output().await?;
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let pid = listing
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(id.as_str())).then(|| f.next().map(str::to_string)).flatten()
+        })
+        .ok_or_else(|| format!("no containerd task for {pod}"))?;
+    let status = tokio::process::Command::new("kill").arg(format!("-{signal}")).arg(&pid).status().await?;
+    if !status.success() {
+        return Err(format!("kill -{signal} {pid} ({pod}) failed").into());
+    }
+    Ok(())
+}
+
+/// The directory on this machine backing the volume of `claim` (a hostPath PV).
+pub async fn volume_dir(client: &Client, ns: &str, claim: &str) -> Result<std::path::PathBuf, BoxError> {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns).get(claim).await?;
+    let pv_name = pvc.spec.and_then(|s| s.volume_name).ok_or("claim is not bound")?;
+    let pv = Api::<PersistentVolume>::all(client.clone()).get(&pv_name).await?;
+    let path = pv.spec.and_then(|s| s.host_path).map(|h| h.path).ok_or("volume is not a hostPath")?;
+    Ok(path.into())
+}
+
+/// Member id by pod name, from the cluster's status.
+pub fn member_ids(c: &ConfmanCluster) -> BTreeMap<String, u64> {
+    c.status.iter().flat_map(|s| s.members.iter().map(|m| (m.pod.clone(), m.id))).collect()
+}
+
+/// Asks the eviction API (policy/v1beta1 on 1.20, as `kubectl drain` does) to evict `pod`;
+/// returns the HTTP status. Sent with a plain HTTP client: kube's client retries a 429 until it
+/// succeeds, and the refusal is what this asks about.
+pub async fn evict(ns: &str, pod: &str) -> Result<u16, BoxError> {
+    let config = kube::Config::infer().await?;
+    let path = std::env::var("KUBECONFIG").map_err(|_| "KUBECONFIG is not set")?;
+    let kubeconfig: serde_json::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(path)?)?;
+    let token = kubeconfig["users"][0]["user"]["token"].as_str().ok_or("the kubeconfig has no token")?.to_string();
+    confman_client::install_crypto_provider();
+    let mut http = reqwest::Client::builder();
+    for der in config.root_cert.unwrap_or_default() {
+        http = http.add_root_certificate(reqwest::Certificate::from_der(&der)?);
+    }
+    let body = serde_json::json!({
+        "apiVersion": "policy/v1beta1",
+        "kind": "Eviction",
+        "metadata": { "name": pod, "namespace": ns },
+    });
+    let url = format!("{}api/v1/namespaces/{ns}/pods/{pod}/eviction", config.cluster_url);
+    let resp = http.build()?.post(url).bearer_auth(token).json(&body).send().await?;
+    Ok(resp.status().as_u16())
+}
