@@ -205,6 +205,26 @@ async fn scaling_3_to_5_to_3_through_the_scale_subresource() -> TestResult {
     );
     let e = client.get("app", "before").await?.ok_or("key written before scaling is gone")?;
     assert_eq!(e.value.as_ref(), b"1");
+
+    // Up again: ordinals 3 and 4 come back under fresh ids; the volumes their earlier members
+    // left (a 1.20 StatefulSet keeps claims on scale-down) are deleted first, never rejoined.
+    s.clusters().patch_scale("config", &params, &kube::api::Patch::Merge(scale(5))).await?;
+    let again = member_ids(&s.settled("config", 5).await?);
+    let first_max = ids.iter().max().copied().unwrap_or(0);
+    for pod in ["config-3", "config-4"] {
+        assert!(again.get(pod).is_some_and(|id| *id > first_max), "{pod} has a fresh id: {again:?}");
+    }
+    // The operator's recorder folds repeated reasons into an event series (events.k8s.io/v1).
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(s.client.clone(), &s.ns)
+        .list(&ListParams::default())
+        .await?;
+    let stale: i32 = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("StaleVolumeDeleted"))
+        .map(|e| e.series.as_ref().map_or(1, |series| series.count))
+        .sum();
+    assert_eq!(stale, 2, "the earlier members' volumes were deleted before the ordinals rejoined");
     s.cleanup().await
 }
 
@@ -439,5 +459,97 @@ async fn deleting_the_cluster_garbage_collects_its_children() -> TestResult {
     assert_eq!((services, maps, secrets), (0, 0, 0), "children left behind");
     let claims = Api::<PersistentVolumeClaim>::namespaced(s.client.clone(), &s.ns).list(&lp).await?.items.len();
     assert_eq!(claims, 3, "a 1.20 StatefulSet keeps its claims");
+    s.cleanup().await
+}
+
+/// A TLS cluster (a cert-manager-like `kubernetes.io/tls` Secret): members bootstrap over
+/// https with the real cluster DNS names in their certificates, the operator pod verifies them
+/// against `ca.crt`, and the client Service serves only https.
+#[tokio::test]
+#[ignore = "needs the real cluster: ./scripts/k8s-e2e"]
+async fn a_tls_cluster_bootstraps_and_serves_only_https() -> TestResult {
+    use k8s_openapi::api::core::v1::{Secret, Service};
+    use kube::api::PostParams;
+    let (image, _) = images()?;
+    let s = Scenario::new("tls").await?;
+    let dir = tempfile::tempdir()?;
+    let service_dns = format!("config.{}.svc", s.ns);
+    let certs = confman_tests::certs::generate(dir.path(), &[&format!("*.config-peers.{}.svc", s.ns), &service_dns])?;
+    let mut secret = Secret::default();
+    secret.metadata.name = Some("config-tls".into());
+    secret.type_ = Some("kubernetes.io/tls".into());
+    secret.string_data = Some(BTreeMap::from([
+        ("tls.crt".to_string(), certs.cert_pem.clone()),
+        ("tls.key".to_string(), certs.key_pem.clone()),
+        ("ca.crt".to_string(), certs.ca_pem.clone()),
+    ]));
+    Api::<Secret>::namespaced(s.client.clone(), &s.ns).create(&PostParams::default(), &secret).await?;
+    let mut c = s.example(3, &image)?;
+    c.spec.tls = Some(confman_operator::crd::TlsSpec { client_secret: "config-tls".into(), peer_secret: None });
+    s.clusters().create(&PostParams::default(), &c).await?;
+    s.settled("config", 3).await?;
+
+    let svc = Api::<Service>::namespaced(s.client.clone(), &s.ns).get("config").await?;
+    let ip: std::net::IpAddr = svc.spec.and_then(|sp| sp.cluster_ip).ok_or("no ClusterIP")?.parse()?;
+    let url = format!("https://{service_dns}:8080");
+    let client = confman_client::Client::builder([url.clone()], s.admin_key.clone())
+        .trust_ca_pem(certs.ca_pem.clone())
+        .resolve(service_dns.clone(), ip)
+        .build()?;
+    client.put_namespace("app", "e2e", "e2e").await?;
+    client.put("app", "k", b"v".to_vec(), None).await?;
+    assert_eq!(client.get("app", "k").await?.map(|e| e.value.to_vec()), Some(b"v".to_vec()));
+    let group = client.cluster().await?;
+    assert!(group.members.iter().all(|m| m.address.starts_with("https://")), "{:?}", group.members);
+
+    let untrusting = confman_client::Client::builder([url], s.admin_key.clone())
+        .retry_for(Duration::ZERO)
+        .resolve(service_dns, ip)
+        .build()?;
+    let refused = untrusting.get("app", "k").await;
+    let cause = match &refused {
+        Err(confman_client::Error::Transport(e)) => confman_tests::certs::certificate_error(e),
+        _ => None,
+    };
+    // The handshake fails verification because the issuer is unknown to it (not because a
+    // pod is down).
+    assert_eq!(
+        cause.map(|c| format!("{c:?}")).as_deref(),
+        Some("UnknownIssuer"),
+        "a client without the CA fails verification: {refused:?}"
+    );
+
+    // CA rotation, step one: ca.crt becomes a bundle of the old and a new CA. Nodes read it at
+    // start, so the operator restarts them one at a time (leader last) to trust both. The
+    // operator does not watch Secrets; an edit of the cluster brings its next look forward.
+    let next_ca = confman_tests::certs::TestCa::new()?;
+    let bundle = format!("{}{}", certs.ca_pem, next_ca.pem);
+    let secrets = Api::<Secret>::namespaced(s.client.clone(), &s.ns);
+    let patch = serde_json::json!({ "stringData": { "ca.crt": bundle } });
+    secrets.patch("config-tls", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await?;
+    let before: BTreeMap<String, String> =
+        s.pods_of("config").await?.iter().map(|p| (p.name_any(), p.uid().unwrap_or_default())).collect();
+    let annotate = serde_json::json!({ "metadata": { "annotations": { "e2e/rotate": "1" } } });
+    s.clusters().patch("config", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&annotate)).await?;
+    deadline(SLOW, "every member restarted trusting the bundle", async {
+        loop {
+            s.settled("config", 3).await?;
+            let pods = s.pods_of("config").await?;
+            if pods.len() == 3 && pods.iter().all(|p| pod_ready(p) && before.get(&p.name_any()) != p.uid().as_ref()) {
+                return Ok::<_, BoxError>(());
+            }
+            let mut stream = std::pin::pin!(watcher(
+                s.pods(),
+                watcher::Config::default().labels("app.kubernetes.io/instance=config")
+            ));
+            let _ = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
+        }
+    })
+    .await??;
+    let sts = Api::<StatefulSet>::namespaced(s.client.clone(), &s.ns).get("config").await?;
+    let annotations = sts.spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default();
+    assert!(annotations.contains_key("confman.io/ca-hash"), "{annotations:?}");
+    client.put("app", "rotated", b"1".to_vec(), None).await?;
+    assert_eq!(client.get("app", "k").await?.map(|e| e.value.to_vec()), Some(b"v".to_vec()));
     s.cleanup().await
 }

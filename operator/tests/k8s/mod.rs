@@ -69,6 +69,12 @@ impl Scenario {
     /// `examples/kubernetes/small-3.yaml` as a user would apply it, in this scenario's
     /// namespace, with the image under test, a small volume and the keys Secret.
     pub async fn create_from_example(&self, replicas: i32, image: &str) -> Result<ConfmanCluster, BoxError> {
+        let c = self.example(replicas, image)?;
+        Ok(self.clusters().create(&PostParams::default(), &c).await?)
+    }
+
+    /// The example's object, not yet created.
+    pub fn example(&self, replicas: i32, image: &str) -> Result<ConfmanCluster, BoxError> {
         let text =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/kubernetes/small-3.yaml"))?;
         let mut c: ConfmanCluster = serde_yaml_ng::from_str(&text)?;
@@ -77,7 +83,7 @@ impl Scenario {
         c.spec.image = image.to_string();
         c.spec.storage.size = "1Gi".into();
         c.spec.auth = Some(AuthSpec { api_keys_secret: "confman-keys".into() });
-        Ok(self.clusters().create(&PostParams::default(), &c).await?)
+        Ok(c)
     }
 
     /// Merge-patches the cluster's spec.

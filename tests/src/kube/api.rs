@@ -1,5 +1,5 @@
 //! A stateful stand-in for the Kubernetes API server, in process, on a loopback port: enough
-//! of the REST API for the operator and the pod simulator — get, list (label selectors), watch
+//! of the REST API for the operator binary — get, list (label selectors), watch
 //! (JSON lines, replayed from a resourceVersion), server-side apply and merge patch (objects and
 //! `/status`), create, delete — for any namespaced kind, with resourceVersion, generation
 //! (bumped on spec changes), uid and creationTimestamp, and field managers: an apply that would
@@ -61,8 +61,8 @@ struct Inner {
     owners: BTreeMap<ObjectKey, super::managed::Owners>,
 }
 
-/// The object store behind the fake API server; also used directly by the pod simulator and
-/// by tests (reads, waits, edits).
+/// The object store behind the fake API server; also used directly by tests (reads, waits,
+/// edits).
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Mutex<Inner>>,

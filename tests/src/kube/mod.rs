@@ -1,7 +1,8 @@
-//! A Kubernetes stand-in for end-to-end operator tests: an in-process API server
-//! ([`api::FakeApiServer`]) and a pod simulator ([`sim::PodSim`]) that runs real
-//! `confman-node` processes for StatefulSet pods on loopback addresses.
+//! A Kubernetes API stand-in ([`api::FakeApiServer`]) for what the real cluster of
+//! `scripts/k8s-cluster` cannot do on demand: the operator binary's Lease handling against an
+//! API whose answers a test controls. Everything Kubernetes itself does (StatefulSet rollouts,
+//! garbage collection, validation, RBAC, eviction) is tested on the real cluster
+//! (`operator/tests/real_cluster.rs`).
 
 pub mod api;
 pub mod managed;
-pub mod sim;
