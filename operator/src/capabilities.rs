@@ -33,8 +33,17 @@ impl Default for Capabilities {
 const PDB_V1_SINCE: u32 = 21;
 /// Oldest minor where the StatefulSet PVC retention policy is enforced by default.
 const PVC_RETENTION_SINCE: u32 = 27;
-/// How often a failing `/version` request is tried before assuming a recent server.
-const ATTEMPTS: u32 = 3;
+/// How long start-up keeps retrying a server that does not answer before giving up (the
+/// Deployment then restarts the pod): a guess made during an API outage would stick for the
+/// operator's whole run.
+const DISCOVERY_DEADLINE: Duration = Duration::from_secs(120);
+/// Longest pause between two discovery attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Why the server's capabilities could not be discovered.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot discover what the Kubernetes API server serves within {DISCOVERY_DEADLINE:?}: {0}")]
+pub struct DiscoveryError(String);
 
 impl Capabilities {
     /// A current server: everything the builders can emit is accepted and enforced.
@@ -101,51 +110,76 @@ fn parse_version(info: &Info) -> Option<(u32, u32)> {
     Some((leading_number(parts.next()?)?, leading_number(parts.next()?)?))
 }
 
-/// Whether retrying can help: a server that answers `/version` with an error status (the
-/// in-process test stand-in has no such route) will answer the same again.
+/// Whether retrying can help: an error status from the server (other than overload) will be
+/// the same on the next attempt.
 fn is_transient(e: &kube::Error) -> bool {
-    !matches!(e, kube::Error::Api(_) | kube::Error::SerdeError(_))
+    match e {
+        kube::Error::Api(status) => status.code == 429 || status.code >= 500,
+        kube::Error::SerdeError(_) => false,
+        _ => true,
+    }
 }
 
-/// Asks the server for its version and derives the capabilities. When the version cannot be
-/// read, a recent server is assumed and a warning logged: then a too-old server shows up as
-/// failed applies naming the field, rather than the operator never starting.
-pub async fn discover(client: &kube::Client) -> Capabilities {
-    let mut attempt = 1;
-    let info = loop {
-        match client.apiserver_version().await {
-            Ok(info) => break Ok(info),
-            Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
-                tracing::debug!(error = %e, attempt, "cannot read the server version; retrying");
-                tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
-                attempt += 1;
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == 404)
+}
+
+/// Runs `call` until it succeeds or fails for a reason retrying cannot change, backing off
+/// between transient failures, until [`DISCOVERY_DEADLINE`].
+async fn retrying<T, F, Fut>(what: &str, mut call: F) -> Result<Result<T, kube::Error>, DiscoveryError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, kube::Error>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match call().await {
+            Err(e) if is_transient(&e) => {
+                if started.elapsed() >= DISCOVERY_DEADLINE {
+                    return Err(DiscoveryError(format!("{what}: {e}")));
+                }
+                tracing::warn!(error = %e, what, retry_in = ?pause, "kubernetes API not answering; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_BACKOFF);
             }
-            Err(e) => break Err(e.to_string()),
+            done => return Ok(done),
         }
-    };
-    let (caps, version) = match info {
+    }
+}
+
+/// Discovers what the server serves: whether `policy/v1` lists PodDisruptionBudgets (asked
+/// of the API itself), and from the server version whether the StatefulSet PVC retention
+/// policy is enforced (a field's enforcement is not discoverable). Transient failures are
+/// retried until [`DISCOVERY_DEADLINE`]; then start-up fails rather than guessing. A server
+/// without `/version` (the in-process test stand-in) is taken as recent.
+pub async fn discover(client: &kube::Client) -> Result<Capabilities, DiscoveryError> {
+    let info = retrying("GET /version", || client.apiserver_version()).await?;
+    let (mut caps, version) = match info {
         Ok(info) => match Capabilities::from_info(&info) {
             Some(caps) => (caps, info.git_version),
             None => {
-                tracing::warn!(
-                    git_version = %info.git_version,
-                    "server version unreadable; assuming a recent Kubernetes"
-                );
-                return Capabilities::RECENT;
+                tracing::warn!(git_version = %info.git_version, "server version unreadable; assuming a recent Kubernetes");
+                (Capabilities::RECENT, info.git_version)
             }
         },
         Err(e) => {
-            tracing::warn!(error = %e, "cannot read the server version; assuming a recent Kubernetes");
-            return Capabilities::RECENT;
+            tracing::warn!(error = %e, "the server answers no version; assuming a recent Kubernetes");
+            return Ok(Capabilities::RECENT);
         }
     };
+    match retrying("GET /apis/policy/v1", || client.list_api_group_resources("policy/v1")).await? {
+        Ok(list) => caps.pdb_v1 = list.resources.iter().any(|r| r.name == "poddisruptionbudgets"),
+        Err(e) if is_not_found(&e) => caps.pdb_v1 = false,
+        Err(e) => return Err(DiscoveryError(format!("GET /apis/policy/v1: {e}"))),
+    }
     let limits = caps.limitations();
     if limits.is_empty() {
         tracing::info!(version = %version, "kubernetes server supports every feature the operator uses");
     } else {
         tracing::warn!(version = %version, unavailable = %limits.join("; "), "kubernetes server lacks features");
     }
-    caps
+    Ok(caps)
 }
 
 #[cfg(test)]

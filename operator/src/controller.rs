@@ -65,6 +65,9 @@ pub enum RunError {
     /// Leader election failed.
     #[error("leader election: {0}")]
     Lease(#[from] kube_lease_manager::LeaseManagerError),
+    /// The API server's capabilities could not be discovered at start-up.
+    #[error(transparent)]
+    Discovery(#[from] crate::capabilities::DiscoveryError),
     /// The Lease was lost while reconciling.
     #[error("lost the leader lease; exiting so this replica can re-contend")]
     LeaseLost,
@@ -169,7 +172,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
 
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(opts.identity.clone()) };
     let mut ctx = Context::new(client.clone(), reporter, metrics.clone());
-    ctx.capabilities = discover(&client).await;
+    ctx.capabilities = discover(&client).await?;
     let ctx = Arc::new(ctx);
     let ns = opts.namespace.clone();
     if !opts.leader_election {

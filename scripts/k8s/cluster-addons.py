@@ -73,82 +73,101 @@ def write_if_changed(path, text):
                 return
     except FileNotFoundError:
         pass
-    tmp = path + ".tmp"
+    # A dotfile: dnsmasq's --hostsdir skips them, so it never reads a half-written file.
+    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
     with open(tmp, "w") as f:
         f.write(text)
     os.rename(tmp, path)
 
 
-def provision(api, root, storage_class):
-    for pvc in api.items("/api/v1/persistentvolumeclaims"):
-        meta, spec = pvc["metadata"], pvc["spec"]
-        ann = meta.get("annotations") or {}
-        if spec.get("volumeName") or pvc.get("status", {}).get("phase") != "Pending":
-            continue
-        if ann.get("volume.beta.kubernetes.io/storage-provisioner") != PROVISIONER:
-            continue
-        if spec.get("storageClassName") != storage_class:
-            continue
-        node = ann.get("volume.kubernetes.io/selected-node")
-        pv_name = "pvc-" + meta["uid"]
-        path = os.path.join(root, f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}")
-        os.makedirs(path, exist_ok=True)
-        # Any uid may write, as with local-path-provisioner: the pod's fsGroup does not apply
-        # to hostPath volumes.
-        os.chmod(path, 0o777)
-        sc = api.call("GET", f"/apis/storage.k8s.io/v1/storageclasses/{storage_class}")
-        pv = {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": pv_name, "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER}},
-            "spec": {
-                "capacity": {"storage": spec["resources"]["requests"]["storage"]},
-                "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
-                "persistentVolumeReclaimPolicy": sc.get("reclaimPolicy", "Delete"),
-                "storageClassName": storage_class,
-                "volumeMode": spec.get("volumeMode", "Filesystem"),
-                "hostPath": {"path": path, "type": "DirectoryOrCreate"},
-                "claimRef": {
-                    "apiVersion": "v1",
-                    "kind": "PersistentVolumeClaim",
-                    "namespace": meta["namespace"],
-                    "name": meta["name"],
-                    "uid": meta["uid"],
-                },
-            },
-        }
-        if node:
-            pv["spec"]["nodeAffinity"] = {
-                "required": {
-                    "nodeSelectorTerms": [
-                        {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}
-                    ]
-                }
-            }
+def each(what, items, act):
+    """Applies `act` to every item; one that fails is logged and skipped, the rest go on."""
+    for item in items:
         try:
-            api.call("POST", "/api/v1/persistentvolumes", pv)
-            log(f"provisioned {pv_name} at {path} for {meta['namespace']}/{meta['name']}")
-        except urllib.error.HTTPError as e:
-            if e.code != 409:
-                raise
+            act(item)
+        except Exception as e:  # noqa: BLE001 - a bad object must not stop the others
+            name = (item.get("metadata") or {}).get("name", "?")
+            log(f"{what} {name}: {type(e).__name__}: {e}")
+
+
+def provision(api, root, storage_class):
+    each("provision", api.items("/api/v1/persistentvolumeclaims"), lambda pvc: provision_one(api, root, storage_class, pvc))
+
+
+def provision_one(api, root, storage_class, pvc):
+    meta, spec = pvc["metadata"], pvc["spec"]
+    ann = meta.get("annotations") or {}
+    if spec.get("volumeName") or pvc.get("status", {}).get("phase") != "Pending":
+        return
+    if ann.get("volume.beta.kubernetes.io/storage-provisioner") != PROVISIONER:
+        return
+    if spec.get("storageClassName") != storage_class:
+        return
+    if spec.get("volumeMode", "Filesystem") != "Filesystem":
+        raise ValueError("only volumeMode Filesystem is provisioned")
+    node = ann.get("volume.kubernetes.io/selected-node")
+    pv_name = "pvc-" + meta["uid"]
+    path = os.path.join(root, f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}")
+    os.makedirs(path, exist_ok=True)
+    # Any uid may write, as with local-path-provisioner: the pod's fsGroup does not apply
+    # to hostPath volumes.
+    os.chmod(path, 0o777)
+    sc = api.call("GET", f"/apis/storage.k8s.io/v1/storageclasses/{storage_class}")
+    pv = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": pv_name, "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER}},
+        "spec": {
+            "capacity": {"storage": spec["resources"]["requests"]["storage"]},
+            "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": sc.get("reclaimPolicy", "Delete"),
+            "storageClassName": storage_class,
+            "volumeMode": spec.get("volumeMode", "Filesystem"),
+            "hostPath": {"path": path, "type": "DirectoryOrCreate"},
+            "claimRef": {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "namespace": meta["namespace"],
+                "name": meta["name"],
+                "uid": meta["uid"],
+            },
+        },
+    }
+    if node:
+        pv["spec"]["nodeAffinity"] = {
+            "required": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}
+                ]
+            }
+        }
+    try:
+        api.call("POST", "/api/v1/persistentvolumes", pv)
+        log(f"provisioned {pv_name} at {path} for {meta['namespace']}/{meta['name']}")
+    except urllib.error.HTTPError as e:
+        if e.code != 409:
+            raise
 
 
 def reclaim(api, root):
-    for pv in api.items("/api/v1/persistentvolumes"):
-        meta, spec = pv["metadata"], pv["spec"]
-        if (meta.get("annotations") or {}).get("pv.kubernetes.io/provisioned-by") != PROVISIONER:
-            continue
-        if pv.get("status", {}).get("phase") != "Released" or spec.get("persistentVolumeReclaimPolicy") != "Delete":
-            continue
-        path = (spec.get("hostPath") or {}).get("path", "")
-        if path.startswith(root.rstrip("/") + "/"):
-            shutil.rmtree(path, ignore_errors=True)
-        try:
-            api.call("DELETE", f"/api/v1/persistentvolumes/{meta['name']}")
-            log(f"deleted released {meta['name']} and {path}")
-        except urllib.error.HTTPError as e:
-            if e.code != 404:
-                raise
+    each("reclaim", api.items("/api/v1/persistentvolumes"), lambda pv: reclaim_one(api, root, pv))
+
+
+def reclaim_one(api, root, pv):
+    meta, spec = pv["metadata"], pv["spec"]
+    if (meta.get("annotations") or {}).get("pv.kubernetes.io/provisioned-by") != PROVISIONER:
+        return
+    if pv.get("status", {}).get("phase") != "Released" or spec.get("persistentVolumeReclaimPolicy") != "Delete":
+        return
+    path = (spec.get("hostPath") or {}).get("path", "")
+    if path.startswith(root.rstrip("/") + "/"):
+        shutil.rmtree(path, ignore_errors=True)
+    try:
+        api.call("DELETE", f"/api/v1/persistentvolumes/{meta['name']}")
+        log(f"deleted released {meta['name']} and {path}")
+    except urllib.error.HTTPError as e:
+        if e.code != 404:
+            raise
 
 
 def log(msg):
@@ -173,8 +192,8 @@ def main():
             write_if_changed(a.hosts_file, dns_records(api, a.domain))
             provision(api, root, a.storage_class)
             reclaim(api, root)
-        except (urllib.error.URLError, OSError, KeyError, ValueError) as e:
-            log(f"retrying after: {e}")
+        except Exception as e:  # noqa: BLE001 - the loop must outlive any one bad answer
+            log(f"retrying after {type(e).__name__}: {e}")
         time.sleep(0.5)
 
 

@@ -20,6 +20,7 @@ def main():
     p.add_argument("--pull-policy", default="IfNotPresent")
     p.add_argument("--release", default="confman-operator")
     p.add_argument("--part", choices=["crds", "templates"], required=True)
+    p.add_argument("--kube-version", default="v1.20.2", help="the target server's version (kubeVersion check)")
     a = p.parse_args()
     chart_dir = os.path.join(ROOT, "charts", "confman-operator")
     if a.part == "crds":
@@ -27,6 +28,11 @@ def main():
             with open(path) as f:
                 sys.stdout.write("---\n" + f.read())
         return
+    # What `helm install` checks against the server first: the chart's kubeVersion.
+    report = helm.lint(chart_dir, strict=True, kube_version=a.kube_version)
+    problems = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2] + report.get("errors", [])
+    if problems:
+        sys.exit(f"the chart does not install on Kubernetes {a.kube_version}: {problems}")
     chart = helm.Chart.load(chart_dir)
     values = {"image": {"repository": a.repository, "tag": a.tag, "pullPolicy": a.pull_policy}}
     chart.validate_schema(chart.merge_values(values))
