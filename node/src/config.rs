@@ -123,6 +123,25 @@ pub struct Overrides {
     /// restart), ms. [default: 30000]
     #[arg(long, env = "CONFMAN_TLS_RELOAD_MS")]
     pub tls_reload_ms: Option<u64>,
+    /// Client connections open at once (TLS handshakes included); beyond it a new client gets
+    /// 503, or a closed connection when the peer slots are full too. [default: 1024]
+    #[arg(long, env = "CONFMAN_MAX_CLIENT_CONNECTIONS")]
+    pub max_client_connections: Option<u64>,
+    /// Connection slots kept for Raft peers on top of the client ones (a connection moves here
+    /// once it carries an authenticated /raft/ request), so clients never starve Raft.
+    /// [default: 64]
+    #[arg(long, env = "CONFMAN_MAX_PEER_CONNECTIONS")]
+    pub max_peer_connections: Option<u64>,
+    /// Time a connection has to send a complete request header (from accept, or from the
+    /// first byte of a later request), ms. [default: 10000]
+    #[arg(long, env = "CONFMAN_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// Time a connection may wait between requests before it is closed, ms. [default: 90000]
+    #[arg(long, env = "CONFMAN_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Time a connection has to complete its TLS handshake, ms. [default: 10000]
+    #[arg(long, env = "CONFMAN_TLS_HANDSHAKE_TIMEOUT_MS")]
+    pub tls_handshake_timeout_ms: Option<u64>,
     /// Set from --members-file (never a flag): the ledger lists this node id as one that has
     /// held a place in the group, so an empty data directory means its volume was lost.
     #[arg(skip)]
@@ -196,6 +215,8 @@ pub struct Settings {
     pub tls_ca_file: Option<PathBuf>,
     /// How often the certificate files are re-read.
     pub tls_reload: Duration,
+    /// Connection limits and timeouts of the listener.
+    pub limits: crate::listener::Limits,
     /// This node id has held a place in the group (operator ledger): starting it on an empty
     /// data directory would forget its vote and log, so the node refuses to (see
     /// `server::start`).
@@ -245,6 +266,11 @@ impl Overrides {
             tls_key_file,
             tls_ca_file,
             tls_reload_ms,
+            max_client_connections,
+            max_peer_connections,
+            header_read_timeout_ms,
+            idle_timeout_ms,
+            tls_handshake_timeout_ms,
             was_member,
         )
     }
@@ -294,6 +320,36 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
     }
     Ok(peers)
 }
+
+/// The listener's connection limits and timeouts from the overrides, defaults where unset.
+fn listener_limits(o: &Overrides) -> Result<crate::listener::Limits, ConfigError> {
+    let d = crate::listener::Limits::default();
+    let count = |setting: &'static str, v: Option<u64>, default: usize| match v {
+        None => Ok(default),
+        Some(0) => Err(ConfigError::Invalid { setting, reason: "must be at least 1".into() }),
+        Some(n) if n > MAX_CONNECTIONS => {
+            Err(ConfigError::Invalid { setting, reason: format!("{n} is above the maximum of {MAX_CONNECTIONS}") })
+        }
+        Some(n) => Ok(n as usize),
+    };
+    let millis = |setting: &'static str, v: Option<u64>, default: Duration| match v {
+        None => Ok(default),
+        Some(ms) if ms < 100 => {
+            Err(ConfigError::Invalid { setting, reason: format!("{ms} is below the minimum of 100 ms") })
+        }
+        Some(ms) => Ok(Duration::from_millis(ms)),
+    };
+    Ok(crate::listener::Limits {
+        max_client_connections: count("max-client-connections", o.max_client_connections, d.max_client_connections)?,
+        max_peer_connections: count("max-peer-connections", o.max_peer_connections, d.max_peer_connections)?,
+        header_read_timeout: millis("header-read-timeout-ms", o.header_read_timeout_ms, d.header_read_timeout)?,
+        idle_timeout: millis("idle-timeout-ms", o.idle_timeout_ms, d.idle_timeout)?,
+        tls_handshake_timeout: millis("tls-handshake-timeout-ms", o.tls_handshake_timeout_ms, d.tls_handshake_timeout)?,
+    })
+}
+
+/// Upper bound of the connection caps (beyond any open-file limit; catches typos).
+const MAX_CONNECTIONS: u64 = 1 << 20;
 
 /// The listener's certificate chain and key (PEM files).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -404,6 +460,7 @@ impl Settings {
         if !violations.is_empty() {
             return Err(ConfigError::Tuning(violations));
         }
+        let limits = listener_limits(&o)?;
 
         let listen_s = o.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
         let listen: SocketAddr = listen_s.parse().map_err(|e| ConfigError::Invalid {
@@ -509,6 +566,7 @@ impl Settings {
             tls,
             tls_ca_file: o.tls_ca_file,
             tls_reload: Duration::from_millis(tls_reload_ms),
+            limits,
             was_member: o.was_member.unwrap_or(false),
         })
     }
@@ -675,6 +733,33 @@ mod tests {
         assert_eq!(read_members_file(&ok)?.ids.get("a-0"), Some(&1));
         std::fs::write(&ok, "bootstrap = \"x\"\n")?;
         assert!(read_members_file(&ok).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn connection_limits_default_and_are_checked_by_name() -> Result<(), Box<dyn std::error::Error>> {
+        let s = Settings::from_overrides(Overrides::default())?;
+        assert_eq!(s.limits, crate::listener::Limits::default());
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "max_client_connections = 8\nidle_timeout_ms = 500\n")?;
+        let cli = parse(&["--config", path.to_str().ok_or("path")?, "--header-read-timeout-ms", "300"]);
+        let s = Settings::resolve(cli)?;
+        assert_eq!(s.limits.max_client_connections, 8);
+        assert_eq!(s.limits.idle_timeout, Duration::from_millis(500));
+        assert_eq!(s.limits.header_read_timeout, Duration::from_millis(300));
+        assert_eq!(s.limits.max_peer_connections, 64, "default kept");
+        for (o, setting) in [
+            (Overrides { max_client_connections: Some(0), ..Default::default() }, "max-client-connections"),
+            (Overrides { max_peer_connections: Some(1 << 30), ..Default::default() }, "max-peer-connections"),
+            (Overrides { header_read_timeout_ms: Some(10), ..Default::default() }, "header-read-timeout-ms"),
+            (Overrides { idle_timeout_ms: Some(0), ..Default::default() }, "idle-timeout-ms"),
+            (Overrides { tls_handshake_timeout_ms: Some(99), ..Default::default() }, "tls-handshake-timeout-ms"),
+        ] {
+            let err = Settings::from_overrides(o).err().ok_or("expected an error")?;
+            assert!(matches!(err, ConfigError::Invalid { setting: s, .. } if s == setting), "{err}");
+            assert!(err.to_string().contains(setting), "{err}");
+        }
         Ok(())
     }
 

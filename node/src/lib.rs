@@ -2,7 +2,8 @@
 //! API. Modules by job: `model` (data types and name rules), `command` (replicated
 //! operations), `store` (RocksDB layout, reads, apply), `raft` (everything openraft-facing),
 //! `api` (HTTP), `auth`, `config` and `tuning` (settings and their invariants), `metrics`,
-//! `server` (startup and ordered shutdown), `tls` (rustls for the listener and peer calls).
+//! `server` (startup and ordered shutdown), `listener` (the accept loop, connection limits and
+//! timeouts), `tls` (rustls for the listener and peer calls).
 
 pub mod api;
 pub mod auth;
@@ -10,6 +11,7 @@ pub mod changes;
 pub mod command;
 pub mod config;
 pub mod files;
+pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod raft;

@@ -13,6 +13,7 @@ use crate::api::{self, AppContext};
 use crate::auth::{KeyRing, KeysFileError};
 use crate::config::Settings;
 use crate::files;
+use crate::listener;
 use crate::metrics::Metrics;
 use crate::raft::{RaftNode, RaftNodeError};
 use crate::store::{self, StoreError};
@@ -92,8 +93,10 @@ pub struct Running {
     /// The generated development admin key, when no keys file was configured.
     pub dev_admin_key: Option<String>,
     node: Arc<RaftNode>,
-    listener: Listener,
+    listener: Bound,
     router: axum::Router,
+    /// The cluster token: it identifies peer connections to the listener's connection pools.
+    token: Arc<str>,
     drain_timeout: Duration,
     /// Tells long-lived responses (watch streams) to end when shutdown begins.
     shutdown_tx: tokio::sync::watch::Sender<bool>,
@@ -187,7 +190,8 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
     }
     let forward_client = crate::raft::network::http_client(&raft.outgoing)?;
     let (listener, local_addr) = bind(settings)?;
-    let node = RaftNode::start(&raft, db, &dir, Arc::from(token.as_str())).await?;
+    let token: Arc<str> = Arc::from(token.as_str());
+    let node = RaftNode::start(&raft, db, &dir, token.clone()).await?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let ctx = Arc::new(AppContext {
         node: node.clone(),
@@ -205,61 +209,57 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
         node,
         listener,
         router,
+        token,
         drain_timeout: Duration::from_millis(settings.tuning.request_timeout_ms) + Duration::from_secs(5),
         shutdown_tx,
     })
 }
 
-/// The node's listener: plain TCP, or TLS with the certificate reloader and its interval.
-enum Listener {
-    Plain(tokio::net::TcpListener),
-    Tls(tls::TlsListener, Arc<tls::CertReloader>, Duration),
+/// The node's listener, with the TLS certificate reloader and its interval when TLS is on.
+struct Bound {
+    listener: listener::Listener,
+    reload: Option<(Arc<tls::CertReloader>, Duration)>,
 }
 
 /// Binds the listen address, with TLS when configured; returns the listener and its address.
-fn bind(settings: &Settings) -> Result<(Listener, SocketAddr), ServerError> {
+fn bind(settings: &Settings) -> Result<(Bound, SocketAddr), ServerError> {
     let bind_err = |source| ServerError::Bind { addr: settings.listen, source };
     let std_listener = std::net::TcpListener::bind(settings.listen).map_err(bind_err)?;
     std_listener.set_nonblocking(true).map_err(bind_err)?;
     let local_addr = std_listener.local_addr().map_err(bind_err)?;
     let tcp = tokio::net::TcpListener::from_std(std_listener).map_err(bind_err)?;
-    let listener = match &settings.tls {
+    let (config, reload) = match &settings.tls {
         Some(files) => {
             let reloader = tls::CertReloader::load(&files.cert, &files.key)?;
-            let config = tls::server_config(reloader.clone())?;
-            Listener::Tls(tls::TlsListener::new(tcp, config).map_err(bind_err)?, reloader, settings.tls_reload)
+            (Some(tls::server_config(reloader.clone())?), Some((reloader, settings.tls_reload)))
         }
-        None => Listener::Plain(tcp),
+        None => (None, None),
     };
-    Ok((listener, local_addr))
+    let listener = listener::Listener::new(tcp, config, settings.limits).map_err(bind_err)?;
+    Ok((Bound { listener, reload }, local_addr))
 }
 
-/// Serves `router` on `listener` until `stop` resolves (a task, so the caller can wait on it).
-fn spawn_server<F>(listener: Listener, router: axum::Router, stop: F) -> tokio::task::JoinHandle<std::io::Result<()>>
+/// Serves `router` on `bound` until `stop` resolves (a task, so the caller can wait on it).
+/// `peer_token` identifies Raft peers' connections (`None` where no Raft RPC is served).
+fn spawn_server<F>(
+    bound: Bound,
+    router: axum::Router,
+    peer_token: Option<Arc<str>>,
+    stop: F,
+) -> tokio::task::JoinHandle<std::io::Result<()>>
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    match listener {
-        Listener::Tls(listener, reloader, every) => {
-            let reload = tokio::spawn(reloader.watch(every));
-            let server = axum::serve(listener, router).with_graceful_shutdown(stop);
-            tokio::spawn(async move {
-                let r = server.await;
-                reload.abort();
-                r
-            })
+    let reload = bound.reload.map(|(reloader, every)| tokio::spawn(reloader.watch(every)));
+    let service = bound.listener.make_service(router, peer_token);
+    let server = axum::serve(bound.listener, service).with_graceful_shutdown(stop);
+    tokio::spawn(async move {
+        let r = server.await;
+        if let Some(reload) = reload {
+            reload.abort();
         }
-        Listener::Plain(listener) => {
-            // TCP_NODELAY: small Raft replies and API responses must not wait for delayed ACKs.
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!("TCP_NODELAY: {e}");
-                }
-            });
-            let server = axum::serve(listener, router).with_graceful_shutdown(stop);
-            tokio::spawn(async move { server.await })
-        }
-    }
+        r
+    })
 }
 
 /// Serves the data-lost explanation (`api::data_lost`) on the node's address until `shutdown`
@@ -271,7 +271,7 @@ where
     // Same listener as a healthy node (TLS included), so the operator and probes reach it.
     let (listener, _) = bind(settings)?;
     let router = api::data_lost::router(settings.node_id, why.to_string());
-    match spawn_server(listener, router, shutdown).await {
+    match spawn_server(listener, router, None, shutdown).await {
         Ok(r) => r.map_err(ServerError::Serve),
         Err(e) => Err(ServerError::Serve(std::io::Error::other(e))),
     }
@@ -287,7 +287,7 @@ impl Running {
         let stopped = async move {
             let _ = stop_rx.await;
         };
-        let mut server = spawn_server(self.listener, self.router, stopped);
+        let mut server = spawn_server(self.listener, self.router, Some(self.token), stopped);
         tokio::select! {
             r = &mut server => {
                 // The server stopped on its own (an I/O error): Raft is stopped in order anyway.

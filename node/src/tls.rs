@@ -1,10 +1,8 @@
 //! TLS (rustls, ring provider) for the node's one listener — the client API and Raft RPC share
 //! it — and for the node's outgoing calls (Raft RPC, forwarded writes), which trust the
-//! configured CA. PEM files in, rustls configs out; the listener does handshakes off the accept
-//! path so one slow client cannot stall others.
+//! configured CA. PEM files in, rustls configs out; the handshakes themselves are run by the
+//! listener (`crate::listener`), off its accept loop and under its connection limits.
 
-use std::io;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -14,16 +12,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-
-/// How long a client gets to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at most; beyond it the listener stops accepting until one finishes
-/// (backpressure instead of unbounded tasks and file descriptors under a connection flood).
-const MAX_PENDING_HANDSHAKES: usize = 256;
 
 /// Why TLS could not be set up; names the file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -161,77 +149,6 @@ pub fn trusted_cas(ca_file: &Path) -> Result<Vec<reqwest::Certificate>, TlsError
             })
         })
         .collect()
-}
-
-/// A listener that yields TLS streams: a task accepts TCP connections and completes each
-/// handshake in its own task (bounded by a timeout); finished streams are handed to the server.
-pub struct TlsListener {
-    local_addr: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    accept_task: tokio::task::JoinHandle<()>,
-}
-
-impl TlsListener {
-    /// Wraps a bound TCP listener.
-    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> io::Result<TlsListener> {
-        let local_addr = listener.local_addr()?;
-        let acceptor = TlsAcceptor::from(config);
-        let (tx, ready) = mpsc::channel(64);
-        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
-        let accept_task = tokio::spawn(async move {
-            loop {
-                // The semaphore is never closed, so this only waits for a free slot.
-                let Ok(permit) = permits.clone().acquire_owned().await else { return };
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!("TCP_NODELAY: {e}");
-                }
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { local_addr, ready, accept_task })
-    }
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.accept_task.abort();
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(conn) => conn,
-            // The accept task only ends when aborted (on drop); nothing more will come.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local_addr)
-    }
 }
 
 #[cfg(test)]

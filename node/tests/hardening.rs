@@ -1,6 +1,6 @@
 //! Regression tests for defects found by review, each named after the defect: an idle watch
 //! that spun on the blocking pool, list and history pages unbounded in bytes, secret files
-//! readable by everyone.
+//! readable by everyone, connections without header-read or idle timeouts or a cap.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -398,5 +398,251 @@ async fn a_leader_shutting_down_hands_over_to_a_live_voter() -> Result<()> {
         .collect();
     assert_eq!(handed.len(), 1, "exactly one hand-over: {handed:?}");
     assert_eq!(handed[0]["fields"]["to"].as_u64(), Some(3), "handed to the live voter: {handed:?}");
+    Ok(())
+}
+
+/// Connection limits with the other timeouts long enough that only the one under test acts.
+const LONG_MS: &str = "600000";
+
+/// Waits (bounded) until the server closes `stream`: end of file or a reset. Anything it sends
+/// first is skipped.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), stream.read(&mut buf)).await? {
+            Ok(0) => return Ok(()),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Sends `GET path` on a raw connection and reads the whole response; returns the status line
+/// and the lower-cased header block.
+async fn raw_get(stream: &mut tokio::net::TcpStream, path: &str) -> Result<(String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: node\r\n\r\n").as_bytes()).await?;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await??;
+        if n == 0 {
+            return Err("connection closed before the response header".into());
+        }
+        data.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or("a response with Content-Length")?;
+    while data.len() < head_end + length {
+        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await??;
+        if n == 0 {
+            return Err("connection closed inside the response body".into());
+        }
+        data.extend_from_slice(&buf[..n]);
+    }
+    let status = head.lines().next().unwrap_or_default().to_string();
+    Ok((status, head))
+}
+
+/// Plain HTTP had no header-read timeout: a connection that sent part of a request header (or
+/// nothing) and then stopped was held open forever, a slot of every slowloris. The header must
+/// now be complete within `header-read-timeout-ms` of the accept, or of the first byte of a
+/// later request on a kept-alive connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_stops_inside_a_request_header_is_closed_after_the_header_read_timeout() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let c =
+        Cluster::start(Path::new(BIN), 1, &["--header-read-timeout-ms", "300", "--idle-timeout-ms", LONG_MS]).await?;
+    let addr = c.nodes.get(&1).ok_or("node 1")?.addr.clone();
+    let partial = b"GET /health HTTP/1.1\r\nHost: node\r\nX-Slow: ";
+    let mut silent = tokio::net::TcpStream::connect(&addr).await?;
+    let mut slow = tokio::net::TcpStream::connect(&addr).await?;
+    slow.write_all(partial).await?;
+    // A kept-alive connection (idle timeout far away) whose second request stops half-way.
+    let mut kept = tokio::net::TcpStream::connect(&addr).await?;
+    let (status, head) = raw_get(&mut kept, "/health").await?;
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(!head.contains("connection: close"), "{head}");
+    kept.write_all(partial).await?;
+    let (a, b, k) =
+        tokio::join!(closed_by_server(&mut silent), closed_by_server(&mut slow), closed_by_server(&mut kept));
+    a.map_err(|e| format!("a connection that sent nothing: {e}"))?;
+    b.map_err(|e| format!("a connection that stopped inside its first header: {e}"))?;
+    k.map_err(|e| format!("a kept-alive connection that stopped inside its second header: {e}"))?;
+    Ok(())
+}
+
+/// An idle keep-alive connection was never closed. It now is after `idle-timeout-ms` without a
+/// request — but a request in progress (an open watch) is never idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() -> Result<()> {
+    let c =
+        Cluster::start(Path::new(BIN), 1, &["--idle-timeout-ms", "500", "--header-read-timeout-ms", LONG_MS]).await?;
+    c.create_namespace(1, "idle").await?;
+    let resp = c.request(1, Method::GET, "/api/v1/namespaces/idle/watch")?.bearer_auth(&c.keys.viewer).send().await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut watch = resp.bytes_stream().boxed();
+    let addr = c.nodes.get(&1).ok_or("node 1")?.addr.clone();
+    let mut kept = tokio::net::TcpStream::connect(&addr).await?;
+    let (status, head) = raw_get(&mut kept, "/health").await?;
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(!head.contains("connection: close"), "kept alive: {head}");
+    closed_by_server(&mut kept).await?;
+    // The watch, open longer than that idle connection lived, still delivers.
+    let (st, body) = c.put_text(1, "idle", "after", "v").await?;
+    assert!(st.is_success(), "{st} {body}");
+    wait_for_event(&mut watch, "after").await?;
+    Ok(())
+}
+
+/// A client without connection pooling, so each request opens a connection of its own.
+fn fresh_client(c: &Cluster) -> confman_tests::cluster::Result<reqwest::Client> {
+    let mut b = confman_client::http_builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(30));
+    if let Some(certs) = &c.tls {
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(certs.ca_pem.as_bytes())?);
+    }
+    Ok(b.build()?)
+}
+
+/// Opens `n` connections to `addr` that send nothing: idle HTTP clients, or (on a TLS port)
+/// handshakes that never finish. The first is retried until the node listens.
+async fn hold_connections(addr: &str, n: usize) -> Result<Vec<tokio::net::TcpStream>> {
+    let mut held = Vec::new();
+    for _ in 0..600 {
+        if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+            held.push(s);
+            break;
+        }
+        // Waiting for a starting process to listen: there is no event to await.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if held.is_empty() {
+        return Err(format!("{addr} never listened").into());
+    }
+    while held.len() < n {
+        held.push(tokio::net::TcpStream::connect(addr).await?);
+    }
+    Ok(held)
+}
+
+/// `appliedIndex` from a node's `/health/ready` (a probe, served even when the node's client
+/// connections are all taken).
+async fn applied_index(c: &Cluster, id: u64) -> confman_tests::cluster::Result<u64> {
+    let resp = fresh_client(c)?.get(format!("{}/health/ready", c.url(id)?)).send().await?;
+    let status: serde_json::Value = resp.json().await?;
+    Ok(status["appliedIndex"].as_u64().unwrap_or(0))
+}
+
+const CAP: usize = 8;
+
+/// Shared by the plain and TLS variants: a follower whose client connections are all held by
+/// clients that send nothing must still be reached by its peers (every one of their
+/// connections to it is new: it restarts behind the others), catch up and follow new writes;
+/// a new client meanwhile gets a quick 503, and is served once the idle ones are gone.
+async fn peers_get_through_a_full_client_pool(mut c: Cluster) -> Result<()> {
+    let all = [1, 2, 3];
+    let leader = c.wait_leader(&all, &all).await?;
+    let lagging = all.into_iter().find(|id| *id != leader).ok_or("no follower")?;
+    let others: Vec<u64> = all.into_iter().filter(|id| *id != lagging).collect();
+    c.create_namespace(leader, "cap").await?;
+    // The follower misses a write, so it cannot lead after the restart: the others must come
+    // to it through its full connection pool.
+    c.kill(lagging)?;
+    let (st, body) = c.put_text(leader, "cap", "missed", "v").await?;
+    assert!(st.is_success(), "{st} {body}");
+    for id in &others {
+        c.kill(*id)?;
+    }
+    c.spawn(lagging)?;
+    let addr = c.nodes.get(&lagging).ok_or("no node")?.addr.clone();
+    let held = hold_connections(&addr, CAP).await?;
+
+    // A new client is refused at once, with the reason.
+    let resp =
+        fresh_client(&c)?.get(format!("{}/api/v1/cluster", c.url(lagging)?)).bearer_auth(&c.keys.viewer).send().await?;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let problem: serde_json::Value = resp.json().await?;
+    assert_eq!(problem["type"].as_str().map(|t| t.ends_with("/too-many-connections")), Some(true), "{problem}");
+
+    for id in &others {
+        c.spawn(*id)?;
+    }
+    let leader = c.wait_leader(&others, &others).await?;
+    let (st, body) = c.put_text(leader, "cap", "after", "v").await?;
+    assert!(st.is_success(), "{st} {body}");
+    let target = c.cluster_info(leader).await?["appliedIndex"].as_u64().ok_or("no appliedIndex")?;
+    c.poll("the follower behind a full client pool to catch up", Duration::from_secs(60), || async {
+        Ok(applied_index(&c, lagging).await? >= target)
+    })
+    .await?;
+    // It got there with every idle client still connected (nothing was evicted).
+    for (i, s) in held.iter().enumerate() {
+        let mut b = [0u8; 1];
+        match s.try_read(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => return Err(format!("held connection {i} is no longer open: {other:?}").into()),
+        }
+    }
+    // Once they go, clients are served again.
+    drop(held);
+    let url = format!("{}/api/v1/namespaces/cap/config/after?consistency=stale", c.url(lagging)?);
+    c.poll("a client to be served after the idle connections closed", Duration::from_secs(60), || async {
+        let resp = fresh_client(&c)?.get(&url).bearer_auth(&c.keys.viewer).send().await?;
+        Ok(resp.status() == StatusCode::OK)
+    })
+    .await?;
+    Ok(())
+}
+
+/// Args of the cap tests: a small client cap, nothing evicted by a timeout during the test.
+const CAPPED: &[&str] = &[
+    "--max-client-connections",
+    "8",
+    "--header-read-timeout-ms",
+    LONG_MS,
+    "--idle-timeout-ms",
+    LONG_MS,
+    "--tls-handshake-timeout-ms",
+    LONG_MS,
+];
+
+/// Plain HTTP had no connection cap, and a cap alone would let idle clients lock Raft peers out
+/// of the shared port. Clients are now capped (`max-client-connections`) and peers have
+/// connection slots of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_client_connections_at_the_cap_do_not_starve_raft_peers() -> Result<()> {
+    peers_get_through_a_full_client_pool(Cluster::start(Path::new(BIN), 3, CAPPED).await?).await
+}
+
+/// On TLS, 256 pending handshakes stopped the accept loop shared with Raft peers. Handshakes
+/// now run beside the accept loop, each holding a connection slot, and peers have slots of
+/// their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_tls_handshakes_at_the_cap_do_not_starve_raft_peers() -> Result<()> {
+    peers_get_through_a_full_client_pool(Cluster::start_tls(Path::new(BIN), 3, CAPPED).await?).await
+}
+
+/// A TLS handshake that never finishes is closed after `tls-handshake-timeout-ms` (it was a
+/// fixed 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_handshake_that_never_finishes_is_closed_after_the_handshake_timeout() -> Result<()> {
+    let c = Cluster::start_tls(
+        Path::new(BIN),
+        1,
+        &["--tls-handshake-timeout-ms", "300", "--header-read-timeout-ms", LONG_MS, "--idle-timeout-ms", LONG_MS],
+    )
+    .await?;
+    let addr = c.nodes.get(&1).ok_or("node 1")?.addr.clone();
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await?;
+    closed_by_server(&mut stalled).await?;
     Ok(())
 }
