@@ -12,6 +12,7 @@ pub mod command;
 pub mod config;
 pub mod files;
 pub mod listener;
+pub mod lost_member;
 pub mod metrics;
 pub mod model;
 pub mod raft;

@@ -166,11 +166,7 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
     let dir = settings.data_dir.clone();
     std::fs::create_dir_all(&dir).map_err(file_err(&dir))?;
     check_not_lost(&dir, settings.node_id, settings.was_member)?;
-    claim_data_dir(&dir, settings.node_id)?;
-    let db = {
-        let dir = dir.clone();
-        store::blocking(move || store::open(&dir)).await?
-    };
+    let fresh = !dir.join("node-id").exists();
 
     let (keys, dev_admin_key) = match &settings.api_keys_file {
         Some(p) => (KeyRing::load(p)?, None),
@@ -189,6 +185,20 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
         raft.outgoing.trusted_cas = tls::trusted_cas(ca)?;
     }
     let forward_client = crate::raft::network::http_client(&raft.outgoing)?;
+    // An empty directory for an id the leader holds acknowledged entries of: a lost volume
+    // whose loss the members file does not show yet (see `lost_member`).
+    if fresh
+        && let Some((leader, index)) =
+            crate::lost_member::acknowledged_elsewhere(&forward_client, &token, settings.node_id, &raft.peers).await
+    {
+        tracing::error!(leader, index, node_id = settings.node_id, "the leader holds entries this node acknowledged");
+        return Err(ServerError::DataLost { node_id: settings.node_id, dir: dir.display().to_string() });
+    }
+    claim_data_dir(&dir, settings.node_id)?;
+    let db = {
+        let dir = dir.clone();
+        store::blocking(move || store::open(&dir)).await?
+    };
     let (listener, local_addr) = bind(settings)?;
     let token: Arc<str> = Arc::from(token.as_str());
     let node = RaftNode::start(&raft, db, &dir, token.clone()).await?;

@@ -12,7 +12,7 @@ pub mod rpc_server;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;
-mod wire;
+pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -238,6 +238,25 @@ async fn failover_watchdog(
     }
 }
 
+/// Ids an admin let rejoin with empty data (`allow_rejoin`), until the returning node asks
+/// (`/raft/member-progress`): without one, a node that starts on an empty data directory while
+/// the leader holds entries it acknowledged refuses to start (`crate::lost_member`).
+#[derive(Debug, Default)]
+pub struct RejoinAllowances(Mutex<BTreeSet<NodeId>>);
+
+impl RejoinAllowances {
+    fn allow(&self, id: NodeId) {
+        if let Ok(mut ids) = self.0.lock() {
+            ids.insert(id);
+        }
+    }
+
+    /// Whether `id` may rejoin; the allowance is used up.
+    pub fn take(&self, id: NodeId) -> bool {
+        self.0.lock().map(|mut ids| ids.remove(&id)).unwrap_or(false)
+    }
+}
+
 /// A running Raft node with its storage.
 pub struct RaftNode {
     raft: Raft,
@@ -255,6 +274,7 @@ pub struct RaftNode {
     failover: tokio::task::JoinHandle<()>,
     contact: Arc<LeaderContact>,
     leader_changes: Arc<AtomicU64>,
+    rejoins: Arc<RejoinAllowances>,
     /// The history depth this node proposes when the cluster has none yet.
     initial_history_depth: u64,
     /// Set once the cluster's settings are known to be in the state (checked before the first
@@ -424,6 +444,7 @@ impl RaftNode {
             failover,
             contact,
             leader_changes,
+            rejoins: Arc::default(),
             initial_history_depth: settings.history_depth,
             settings_recorded: std::sync::atomic::AtomicBool::new(false),
             snapshot_timeout: settings.snapshot_timeout,
@@ -440,6 +461,7 @@ impl RaftNode {
             self.snapshots.clone(),
             self.snapshot_timeout,
             self.contact.clone(),
+            self.rejoins.clone(),
         )
     }
 
@@ -795,7 +817,9 @@ impl RaftNode {
             .allow_next_revert(&id, true)
             .await
             .map_err(stopped)?
-            .map_err(|e| RaftNodeError::Membership(e.to_string()))
+            .map_err(|e| RaftNodeError::Membership(e.to_string()))?;
+        self.rejoins.allow(id);
+        Ok(())
     }
 
     /// Digest of the full state with the applied index it reflects (for convergence checks).

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use futures::StreamExt;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::{ReadPolicy, Snapshot};
@@ -36,6 +36,7 @@ pub struct RpcState {
     inbound_snapshot: Arc<Semaphore>,
     snapshot_idle: Duration,
     contact: Arc<super::LeaderContact>,
+    rejoins: Arc<super::RejoinAllowances>,
 }
 
 /// Builds the `/raft/*` router. `snapshot_idle` bounds how long an inbound snapshot body may
@@ -46,10 +47,11 @@ pub fn router(
     snapshots: Arc<SnapshotStore>,
     snapshot_idle: Duration,
     contact: Arc<super::LeaderContact>,
+    rejoins: Arc<super::RejoinAllowances>,
 ) -> Router {
     let stats = snapshots.stats();
     let inbound_snapshot = Arc::new(Semaphore::new(1));
-    let state = RpcState { raft, token, snapshots, stats, inbound_snapshot, snapshot_idle, contact };
+    let state = RpcState { raft, token, snapshots, stats, inbound_snapshot, snapshot_idle, contact, rejoins };
     Router::new()
         .route(wire::PATH_APPEND, post(append))
         .route(wire::PATH_VOTE, post(vote))
@@ -57,9 +59,23 @@ pub fn router(
         .route(wire::PATH_TRANSFER_LEADER, post(transfer_leader))
         .route(wire::PATH_SNAPSHOT, post(snapshot))
         .route(wire::PATH_READ_INDEX, post(read_index))
+        .route(&format!("{}/{{id}}", wire::PATH_MEMBER_PROGRESS), get(member_progress))
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(state.clone(), require_cluster_token))
         .with_state(state)
+}
+
+/// What this node knows of member `id`'s log (see `crate::lost_member`).
+async fn member_progress(State(s): State<RpcState>, Path(id): Path<u64>) -> Response {
+    let (leader, matched) = {
+        let m = s.raft.metrics();
+        let m = m.borrow_watched();
+        let leader = m.current_leader == Some(m.id);
+        let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index);
+        (leader, matched)
+    };
+    let rejoin_allowed = leader && s.rejoins.take(id);
+    axum::Json(wire::MemberProgress { leader, matched, rejoin_allowed }).into_response()
 }
 
 async fn require_cluster_token(State(s): State<RpcState>, req: Request, next: Next) -> Response {

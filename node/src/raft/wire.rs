@@ -18,6 +18,22 @@ pub const PATH_TRANSFER_LEADER: &str = "/raft/transfer-leader";
 pub const PATH_SNAPSHOT: &str = "/raft/snapshot";
 /// Path where a follower asks the leader for a read index.
 pub const PATH_READ_INDEX: &str = "/raft/read-index";
+/// Path (followed by `/{id}`) where a starting node with an empty data directory asks a peer
+/// whether the group already counts on that id (see `crate::lost_member`).
+pub const PATH_MEMBER_PROGRESS: &str = "/raft/member-progress";
+
+/// Answer of [`PATH_MEMBER_PROGRESS`] (JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberProgress {
+    /// The answering node is the leader (only a leader tracks replication).
+    pub leader: bool,
+    /// The last log index the leader knows the member to hold (it acknowledged it).
+    pub matched: Option<u64>,
+    /// An admin allowed this member to rejoin with empty data (`/cluster/members/{id}/rejoin`);
+    /// consumed by this answer.
+    pub rejoin_allowed: bool,
+}
 
 /// Header carrying the sender's vote with a snapshot (base64 JSON).
 pub const HEADER_VOTE: &str = "x-confman-vote";
