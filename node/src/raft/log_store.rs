@@ -318,12 +318,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
+    /// Durable before returning: openraft truncates a conflicting tail just before it hands a
+    /// received snapshot to the state machine, which publishes the snapshot's directory (an
+    /// fsynced rename) before its first synced RocksDB write. An unsynced truncation could be
+    /// lost by a power cut in between, leaving the older-term tail above the adopted snapshot.
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |l| l.index + 1);
         let db = self.db.clone();
         Ok(blocking(move || {
             let cf = cf(&db, CF_LOG)?;
             db.delete_range_cf(&cf, be_u64(from), be_u64(u64::MAX))?;
+            db.flush_wal(true)?;
             Ok(())
         })
         .await?)
@@ -354,6 +359,53 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         });
         Ok(())
     }
+}
+
+/// Makes the log agree with `snapshot`, the newest state this node holds (its applied id or
+/// its adopted snapshot, whichever is greater), before Raft reads its initial state. This is
+/// etcd's rule for a snapshot install: entries the snapshot covers are discarded, and if the
+/// log conflicts with the snapshot (the entry at the snapshot's index is another one, or
+/// entries lie above the snapshot's index without it), the whole log is discarded.
+///
+/// Why at start-up: a power cut between openraft truncating a conflicting tail and the
+/// snapshot's first synced write could leave a tail from an older term above the snapshot;
+/// openraft then refuses to start ("inverted log order"). Repairing here makes every crash
+/// point restart, including data directories written before the truncation was synced.
+/// Start-up is the one moment nothing appends concurrently, so a read-then-delete is safe.
+///
+/// The deletion and the new last-purged id go in one synced batch. Returns whether the log
+/// was discarded.
+pub fn discard_log_conflicting_with(db: &RocksDb, snapshot: &LogId) -> Result<bool, StoreError> {
+    let log = cf(db, CF_LOG)?;
+    let meta = cf(db, CF_RAFT_META)?;
+    let last_purged: Option<LogId> = read_meta(db, KEY_LAST_PURGED)?;
+    if last_purged.as_ref().is_some_and(|p| p.index >= snapshot.index) {
+        // The slot is purged: nothing local to compare with, and openraft's own checks apply.
+        return Ok(false);
+    }
+    let at_index = db.get_cf(&log, be_u64(snapshot.index))?.map(|v| decode::<Entry>(&v)).transpose()?;
+    let conflict = match at_index {
+        Some(e) => e.log_id != *snapshot,
+        None => match db.iterator_cf(&log, IteratorMode::From(&be_u64(snapshot.index), Direction::Forward)).next() {
+            Some(item) => {
+                item?;
+                true
+            }
+            None => false,
+        },
+    };
+    if !conflict {
+        // Entries at or below the snapshot are purged by openraft once it starts.
+        return Ok(false);
+    }
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(&log, be_u64(0), be_u64(u64::MAX));
+    batch.put_cf(&meta, KEY_LAST_PURGED, encode(snapshot)?);
+    let mut sync = WriteOptions::default();
+    sync.set_sync(true);
+    db.write_opt(batch, &sync)?;
+    tracing::warn!(%snapshot, "discarded a log that conflicts with the snapshot (interrupted snapshot install)");
+    Ok(true)
 }
 
 #[cfg(test)]

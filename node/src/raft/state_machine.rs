@@ -13,7 +13,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot};
 use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::watch;
 
-use super::log_store::LogBytes;
+use super::log_store::{LogBytes, discard_log_conflicting_with};
 use super::snapshot::{KEY_LAST_APPLIED, KEY_MEMBERSHIP, SnapshotFile, SnapshotStore};
 use super::types::{FileSnapshot, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::changes::ChangeFeed;
@@ -44,6 +44,13 @@ impl StateMachine {
         changes: Arc<ChangeFeed>,
     ) -> Result<Self, StoreError> {
         snapshots.resume_install(&db)?;
+        // The newest state this node holds: what it applied, or a snapshot it adopted but had
+        // not installed yet (openraft installs that one before reading the log).
+        let applied = read_applied(&db)?.0;
+        let adopted = snapshots.current()?.and_then(|f| f.manifest.meta.last_log_id);
+        if let Some(newest) = applied.max(adopted) {
+            discard_log_conflicting_with(&db, &newest)?;
+        }
         let last = read_applied(&db)?.0.map_or(0, |l| l.index);
         applied_tx.send_replace(last);
         Ok(Self { db, snapshots, building: Arc::new(AtomicBool::new(false)), log_bytes, applied_tx, changes })
@@ -182,5 +189,116 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let store = self.snapshots.clone();
         let current = blocking(move || store.current()).await?;
         Ok(current.map(|f| Snapshot { meta: f.manifest.meta.clone(), snapshot: f }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use openraft::StorageHelper;
+    use openraft::storage::RaftLogStorage;
+    use openraft::testing::{blank_ent, log_id};
+    use rocksdb::WriteBatch;
+
+    use super::*;
+    use crate::raft::log_store::LogStore;
+    use crate::raft::snapshot::KEY_INSTALLING;
+    use crate::store::codec::be_u64;
+    use crate::store::{CF_LOG, CF_RAFT_META, CF_STATE};
+
+    /// Where a power cut can stop the adoption of a received snapshot.
+    #[derive(Debug, Clone, Copy)]
+    enum CrashPoint {
+        /// The snapshot's directory is published; no RocksDB write of the install yet.
+        Adopted,
+        /// The synced `installing` marker is written; the state is not replaced yet.
+        MarkerWritten,
+        /// The state is replaced and last-applied flipped; openraft has not purged yet.
+        Flipped,
+    }
+
+    /// A node at term 1 with log entries 1..=120 (applied and committed up to 50) receives a
+    /// snapshot at (term 2, index 100): entries 51..=120 are an uncommitted tail of an older
+    /// term, which openraft truncated before the install, but the truncation was lost.
+    fn build_crash_state(dir: &Path, point: CrashPoint) -> Result<(Arc<RocksDb>, Arc<SnapshotStore>), StoreError> {
+        let snap_id = log_id::<TypeConfig>(2, 2, 100);
+        // The leader's state and snapshot.
+        let leader_db = crate::store::open(&dir.join("leader"))?;
+        let leader_state = cf(&leader_db, CF_STATE)?;
+        for i in 0..3u8 {
+            leader_db.put_cf(&leader_state, [b'n', 0, b'k', i], b"leader")?;
+        }
+        let leader_meta = cf(&leader_db, CF_SM_META)?;
+        leader_db.put_cf(&leader_meta, KEY_LAST_APPLIED, encode(&snap_id)?)?;
+        let leader_store = SnapshotStore::open(&dir.join("leader-data"))?;
+        let built = leader_store.build(&leader_db)?;
+
+        // The follower.
+        let db = crate::store::open(&dir.join("node"))?;
+        let (log, sm_meta, raft_meta) = (cf(&db, CF_LOG)?, cf(&db, CF_SM_META)?, cf(&db, CF_RAFT_META)?);
+        let mut batch = WriteBatch::default();
+        for i in 1..=120 {
+            batch.put_cf(&log, be_u64(i), encode(&blank_ent::<TypeConfig>(1, 1, i))?);
+        }
+        let applied = log_id::<TypeConfig>(1, 1, 50);
+        batch.put_cf(&sm_meta, KEY_LAST_APPLIED, encode(&applied)?);
+        batch.put_cf(&raft_meta, b"committed", encode(&applied)?);
+        db.write(batch)?;
+        let store = SnapshotStore::open(&dir.join("node-data"))?;
+        let adopted = store.adopt(&built)?;
+        match point {
+            CrashPoint::Adopted => {}
+            CrashPoint::MarkerWritten => {
+                let name = adopted.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                db.put_cf(&sm_meta, KEY_INSTALLING, name.as_bytes())?;
+            }
+            CrashPoint::Flipped => store.install(&db, &adopted)?,
+        }
+        drop((log, sm_meta, raft_meta));
+        Ok((db, store))
+    }
+
+    /// Power loss between adopting a received snapshot and its synced writes left a log tail
+    /// from an older term above the snapshot, and the node refused to start ("inverted log
+    /// order"). Each crash point's on-disk state is built directly, then opened as the node
+    /// opens it: the start must succeed at the snapshot with the conflicting log discarded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn power_loss_mid_snapshot_adoption_with_an_older_term_tail_still_starts() -> Result<(), StoreError> {
+        let mut refused = Vec::new();
+        for point in [CrashPoint::Adopted, CrashPoint::MarkerWritten, CrashPoint::Flipped] {
+            let dir = tempfile::tempdir()?;
+            let (db, store) = build_crash_state(dir.path(), point)?;
+            let log_bytes = Arc::new(LogBytes::new(u64::MAX, u64::MAX));
+            let mut sm = StateMachine::new(
+                db.clone(),
+                store,
+                log_bytes.clone(),
+                Arc::new(watch::channel(0u64).0),
+                Arc::new(ChangeFeed::default()),
+            )?;
+            let (mut log_store, syncer) = LogStore::new(db.clone(), 1 << 20, 64, log_bytes)?;
+            let started = StorageHelper::new(&mut log_store, &mut sm).with_id(1).get_initial_state().await;
+            let log_state = log_store.get_log_state().await;
+            drop(log_store);
+            syncer.join();
+            if let Err(e) = started {
+                refused.push(format!("{point:?}: the node refused to start: {e}"));
+                continue;
+            }
+            let snap_id = log_id::<TypeConfig>(2, 2, 100);
+            assert_eq!(log_state?.last_log_id, Some(snap_id), "{point:?}: the log resumes at the snapshot");
+            assert_eq!(read_applied(&db)?.0, Some(snap_id), "{point:?}: the snapshot is applied");
+            let log = cf(&db, CF_LOG)?;
+            assert_eq!(db.iterator_cf(&log, rocksdb::IteratorMode::Start).count(), 0, "{point:?}: no older-term tail");
+            let state_cf = cf(&db, CF_STATE)?;
+            assert_eq!(
+                db.iterator_cf(&state_cf, rocksdb::IteratorMode::Start).count(),
+                3,
+                "{point:?}: the snapshot's state"
+            );
+        }
+        assert!(refused.is_empty(), "{refused:#?}");
+        Ok(())
     }
 }
