@@ -7,10 +7,13 @@
 //! one cannot be reached.
 //!
 //! A request that may have reached the leader but got no answer (the connection dropped, the
-//! node timed out) has an unknown outcome. Calls whose repetition leaves the same state (reads,
-//! unconditional puts, deletes, namespace upserts) are retried on the next endpoint; conditional
-//! puts and membership changes return [`Error::OutcomeUnknown`] instead, because repeating them
-//! could report a failure for a change that was in fact made.
+//! node timed out) has an unknown outcome. Every entry write (put, conditional put, delete)
+//! carries an `Idempotency-Key` generated once per call and sent unchanged on every attempt:
+//! the cluster applies a keyed write once and answers a repeat with the first answer, so these
+//! are retried on the next endpoint, and a repeat never overwrites what another writer wrote in
+//! between. Reads and namespace upserts are retried too; membership changes return
+//! [`Error::OutcomeUnknown`] instead, because repeating them could report a failure for a
+//! change that was in fact made.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), confman_client::Error> {
@@ -193,6 +196,29 @@ struct RetryCounters {
     unanswered: AtomicU64,
 }
 
+/// The header carrying a write's idempotency key.
+const HEADER_IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// A new idempotency key: 128 bits, as 32 hex digits. The bits come from std's randomly seeded
+/// hasher (seeded from the OS once per thread, then stepped per hasher) over the process id,
+/// the time and a process-wide counter, so keys never repeat within or across processes.
+fn new_idempotency_key() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut key = String::with_capacity(32);
+    for half in 0..2u8 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(n);
+        h.write_u128(nanos);
+        h.write_u32(std::process::id());
+        h.write_u8(half);
+        key.push_str(&format!("{:016x}", h.finish()));
+    }
+    key
+}
+
 /// Percent-encodes a path segment (keys may contain `/`, which stays a separator).
 fn encode_key(key: &str) -> String {
     key.split('/').map(encode_segment).collect::<Vec<_>>().join("/")
@@ -344,6 +370,10 @@ impl Client {
     /// (compare-and-set against [`Entry::mod_revision`] or [`WriteResult::revision`], the ETag;
     /// `Some(0)` means "only if absent"). Revisions are never reused, so a key deleted and
     /// created again never matches an older read.
+    ///
+    /// Every attempt carries the same `Idempotency-Key`: the write applies at most once, and an
+    /// attempt repeated after an unknown outcome gets the first application's answer (its
+    /// precondition was checked once, then), so conditional puts are repeated as well.
     pub async fn put(
         &self,
         ns: &str,
@@ -353,11 +383,14 @@ impl Client {
     ) -> Result<WriteResult, Error> {
         let path = format!("/api/v1/namespaces/{}/config/{}", encode_segment(ns), encode_key(key));
         let value = bytes::Bytes::from(value);
-        // Writing the same value again leaves the same state; a precondition might not hold twice.
-        let replay = if if_revision.is_none() { Replay::Safe } else { Replay::Unsafe };
-        self.json(replay, |b| {
-            let r =
-                self.req(Method::PUT, b, &path).header("content-type", "application/octet-stream").body(value.clone());
+        // One key for all attempts: a repeat is answered from the first application's record.
+        let idempotency_key = new_idempotency_key();
+        self.json(Replay::Safe, |b| {
+            let r = self
+                .req(Method::PUT, b, &path)
+                .header("content-type", "application/octet-stream")
+                .header(HEADER_IDEMPOTENCY_KEY, &idempotency_key)
+                .body(value.clone());
             match if_revision {
                 Some(0) => r.header("if-none-match", "*"),
                 Some(rev) => r.header("if-match", format!("\"r{rev}\"")),
@@ -367,11 +400,14 @@ impl Client {
         .await
     }
 
-    /// Deletes an entry; `false` when it did not exist. (When an attempt went unanswered and was
-    /// repeated, `false` can also mean that this call's first attempt deleted it.)
+    /// Deletes an entry; `false` when it did not exist. Every attempt carries the same
+    /// `Idempotency-Key`, so a repeated attempt gets the first one's answer and never deletes a
+    /// key that another writer created in between.
     pub async fn delete(&self, ns: &str, key: &str) -> Result<bool, Error> {
         let path = format!("/api/v1/namespaces/{}/config/{}", encode_segment(ns), encode_key(key));
-        match self.send(Replay::Safe, |b| self.req(Method::DELETE, b, &path)).await {
+        let idempotency_key = new_idempotency_key();
+        let make = |b: &str| self.req(Method::DELETE, b, &path).header(HEADER_IDEMPOTENCY_KEY, &idempotency_key);
+        match self.send(Replay::Safe, make).await {
             Ok(_) => Ok(true),
             Err(Error::Api(p)) if p.status == 404 => Ok(false),
             Err(e) => Err(e),
@@ -506,6 +542,93 @@ mod tests {
         assert_eq!(encode_key("db/url"), "db/url");
         assert_eq!(encode_key("a b/c?d"), "a%20b/c%3Fd");
         assert_eq!(encode_segment("x/y"), "x%2Fy");
+    }
+
+    #[test]
+    fn idempotency_keys_are_128_bit_hex_and_differ() {
+        let keys: std::collections::HashSet<String> = (0..1000).map(|_| new_idempotency_key()).collect();
+        assert_eq!(keys.len(), 1000);
+        assert!(keys.iter().all(|k| k.len() == 32 && k.bytes().all(|b| b.is_ascii_hexdigit())));
+    }
+
+    /// A fake node: answers the first request with `first` and every other one with `then`
+    /// (closing each connection), and returns each request's `Idempotency-Key`.
+    async fn fake_node(
+        first: &'static str,
+        then: &'static str,
+        requests: usize,
+    ) -> std::io::Result<(String, tokio::task::JoinHandle<std::io::Result<Vec<Option<String>>>>)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let task = tokio::spawn(async move {
+            let mut keys = Vec::new();
+            for i in 0..requests {
+                let (mut sock, _) = listener.accept().await?;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    let n = sock.read(&mut chunk).await?;
+                    if n == 0 {
+                        return Err(std::io::Error::other("request cut short"));
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break p + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                let header = |name: &str| {
+                    head.lines()
+                        .find_map(|l| l.strip_prefix(name).map(|v| v.trim_start_matches(':').trim().to_string()))
+                };
+                let length: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                while buf.len() < head_end + length {
+                    let n = sock.read(&mut chunk).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                keys.push(header("idempotency-key"));
+                let (status, body) = if i == 0 { ("503 Service Unavailable", first) } else { ("200 OK", then) };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                sock.write_all(resp.as_bytes()).await?;
+                sock.shutdown().await?;
+            }
+            Ok(keys)
+        });
+        Ok((url, task))
+    }
+
+    const TIMED_OUT: &str =
+        r#"{"type":"https://confman.dev/problems/timeout","status":503,"detail":"outcome unknown"}"#;
+
+    /// After an unknown outcome (the node timed out), confman-client repeats a write with the
+    /// same idempotency key, so the cluster applies it once; conditional puts included.
+    #[tokio::test]
+    async fn a_write_repeated_after_an_unknown_outcome_sends_the_same_idempotency_key()
+    -> Result<(), Box<dyn std::error::Error>> {
+        for conditional in [None, Some(7)] {
+            let (url, node) = fake_node(TIMED_OUT, r#"{"version":2,"revision":9}"#, 2).await?;
+            let client = Client::builder([url], "k").retry_for(Duration::from_secs(10)).build()?;
+            let r = client.put("ns", "k", b"v".to_vec(), conditional).await?;
+            assert_eq!(r, WriteResult { version: 2, revision: 9 });
+            let keys = node.await??;
+            assert_eq!(keys.len(), 2);
+            assert!(keys[0].as_ref().is_some_and(|k| k.len() == 32), "{keys:?}");
+            assert_eq!(keys[0], keys[1], "{conditional:?}: the repeat carries the first attempt's key");
+        }
+        let (url, node) = fake_node(TIMED_OUT, r#"{"deletedVersion":2,"revision":9}"#, 2).await?;
+        let client = Client::builder([url], "k").retry_for(Duration::from_secs(10)).build()?;
+        assert!(client.delete("ns", "k").await?);
+        let keys = node.await??;
+        assert!(keys[0].is_some(), "{keys:?}");
+        assert_eq!(keys[0], keys[1]);
+        Ok(())
     }
 
     #[test]

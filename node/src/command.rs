@@ -75,6 +75,15 @@ pub enum Operation {
         /// Audit events kept per namespace (oldest whole revisions dropped first).
         audit_retention: Option<u64>,
     },
+    /// A write carrying the client's idempotency key (`Idempotency-Key`): applied once; a
+    /// repeat within the window gets the first application's outcome back (see
+    /// `store::idempotency`). Only entry writes are keyed.
+    Keyed {
+        /// The client-generated key (validated before proposing).
+        idempotency_key: String,
+        /// The write.
+        op: Box<Operation>,
+    },
 }
 
 /// A condition on the current state of a key, evaluated when the command is applied, so
@@ -168,20 +177,36 @@ pub enum CommandOutcome {
         /// The setting's value after this command (unchanged when `if_unset` found one).
         history_depth: u64,
     },
+    /// A keyed write whose key was already used for the same write: this is the outcome of
+    /// its first application; nothing changed now.
+    Replayed(Box<CommandOutcome>),
+    /// A keyed write whose key was already used for a different write; nothing changed.
+    IdempotencyKeyReused,
 }
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.op {
-            Operation::PutNamespace { name, .. } => write!(f, "put-namespace {name} by {}", self.actor),
-            Operation::DeleteNamespace { name } => write!(f, "delete-namespace {name} by {}", self.actor),
+        self.op.describe(f)?;
+        write!(f, " by {}", self.actor)
+    }
+}
+
+impl Operation {
+    fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Operation::PutNamespace { name, .. } => write!(f, "put-namespace {name}"),
+            Operation::DeleteNamespace { name } => write!(f, "delete-namespace {name}"),
             Operation::PutEntry { namespace, key, value, .. } => {
-                write!(f, "put {namespace}/{key} ({} bytes) by {}", value.len(), self.actor)
+                write!(f, "put {namespace}/{key} ({} bytes)", value.len())
             }
-            Operation::DeleteEntry { namespace, key, .. } => write!(f, "delete {namespace}/{key} by {}", self.actor),
-            Operation::SetHistoryDepth { depth, .. } => write!(f, "set history depth {depth} by {}", self.actor),
+            Operation::DeleteEntry { namespace, key, .. } => write!(f, "delete {namespace}/{key}"),
+            Operation::SetHistoryDepth { depth, .. } => write!(f, "set history depth {depth}"),
             Operation::SetSettings { history_depth, audit_retention } => {
-                write!(f, "set history depth {history_depth:?}, audit retention {audit_retention:?} by {}", self.actor)
+                write!(f, "set history depth {history_depth:?}, audit retention {audit_retention:?}")
+            }
+            Operation::Keyed { idempotency_key, op } => {
+                op.describe(f)?;
+                write!(f, " (idempotency key {idempotency_key})")
             }
         }
     }
@@ -194,6 +219,7 @@ impl Operation {
             Operation::PutNamespace { name, .. } | Operation::DeleteNamespace { name } => Some(name),
             Operation::PutEntry { namespace, .. } | Operation::DeleteEntry { namespace, .. } => Some(namespace),
             Operation::SetHistoryDepth { .. } | Operation::SetSettings { .. } => None,
+            Operation::Keyed { op, .. } => op.namespace(),
         }
     }
 }
@@ -201,7 +227,13 @@ impl Operation {
 impl Command {
     /// Bytes this command occupies in the log, approximately (for byte budgets).
     pub fn approx_size(&self) -> usize {
-        let op = match &self.op {
+        self.op.approx_size() + self.actor.len() + 32
+    }
+}
+
+impl Operation {
+    fn approx_size(&self) -> usize {
+        match self {
             Operation::PutNamespace { name, description, owner } => name.len() + description.len() + owner.len(),
             Operation::DeleteNamespace { name } => name.len(),
             Operation::PutEntry { namespace, key, content_type, value, .. } => {
@@ -209,8 +241,8 @@ impl Command {
             }
             Operation::DeleteEntry { namespace, key, .. } => namespace.len() + key.len(),
             Operation::SetHistoryDepth { .. } | Operation::SetSettings { .. } => 9,
-        };
-        op + self.actor.len() + 32
+            Operation::Keyed { idempotency_key, op } => idempotency_key.len() + op.approx_size(),
+        }
     }
 }
 

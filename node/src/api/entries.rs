@@ -154,6 +154,66 @@ fn precondition(headers: &HeaderMap) -> Result<Precondition, Problem> {
     }
 }
 
+/// The request header carrying a client's idempotency key.
+pub const HEADER_IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Set on the answer to a keyed write that had been applied before: the first answer, again.
+pub const HEADER_IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+/// Longest idempotency key accepted.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+
+/// Parses `Idempotency-Key`: 1–128 characters of `A-Z a-z 0-9 - _ . :`.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(v) = headers.get(HEADER_IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let ok = |k: &str| {
+        !k.is_empty()
+            && k.len() <= MAX_IDEMPOTENCY_KEY_LEN
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    };
+    match v.to_str() {
+        Ok(k) if ok(k) => Ok(Some(k.to_string())),
+        _ => Err(Problem::bad_request(
+            "invalid-idempotency-key",
+            format!(
+                "the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters of A-Z, a-z, 0-9, '-', '_', '.', ':'"
+            ),
+        )),
+    }
+}
+
+/// `op`, carrying the client's idempotency key when it sent one.
+fn keyed(op: Operation, key: Option<String>) -> Operation {
+    match key {
+        Some(idempotency_key) => Operation::Keyed { idempotency_key, op: Box::new(op) },
+        None => op,
+    }
+}
+
+/// Unwraps a replayed outcome; 422 when the key was used for a different write.
+fn unwrap_replay(outcome: CommandOutcome) -> Result<(CommandOutcome, bool), Problem> {
+    match outcome {
+        CommandOutcome::Replayed(first) => Ok((*first, true)),
+        CommandOutcome::IdempotencyKeyReused => Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Unprocessable Content",
+            "this Idempotency-Key was already used for a different request; use a new key per write",
+        )),
+        other => Ok((other, false)),
+    }
+}
+
+/// The answer, marked `Idempotent-Replayed: true` when it repeats a first answer.
+fn mark_replayed(result: Result<Response, Problem>, replayed: bool) -> Result<Response, Problem> {
+    if !replayed {
+        return result;
+    }
+    let mut resp = result.unwrap_or_else(IntoResponse::into_response);
+    resp.headers_mut().insert(HEADER_IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    Ok(resp)
+}
+
 fn check_names(ns: &str, key: &str) -> Result<(), Problem> {
     validate_namespace(ns).map_err(|e| Problem::bad_request("invalid-name", e.to_string()))?;
     validate_key(key).map_err(|e| Problem::bad_request("invalid-key", e.to_string()))
@@ -316,6 +376,7 @@ pub async fn put(
     let p = ctx.authorize(&headers, Role::Editor, Some(&ns))?;
     check_names(&ns, &key)?;
     let pre = precondition(&headers)?;
+    let idem = idempotency_key(&headers)?;
     let bytes = read_body(&ctx, &headers, body).await?;
     let (value, content_type) = decode_value(&headers, bytes)?;
     let max = ctx.tuning.max_value_bytes;
@@ -325,10 +386,14 @@ pub async fn put(
     let cmd = Command {
         actor: p.name,
         at_ms: now_ms(),
-        op: Operation::PutEntry { namespace: ns.clone(), key: key.clone(), content_type, value, precondition: pre },
+        op: keyed(
+            Operation::PutEntry { namespace: ns.clone(), key: key.clone(), content_type, value, precondition: pre },
+            idem,
+        ),
     };
-    match ctx.node.write(cmd).await? {
-        (CommandOutcome::EntryWritten { created, version, revision }, _) => {
+    let (outcome, replayed) = unwrap_replay(ctx.node.write(cmd).await?.0)?;
+    let result = match outcome {
+        CommandOutcome::EntryWritten { created, version, revision } => {
             let status = if created { StatusCode::CREATED } else { StatusCode::OK };
             let body = serde_json::json!({ "namespace": ns, "key": key, "version": version, "revision": revision });
             Ok((
@@ -342,14 +407,15 @@ pub async fn put(
             )
                 .into_response())
         }
-        (CommandOutcome::PreconditionFailed { current_version, current_revision }, _) => {
+        CommandOutcome::PreconditionFailed { current_version, current_revision } => {
             Err(Problem::precondition_failed(current_version, current_revision))
         }
-        (CommandOutcome::NamespaceNotFound, _) => {
+        CommandOutcome::NamespaceNotFound => {
             Err(Problem::not_found("namespace-not-found", format!("namespace {ns:?} does not exist")))
         }
-        (other, _) => Err(Problem::internal(format!("unexpected outcome {other:?}"))),
-    }
+        other => Err(Problem::internal(format!("unexpected outcome {other:?}"))),
+    };
+    mark_replayed(result, replayed)
 }
 
 /// `DELETE …/config/{key}`.
@@ -367,28 +433,31 @@ pub async fn delete(
             "If-None-Match: * asks to delete a key only if it does not exist; send If-Match or nothing",
         ));
     }
+    let idem = idempotency_key(&headers)?;
     let cmd = Command {
         actor: p.name,
         at_ms: now_ms(),
-        op: Operation::DeleteEntry { namespace: ns.clone(), key: key.clone(), precondition: pre },
+        op: keyed(Operation::DeleteEntry { namespace: ns.clone(), key: key.clone(), precondition: pre }, idem),
     };
-    match ctx.node.write(cmd).await? {
-        (CommandOutcome::EntryDeleted { version, revision }, _) => Ok((
+    let (outcome, replayed) = unwrap_replay(ctx.node.write(cmd).await?.0)?;
+    let result = match outcome {
+        CommandOutcome::EntryDeleted { version, revision } => Ok((
             [(HEADER_REVISION, revision.to_string())],
             Json(serde_json::json!({ "namespace": ns, "key": key, "deletedVersion": version, "revision": revision })),
         )
             .into_response()),
-        (CommandOutcome::PreconditionFailed { current_version, current_revision }, _) => {
+        CommandOutcome::PreconditionFailed { current_version, current_revision } => {
             Err(Problem::precondition_failed(current_version, current_revision))
         }
-        (CommandOutcome::EntryNotFound, _) => {
+        CommandOutcome::EntryNotFound => {
             Err(Problem::not_found("key-not-found", format!("key {key:?} does not exist in namespace {ns:?}")))
         }
-        (CommandOutcome::NamespaceNotFound, _) => {
+        CommandOutcome::NamespaceNotFound => {
             Err(Problem::not_found("namespace-not-found", format!("namespace {ns:?} does not exist")))
         }
-        (other, _) => Err(Problem::internal(format!("unexpected outcome {other:?}"))),
-    }
+        other => Err(Problem::internal(format!("unexpected outcome {other:?}"))),
+    };
+    mark_replayed(result, replayed)
 }
 
 /// Query of a listing.

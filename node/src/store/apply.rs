@@ -64,7 +64,22 @@ pub fn apply_command(
     cmd: &Command,
 ) -> Result<CommandOutcome, StoreError> {
     let mut audit = AuditWriter { revision, seq: 0, at_ms: cmd.at_ms, actor: &cmd.actor };
-    let outcome = apply_op(db, batch, revision, cmd, &mut audit)?;
+    let outcome = match &cmd.op {
+        Operation::Keyed { idempotency_key, op } => {
+            let fingerprint = super::idempotency::fingerprint(&cmd.actor, op)?;
+            match super::idempotency::lookup(db, idempotency_key, revision)? {
+                Some(rec) if rec.fingerprint == fingerprint => {
+                    return Ok(CommandOutcome::Replayed(Box::new(rec.outcome)));
+                }
+                Some(_) => return Ok(CommandOutcome::IdempotencyKeyReused),
+                None => {}
+            }
+            let outcome = apply_op(db, batch, revision, cmd, op, &mut audit)?;
+            super::idempotency::record(db, batch, idempotency_key, revision, fingerprint, &outcome)?;
+            outcome
+        }
+        op => apply_op(db, batch, revision, cmd, op, &mut audit)?,
+    };
     // Every operation that audits touches one namespace: its log is bounded in the same batch.
     if audit.seq > 0
         && let Some(ns) = cmd.op.namespace()
@@ -79,9 +94,10 @@ fn apply_op(
     batch: &mut WriteBatch,
     revision: u64,
     cmd: &Command,
+    op: &Operation,
     audit: &mut AuditWriter<'_>,
 ) -> Result<CommandOutcome, StoreError> {
-    match &cmd.op {
+    match op {
         Operation::PutNamespace { name, description, owner } => {
             let cf = cf(db, CF_STATE)?;
             let key = keys::namespace(name);
@@ -205,6 +221,8 @@ fn apply_op(
             };
             Ok(CommandOutcome::SettingApplied { history_depth })
         }
+        // Keys are handled by `apply_command`; a nested one is never proposed.
+        Operation::Keyed { op, .. } => apply_op(db, batch, revision, cmd, op, audit),
         Operation::DeleteEntry { namespace, key, precondition } => {
             let cf = cf(db, CF_STATE)?;
             if db.get_cf(&cf, keys::namespace(namespace))?.is_none() {

@@ -10,6 +10,8 @@
 //! | `a` | `a\0{ns}\0{revision BE}{seq BE}` | `AuditEvent` |
 //! | `s` | `s\0{name}` | a cluster setting (e.g. `history-depth`: u64), replicated like data |
 //! | `c` | `c\0{ns}` | `AuditMeta` of the namespace's audit log (events kept, trimmed up to) |
+//! | `i` | `i\0{idempotency key}` | `IdempotencyRecord` of a keyed write (outcome, fingerprint) |
+//! | `j` | `j\0{revision BE}` | the idempotency key recorded at that revision (eviction order) |
 
 fn join(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
     let len = 2 + parts.iter().map(|p| p.len() + 1).sum::<usize>();
@@ -28,6 +30,23 @@ fn join(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
 /// Key of a namespace's audit bookkeeping.
 pub fn audit_meta(ns: &str) -> Vec<u8> {
     join(b'c', &[ns.as_bytes()])
+}
+
+/// Key of the idempotency record of a client's write key.
+pub fn idempotency(key: &str) -> Vec<u8> {
+    join(b'i', &[key.as_bytes()])
+}
+
+/// Key of the eviction index entry of the idempotency record made at `revision`.
+pub fn idempotency_expiry(revision: u64) -> Vec<u8> {
+    let mut k = idempotency_expiry_prefix();
+    k.extend_from_slice(&revision.to_be_bytes());
+    k
+}
+
+/// Prefix of the idempotency eviction index (oldest first).
+pub fn idempotency_expiry_prefix() -> Vec<u8> {
+    vec![b'j', 0]
 }
 
 /// Key of a cluster-wide setting.

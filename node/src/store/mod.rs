@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod audit_retention;
 pub mod codec;
+pub mod idempotency;
 pub mod keys;
 pub mod state;
 
