@@ -6,172 +6,346 @@
 //! Run them with `./scripts/k8s-e2e` (part of `./scripts/test`): it starts the cluster
 //! (`scripts/k8s-cluster up`), loads the images, installs the chart and runs this file with
 //! `--ignored --test-threads 1`. Without a cluster they are skipped (ignored), never faked.
+//!
+//! Each scenario runs in a namespace of its own (`Scenario::run`), deleted and awaited after it
+//! whatever the outcome.
 
 mod k8s;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use confman_operator::crd::ConfmanCluster;
 use futures::StreamExt;
 use k8s::*;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
-use kube::ResourceExt;
-use kube::api::{Api, ListParams};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::wait::await_condition;
 use kube::runtime::watcher::{self, watcher};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 
-const NEEDS_CLUSTER: &str = "needs the real cluster: ./scripts/k8s-e2e";
+/// The label every object of the cluster `config` carries (its children, pods and claims).
+const INSTANCE: &str = "app.kubernetes.io/instance=config";
 
 #[tokio::test]
 #[ignore = "needs the real cluster: ./scripts/k8s-e2e"]
 async fn small_3_from_the_example_runs_three_ready_members_and_serves_through_the_client_service() -> TestResult {
-    let _ = NEEDS_CLUSTER;
     let (image, _) = images()?;
-    let s = Scenario::new("create").await?;
-    s.create_from_example(3, &image).await?;
-    let c = s.settled("config", 3).await?;
+    Scenario::run("create", async |s: &Scenario| {
+        s.create_from_example(3, &image).await?;
+        let c = s.settled("config", 3).await?;
 
-    let status = c.status.clone().ok_or("no status")?;
-    let ids: BTreeSet<u64> = status.members.iter().map(|m| m.id).collect();
-    assert_eq!(ids, BTreeSet::from([1, 2, 3]), "members {:?}", status.members);
-    assert!(status.leader.is_some(), "the status names the leader");
-    for cond in &status.conditions {
-        assert!(!cond.message.is_empty(), "condition {} has a message", cond.type_);
-    }
-    let pods = s.pods_of("config").await?;
-    assert_eq!(pods.len(), 3);
-    assert!(pods.iter().all(pod_ready), "all three pods Ready");
+        let status = c.status.clone().ok_or("no status")?;
+        let ids: BTreeSet<u64> = status.members.iter().map(|m| m.id).collect();
+        assert_eq!(ids, BTreeSet::from([1, 2, 3]), "members {:?}", status.members);
+        let leader = status.leader.clone().ok_or("the status names no leader")?;
+        assert!(status.members.iter().any(|m| m.pod == leader), "the leader {leader} is a member: {status:?}");
+        for (type_, want) in
+            [("Available", "True"), ("Progressing", "False"), ("Degraded", "False"), ("InvalidSpec", "False")]
+        {
+            let x = condition(&c, type_).ok_or_else(|| format!("no {type_} condition: {:?}", status.conditions))?;
+            assert_eq!(x.status, want, "{type_}: {x:?}");
+            assert!(!x.message.trim().is_empty(), "{type_} has a message: {x:?}");
+        }
+        let pods = s.pods_of("config").await?;
+        assert_eq!(pods.len(), 3);
+        assert!(pods.iter().all(pod_ready), "all three pods Ready");
 
-    // Events are recorded against the cluster (what `kubectl describe cmc` shows).
-    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(s.client.clone(), &s.ns)
-        .list(&ListParams::default().fields("involvedObject.name=config"))
-        .await?;
-    let reasons: BTreeSet<String> = events.items.iter().filter_map(|e| e.reason.clone()).collect();
-    assert!(reasons.contains("MembersAllocated"), "events: {reasons:?}");
+        // `kubectl get cmc`: the server prints the CRD's columns into a Table; each is filled.
+        let columns = printed_columns(s, "config").await?;
+        for name in ["Replicas", "Ready", "Leader", "Payload"] {
+            let cell = columns.get(name).ok_or_else(|| format!("no {name} column: {columns:?}"))?;
+            assert!(!cell.is_null() && cell.as_str() != Some(""), "{name} is empty: {columns:?}");
+        }
+        assert_eq!(columns["Replicas"], serde_json::json!(3), "{columns:?}");
+        assert_eq!(columns["Ready"], serde_json::json!(3), "{columns:?}");
+        assert_eq!(columns["Leader"], serde_json::json!(leader), "{columns:?}");
+        assert_eq!(columns["Payload"], serde_json::json!("small"), "{columns:?}");
 
-    // Writes and linearizable reads through the client Service.
-    let client = s.node_client("config").await?;
-    client.put_namespace("app", "e2e", "e2e").await?;
-    for i in 0..20 {
-        client.put("app", &format!("k{i}"), format!("v{i}").into_bytes(), None).await?;
-    }
-    for i in 0..20 {
-        let e = client.get("app", &format!("k{i}")).await?.ok_or("written key missing")?;
-        assert_eq!(e.value, format!("v{i}").into_bytes());
-    }
-    s.cleanup().await
+        // Events are recorded against the cluster (what `kubectl describe cmc` shows).
+        let events = s.api::<CoreEvent>().list(&ListParams::default().fields("involvedObject.name=config")).await?;
+        let reasons: BTreeSet<String> = events.items.iter().filter_map(|e| e.reason.clone()).collect();
+        for reason in ["MembersAllocated", "TokenCreated"] {
+            assert!(reasons.contains(reason), "no {reason} event: {reasons:?}");
+        }
+
+        // Writes and linearizable reads through the client Service.
+        let client = s.node_client("config").await?;
+        client.put_namespace("app", "e2e", "e2e").await?;
+        for i in 0..20 {
+            client.put("app", &format!("k{i}"), format!("v{i}").into_bytes(), None).await?;
+        }
+        for i in 0..20 {
+            let e = client.get("app", &format!("k{i}")).await?.ok_or("written key missing")?;
+            assert_eq!(e.value, format!("v{i}").into_bytes());
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// The cluster as `kubectl get cmc` prints it: the server's Table (`as=Table`), column name →
+/// cell of the one row.
+async fn printed_columns(s: &Scenario, name: &str) -> Result<BTreeMap<String, serde_json::Value>, BoxError> {
+    let path = format!("{}/{name}", ConfmanCluster::url_path(&(), Some(s.ns.as_str())));
+    let request = http::Request::get(path)
+        .header(http::header::ACCEPT, "application/json;as=Table;v=v1;g=meta.k8s.io")
+        .body(Vec::new())?;
+    let text = s.client.request_text(request).await?;
+    let table: serde_json::Value = serde_json::from_str(&text)?;
+    assert_eq!(table["kind"], "Table", "{text}");
+    let names: Vec<String> = table["columnDefinitions"]
+        .as_array()
+        .ok_or_else(|| format!("no columns: {text}"))?
+        .iter()
+        .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let rows = table["rows"].as_array().ok_or_else(|| format!("no rows: {text}"))?;
+    assert_eq!(rows.len(), 1, "{text}");
+    let cells = rows[0]["cells"].as_array().ok_or_else(|| format!("no cells: {text}"))?;
+    assert_eq!(cells.len(), names.len(), "{text}");
+    Ok(names.into_iter().zip(cells.iter().cloned()).collect())
+}
+
+/// What the writer of the upgrade scenario saw.
+struct WriterLog {
+    /// The last acknowledged value of every key.
+    acked: BTreeMap<String, Vec<u8>>,
+    /// Keys whose last write failed (its outcome unknown).
+    unsure: BTreeSet<String>,
+    errors: Vec<String>,
+    writes: u64,
 }
 
 /// Replacement of the members for a new image: one at a time, the leader's pod last, and a
-/// writer through the client Service sees no failed write.
+/// writer through the client Service sees no failed write and reads back every acknowledged one.
+///
+/// Leadership is first moved to the highest ordinal: a StatefulSet's own RollingUpdate replaces
+/// ordinals from the highest down (2, 1, 0) and would take that leader first; the operator
+/// (`OnDelete`) replaces followers first and the leader last (1, 0, 2).
 #[tokio::test]
 #[ignore = "needs the real cluster: ./scripts/k8s-e2e"]
 async fn an_image_change_replaces_members_one_at_a_time_leader_last_without_a_failed_write() -> TestResult {
     let (image, next) = images()?;
-    let s = Scenario::new("upgrade").await?;
-    s.create_from_example(3, &image).await?;
-    let c = s.settled("config", 3).await?;
-    let leader = c.status.and_then(|st| st.leader).ok_or("no leader")?;
-    let client = Arc::new(s.node_client("config").await?);
-    client.put_namespace("app", "e2e", "e2e").await?;
+    Scenario::run("upgrade", async |s: &Scenario| {
+        s.create_from_example(3, &image).await?;
+        let c = s.settled("config", 3).await?;
+        let client = Arc::new(s.node_client("config").await?);
+        client.put_namespace("app", "e2e", "e2e").await?;
 
-    // Timeline of the pods: when each pod name got a new uid, and how many of the three were
-    // not Ready at once.
-    let replaced = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let max_down = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let watch = {
-        let pods = s.pods();
-        let (replaced, max_down, stop) = (replaced.clone(), max_down.clone(), stop.clone());
+        let leader = "config-2";
+        let leader_id = member_ids(&c).get(leader).copied().ok_or("config-2 has no member id")?;
+        let moved = client.transfer_leader(Some(leader_id)).await?;
+        assert_eq!(moved, Some(leader_id), "leadership moved to {leader}");
+        // The operator reports the leader when it next looks; an annotation brings that forward.
+        let nudge = serde_json::json!({ "metadata": { "annotations": { "e2e/leader": leader } } });
+        s.clusters().patch("config", &PatchParams::default(), &Patch::Merge(&nudge)).await?;
+        deadline(*SLOW, "the status names config-2 the leader", async {
+            await_condition(s.clusters(), "config", move |c: Option<&ConfmanCluster>| {
+                c.is_some_and(|c| c.status.as_ref().and_then(|st| st.leader.as_deref()) == Some(leader))
+            })
+            .await
+        })
+        .await??;
+        let group = client.cluster().await?;
+        eprintln!(
+            "upgrade: leader moved to {leader} (node {leader_id}); node {} reports leader {:?}",
+            group.node_id, group.leader_id
+        );
+
+        // The StatefulSet leaves updates to the operator.
+        let sts = s.api::<StatefulSet>().get("config").await?;
+        let strategy = sts.spec.update_strategy.as_ref().and_then(|u| u.type_.clone());
+        assert_eq!(strategy.as_deref(), Some("OnDelete"), "the StatefulSet's update strategy");
+        let sts_events = s.api::<CoreEvent>().list(&ListParams::default()).await?.items;
+        let (deletes_before, creates_before) = (
+            sts_controller_events(&sts_events, "SuccessfulDelete"),
+            sts_controller_events(&sts_events, "SuccessfulCreate"),
+        );
+
+        // Timeline of the pods, from a watch that has listed them before the image changes.
         let initial: BTreeMap<String, String> =
             s.pods_of("config").await?.iter().map(|p| (p.name_any(), p.uid().unwrap_or_default())).collect();
-        tokio::spawn(async move {
-            let cfg = watcher::Config::default().labels("app.kubernetes.io/instance=config");
-            let mut stream = std::pin::pin!(watcher(pods, cfg));
-            let mut seen: BTreeMap<String, (String, bool)> =
-                initial.iter().map(|(n, u)| (n.clone(), (u.clone(), true))).collect();
-            while !stop.load(Ordering::SeqCst) {
-                let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(500), stream.next()).await else {
-                    continue;
-                };
-                let Ok(ev) = ev else { continue };
-                let (pod, gone): (Pod, bool) = match ev {
-                    watcher::Event::Apply(p) | watcher::Event::InitApply(p) => (p, false),
-                    watcher::Event::Delete(p) => (p, true),
-                    _ => continue,
-                };
-                let name = pod.name_any();
-                let uid = pod.uid().unwrap_or_default();
-                let ready = !gone && pod.metadata.deletion_timestamp.is_none() && pod_ready(&pod);
-                let entry = seen.entry(name.clone()).or_insert((uid.clone(), ready));
-                if entry.0 != uid && !gone {
-                    if let Ok(mut r) = replaced.lock()
-                        && !r.contains(&name)
-                    {
-                        r.push(name.clone());
-                    }
-                    entry.0 = uid;
-                }
-                entry.1 = ready;
-                let down = seen.values().filter(|(_, r)| !r).count() as u64;
-                max_down.fetch_max(down, Ordering::SeqCst);
-            }
-        })
-    };
-    let failures = Arc::new(AtomicU64::new(0));
-    let writes = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (client, failures, writes, stop) = (client.clone(), failures.clone(), writes.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut i = 0u64;
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::SeqCst) {
-                match client.put("app", &format!("w{}", i % 50), i.to_string().into_bytes(), None).await {
-                    Ok(_) => writes.fetch_add(1, Ordering::SeqCst),
-                    Err(e) => {
-                        errors.push(e.to_string());
-                        failures.fetch_add(1, Ordering::SeqCst)
-                    }
-                };
-                i += 1;
-            }
-            errors
-        })
-    };
+        assert_eq!(initial.len(), 3, "{initial:?}");
+        let (listed_tx, listed) = tokio::sync::oneshot::channel();
+        let timeline = tokio::spawn(pod_timeline(s.pods(), initial.clone(), listed_tx));
+        deadline(*SLOW, "the pod watch listed the pods", listed).await??;
 
-    s.patch_spec("config", serde_json::json!({ "image": next })).await?;
-    // Settled again, every pod on the new image.
-    let what = "every pod runs the new image and the cluster is settled";
-    deadline(SLOW, what, async {
-        loop {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut log =
+                    WriterLog { acked: BTreeMap::new(), unsure: BTreeSet::new(), errors: Vec::new(), writes: 0 };
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let key = format!("w{}", i % 50);
+                    let value = i.to_string().into_bytes();
+                    match client.put("app", &key, value.clone(), None).await {
+                        Ok(_) => {
+                            log.writes += 1;
+                            log.unsure.remove(&key);
+                            log.acked.insert(key, value);
+                        }
+                        Err(e) => {
+                            log.errors.push(format!("{key}: {e}"));
+                            log.unsure.insert(key);
+                        }
+                    }
+                    i += 1;
+                }
+                log
+            })
+        };
+        let retries_before = client.retries();
+
+        s.patch_spec("config", serde_json::json!({ "image": next })).await?;
+        // Settled again, every pod on the new image.
+        wait_until(s.pods(), INSTANCE, "every pod runs the new image and the cluster is settled", async || {
             let c = s.settled("config", 3).await?;
             let pods = s.pods_of("config").await?;
-            if pods.len() == 3 && pods.iter().all(|p| pod_image(p).as_deref() == Some(next.as_str()) && pod_ready(p)) {
-                return Ok::<_, BoxError>(c);
-            }
-            // Not yet: wait for the next change of any pod.
-            let mut stream = std::pin::pin!(watcher(
-                s.pods(),
-                watcher::Config::default().labels("app.kubernetes.io/instance=config")
-            ));
-            let _ = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
-        }
-    })
-    .await??;
-    stop.store(true, Ordering::SeqCst);
-    let errors = writer.await?;
-    watch.await?;
+            let done =
+                pods.len() == 3 && pods.iter().all(|p| pod_image(p).as_deref() == Some(next.as_str()) && pod_ready(p));
+            Ok(done.then_some(c))
+        })
+        .await?;
+        let Timeline { order, max_replacing, unready, changes } =
+            deadline(*SLOW, "the pod watch saw every pod replaced and Ready", timeline).await??;
+        stop.store(true, Ordering::SeqCst);
+        let log = writer.await?;
+        eprintln!(
+            "upgrade: replaced {order:?}; {} writes, {} failed; client retries before the rollout {retries_before:?}, \
+             after {:?}",
+            log.writes,
+            log.errors.len(),
+            client.retries()
+        );
 
-    let order = replaced.lock().map(|r| r.clone()).unwrap_or_default();
-    assert_eq!(order.len(), 3, "each pod was replaced once: {order:?}");
-    assert_eq!(order.last(), Some(&leader), "the leader's pod {leader} went last: {order:?}");
-    assert!(max_down.load(Ordering::SeqCst) <= 1, "at most one member down at a time");
-    assert!(writes.load(Ordering::SeqCst) > 0, "the writer wrote");
-    assert_eq!(failures.load(Ordering::SeqCst), 0, "no write failed: {errors:?}");
-    s.cleanup().await
+        let sts_events = s.api::<CoreEvent>().list(&ListParams::default()).await?.items;
+        assert_eq!(
+            sts_controller_events(&sts_events, "SuccessfulDelete"),
+            deletes_before,
+            "the StatefulSet controller deleted no pod (the operator did)"
+        );
+        assert!(
+            sts_controller_events(&sts_events, "SuccessfulCreate") >= creates_before + 3,
+            "the StatefulSet controller recreated the three pods (its events are seen)"
+        );
+        assert_eq!(order.len(), 3, "each pod was replaced once: {order:?}");
+        assert_eq!(order.iter().collect::<BTreeSet<_>>(), initial.keys().collect(), "{order:?}");
+        assert_eq!(order.last().map(String::as_str), Some(leader), "the leader's pod {leader} went last: {order:?}");
+        let pods_seen = changes.join("\n");
+        assert!(max_replacing <= 1, "one member replaced at a time, {max_replacing} at once; pods:\n{pods_seen}");
+        assert!(log.writes > 0, "the writer wrote");
+        assert!(log.errors.is_empty(), "no write failed: {:?}", log.errors);
+        // Every acknowledged write survived the replacement of every member.
+        assert!(!log.acked.is_empty());
+        for (key, value) in log.acked.iter().filter(|(k, _)| !log.unsure.contains(*k)) {
+            let e = client.get("app", key).await?.ok_or_else(|| format!("acknowledged key {key} is gone"))?;
+            assert_eq!(e.value.as_ref(), value.as_slice(), "{key}: the last acknowledged value");
+        }
+        // Nor does any other member drop out during the rollout (from Kubernetes' view: Ready).
+        assert!(unready.is_empty(), "members not Ready outside their replacement: {unready:?}; pods:\n{pods_seen}");
+        Ok(())
+    })
+    .await
+}
+
+/// The count of core/v1 Events of the StatefulSet controller with `reason`.
+fn sts_controller_events(events: &[CoreEvent], reason: &str) -> i32 {
+    events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .filter(|e| e.source.as_ref().and_then(|s| s.component.as_deref()) == Some("statefulset-controller"))
+        .map(|e| e.count.unwrap_or(1))
+        .sum()
+}
+
+/// What the pod watch of the upgrade scenario saw.
+struct Timeline {
+    /// Pod names in the order their new pods appeared.
+    order: Vec<String>,
+    /// The most members being replaced at once: deleting, gone, or new and not yet Ready.
+    max_replacing: usize,
+    /// Members that went not Ready outside their replacement (time, pod).
+    unready: Vec<String>,
+    /// Every change: time since the watch listed the pods, pod, uid, Ready, deleting/gone.
+    changes: Vec<String>,
+}
+
+/// A pod as the upgrade scenario's watch last saw it.
+struct PodState {
+    uid: String,
+    ready: bool,
+    /// Deleting, gone, or replaced and not Ready since.
+    replacing: bool,
+}
+
+/// Watches the pods of `config` from `initial` (name → uid) until every one has a new uid and
+/// is Ready. `listed` fires once the watch has listed the pods.
+async fn pod_timeline(
+    pods: Api<Pod>,
+    initial: BTreeMap<String, String>,
+    listed: tokio::sync::oneshot::Sender<()>,
+) -> Timeline {
+    let mut stream = std::pin::pin!(watcher(pods, watcher::Config::default().labels(INSTANCE)).default_backoff());
+    let mut listed = Some(listed);
+    let mut seen: BTreeMap<String, PodState> =
+        initial.iter().map(|(n, u)| (n.clone(), PodState { uid: u.clone(), ready: true, replacing: false })).collect();
+    let mut t = Timeline { order: Vec::new(), max_replacing: 0, unready: Vec::new(), changes: Vec::new() };
+    let start = std::time::Instant::now();
+    while let Some(event) = stream.next().await {
+        let (pod, gone) = match event {
+            Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => (p, false),
+            Ok(watcher::Event::Delete(p)) => (p, true),
+            Ok(watcher::Event::InitDone) => {
+                if let Some(tx) = listed.take() {
+                    let _ = tx.send(());
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        let name = pod.name_any();
+        let uid = pod.uid().unwrap_or_default();
+        let deleting = pod.metadata.deletion_timestamp.is_some();
+        let ready = !gone && !deleting && pod_ready(&pod);
+        let at = start.elapsed().as_millis();
+        let state = if gone {
+            " gone"
+        } else if deleting {
+            " deleting"
+        } else {
+            ""
+        };
+        let short: String = uid.chars().take(8).collect();
+        t.changes.push(format!("{at:>6} ms {name} {short} ready={ready}{state}"));
+        let entry = seen.entry(name.clone()).or_insert_with(|| PodState { uid: uid.clone(), ready, replacing: false });
+        if entry.uid != uid && !gone {
+            t.order.push(name.clone());
+            entry.uid = uid;
+            entry.replacing = true;
+        }
+        if gone || deleting {
+            entry.replacing = true;
+        } else if ready {
+            entry.replacing = false;
+        } else if entry.ready && !entry.replacing {
+            t.unready.push(format!("{at} ms {name}"));
+        }
+        entry.ready = ready;
+        t.max_replacing = t.max_replacing.max(seen.values().filter(|p| p.replacing).count());
+        if initial.iter().all(|(n, old)| seen.get(n).is_some_and(|p| p.uid != *old && p.ready)) {
+            break;
+        }
+    }
+    t
 }
 
 /// `kubectl scale cmc` (the scale subresource) 3 → 5 → 3: members join as learners and are
@@ -180,83 +354,106 @@ async fn an_image_change_replaces_members_one_at_a_time_leader_last_without_a_fa
 #[ignore = "needs the real cluster: ./scripts/k8s-e2e"]
 async fn scaling_3_to_5_to_3_through_the_scale_subresource() -> TestResult {
     let (image, _) = images()?;
-    let s = Scenario::new("scale").await?;
-    s.create_from_example(3, &image).await?;
-    s.settled("config", 3).await?;
-    let client = s.node_client("config").await?;
-    client.put_namespace("app", "e2e", "e2e").await?;
-    client.put("app", "before", b"1".to_vec(), None).await?;
+    Scenario::run("scale", async |s: &Scenario| {
+        s.create_from_example(3, &image).await?;
+        s.settled("config", 3).await?;
+        let client = s.node_client("config").await?;
+        client.put_namespace("app", "e2e", "e2e").await?;
+        client.put("app", "before", b"1".to_vec(), None).await?;
 
-    let scale = |n: i32| serde_json::json!({ "spec": { "replicas": n } });
-    let params = kube::api::PatchParams::default();
-    s.clusters().patch_scale("config", &params, &kube::api::Patch::Merge(scale(5))).await?;
-    let c = s.settled("config", 5).await?;
-    let ids: BTreeSet<u64> = c.status.iter().flat_map(|st| st.members.iter().map(|m| m.id)).collect();
-    assert_eq!(ids.len(), 5, "five distinct members: {ids:?}");
-    let sts = Api::<StatefulSet>::namespaced(s.client.clone(), &s.ns).get("config").await?;
-    assert_eq!(sts.spec.replicas, Some(5));
+        let scale = |n: i32| serde_json::json!({ "spec": { "replicas": n } });
+        let params = PatchParams::default();
+        s.clusters().patch_scale("config", &params, &Patch::Merge(scale(5))).await?;
+        let c = s.settled("config", 5).await?;
+        let ids: BTreeSet<u64> = c.status.iter().flat_map(|st| st.members.iter().map(|m| m.id)).collect();
+        assert_eq!(ids.len(), 5, "five distinct members: {ids:?}");
+        let sts = s.api::<StatefulSet>().get("config").await?;
+        assert_eq!(sts.spec.replicas, Some(5));
 
-    s.clusters().patch_scale("config", &params, &kube::api::Patch::Merge(scale(3))).await?;
-    let c = s.settled("config", 3).await?;
-    let pods: Vec<String> = c.status.iter().flat_map(|st| st.members.iter().map(|m| m.pod.clone())).collect();
-    assert_eq!(
-        pods.iter().cloned().collect::<BTreeSet<_>>(),
-        BTreeSet::from(["config-0".into(), "config-1".into(), "config-2".into()])
-    );
-    let e = client.get("app", "before").await?.ok_or("key written before scaling is gone")?;
-    assert_eq!(e.value.as_ref(), b"1");
+        s.clusters().patch_scale("config", &params, &Patch::Merge(scale(3))).await?;
+        let c = s.settled("config", 3).await?;
+        let pods: Vec<String> = c.status.iter().flat_map(|st| st.members.iter().map(|m| m.pod.clone())).collect();
+        assert_eq!(
+            pods.iter().cloned().collect::<BTreeSet<_>>(),
+            BTreeSet::from(["config-0".into(), "config-1".into(), "config-2".into()])
+        );
+        let e = client.get("app", "before").await?.ok_or("key written before scaling is gone")?;
+        assert_eq!(e.value.as_ref(), b"1");
 
-    // Up again: ordinals 3 and 4 come back under fresh ids; the volumes their earlier members
-    // left (a 1.20 StatefulSet keeps claims on scale-down) are deleted first, never rejoined.
-    s.clusters().patch_scale("config", &params, &kube::api::Patch::Merge(scale(5))).await?;
-    let again = member_ids(&s.settled("config", 5).await?);
-    let first_max = ids.iter().max().copied().unwrap_or(0);
-    for pod in ["config-3", "config-4"] {
-        assert!(again.get(pod).is_some_and(|id| *id > first_max), "{pod} has a fresh id: {again:?}");
-    }
-    // The operator's recorder folds repeated reasons into an event series (events.k8s.io/v1).
-    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(s.client.clone(), &s.ns)
-        .list(&ListParams::default())
-        .await?;
-    let stale: i32 = events
-        .items
-        .iter()
-        .filter(|e| e.reason.as_deref() == Some("StaleVolumeDeleted"))
-        .map(|e| e.series.as_ref().map_or(1, |series| series.count))
-        .sum();
-    assert_eq!(stale, 2, "the earlier members' volumes were deleted before the ordinals rejoined");
-    s.cleanup().await
+        // Up again: ordinals 3 and 4 come back under fresh ids; the volumes their earlier members
+        // left (a 1.20 StatefulSet keeps claims on scale-down) are deleted first, never rejoined.
+        s.clusters().patch_scale("config", &params, &Patch::Merge(scale(5))).await?;
+        let again = member_ids(&s.settled("config", 5).await?);
+        let first_max = ids.iter().max().copied().unwrap_or(0);
+        for pod in ["config-3", "config-4"] {
+            assert!(again.get(pod).is_some_and(|id| *id > first_max), "{pod} has a fresh id: {again:?}");
+        }
+        // The operator's recorder folds repeated reasons into an event series (events.k8s.io/v1).
+        let events = s.api::<k8s_openapi::api::events::v1::Event>().list(&ListParams::default()).await?;
+        let stale: i32 = events
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("StaleVolumeDeleted"))
+            .map(|e| e.series.as_ref().map_or(1, |series| series.count))
+            .sum();
+        assert_eq!(stale, 2, "the earlier members' volumes were deleted before the ordinals rejoined");
+        Ok(())
+    })
+    .await
 }
 
-/// A deleted pod and a killed container come back under the same member id; the group keeps
-/// every member.
+/// Member id by pod name as the nodes report the group (`GET /api/v1/cluster`): the pod is the
+/// first label of a member's address (`http://config-1.config-peers.<ns>.svc:8080`); every
+/// member must be a voter.
+async fn group_ids(client: &confman_client::Client) -> Result<BTreeMap<String, u64>, BoxError> {
+    let group = client.cluster().await?;
+    assert!(group.members.iter().all(|m| m.role == "voter"), "every member is a voter: {:?}", group.members);
+    let pod = |address: &str| -> Option<String> {
+        let host = address.split_once("://").map_or(address, |(_, rest)| rest);
+        host.split('.').next().map(str::to_string)
+    };
+    group
+        .members
+        .iter()
+        .map(|m| pod(&m.address).map(|p| (p, m.id)).ok_or_else(|| format!("odd address {:?}", m.address).into()))
+        .collect()
+}
+
+/// A deleted pod and a killed container come back under the same member id; the group (as the
+/// nodes report it, not only the operator's status) keeps every member and no other.
 #[tokio::test]
 #[ignore = "needs the real cluster: ./scripts/k8s-e2e"]
 async fn a_deleted_pod_and_a_killed_container_come_back_as_the_same_member() -> TestResult {
     let (image, _) = images()?;
-    let s = Scenario::new("restart").await?;
-    s.create_from_example(3, &image).await?;
-    let before = member_ids(&s.settled("config", 3).await?);
-    let pods = s.pods();
+    Scenario::run("restart", async |s: &Scenario| {
+        s.create_from_example(3, &image).await?;
+        let before = member_ids(&s.settled("config", 3).await?);
+        let client = s.node_client("config").await?;
+        assert_eq!(group_ids(&client).await?, before, "the nodes report the members the status names");
+        let pods = s.pods();
 
-    let old_uid = pods.get("config-1").await?.uid().unwrap_or_default();
-    pods.delete("config-1", &kube::api::DeleteParams::default()).await?;
-    pod_condition(&pods, "config-1", "config-1 recreated and Ready", move |p: Option<&Pod>| {
-        p.is_some_and(|p| p.uid().unwrap_or_default() != old_uid && pod_ready(p))
-    })
-    .await?;
-    assert_eq!(member_ids(&s.settled("config", 3).await?), before, "same ids after a pod delete");
+        let old_uid = pods.get("config-1").await?.uid().unwrap_or_default();
+        pods.delete("config-1", &DeleteParams::default()).await?;
+        pod_condition(&pods, "config-1", "config-1 recreated and Ready", move |p: Option<&Pod>| {
+            p.is_some_and(|p| p.uid().unwrap_or_default() != old_uid && pod_ready(p))
+        })
+        .await?;
+        assert_eq!(member_ids(&s.settled("config", 3).await?), before, "same ids in the status after a pod delete");
+        assert_eq!(group_ids(&client).await?, before, "same group after a pod delete");
 
-    container_task(&pods, "config-2", &["kill", "-s", "SIGKILL"]).await?;
-    pod_condition(&pods, "config-2", "config-2 restarted and Ready", |p: Option<&Pod>| {
-        let restarts = p
-            .and_then(|p| p.status.as_ref()?.container_statuses.as_ref()?.first().map(|c| c.restart_count))
-            .unwrap_or(0);
-        p.is_some_and(|p| restarts >= 1 && pod_ready(p))
+        container_task(&pods, "config-2", &["kill", "-s", "SIGKILL"]).await?;
+        pod_condition(&pods, "config-2", "config-2 restarted and Ready", |p: Option<&Pod>| {
+            let restarts = p
+                .and_then(|p| p.status.as_ref()?.container_statuses.as_ref()?.first().map(|c| c.restart_count))
+                .unwrap_or(0);
+            p.is_some_and(|p| restarts >= 1 && pod_ready(p))
+        })
+        .await?;
+        assert_eq!(member_ids(&s.settled("config", 3).await?), before, "same ids in the status after a crash");
+        assert_eq!(group_ids(&client).await?, before, "same group after a container crash");
+        Ok(())
     })
-    .await?;
-    assert_eq!(member_ids(&s.settled("config", 3).await?), before, "same ids after a container crash");
-    s.cleanup().await
+    .await
 }
 
 /// A member whose volume is lost (emptied under it) is removed from the group and its ordinal
@@ -265,41 +462,43 @@ async fn a_deleted_pod_and_a_killed_container_come_back_as_the_same_member() -> 
 #[ignore = "needs the real cluster: ./scripts/k8s-e2e"]
 async fn a_lost_volume_rejoins_under_a_fresh_id() -> TestResult {
     let (image, _) = images()?;
-    let s = Scenario::new("lost-volume").await?;
-    s.create_from_example(3, &image).await?;
-    let c = s.settled("config", 3).await?;
-    let before = member_ids(&c);
-    let leader = c.status.and_then(|st| st.leader).ok_or("no leader")?;
-    // A follower's disk is replaced: its directory is emptied, then its process dies.
-    let victim = ["config-0", "config-1", "config-2"].into_iter().find(|p| *p != leader).ok_or("no follower")?;
-    let dir = volume_dir(&s.client, &s.ns, &format!("data-{victim}")).await?;
-    for entry in std::fs::read_dir(&dir)? {
-        let path = entry?.path();
-        if path.is_dir() { std::fs::remove_dir_all(&path)? } else { std::fs::remove_file(&path)? }
-    }
-    container_task(&s.pods(), victim, &["kill", "-s", "SIGKILL"]).await?;
-
-    let what = format!("{victim} rejoined under a fresh id");
-    let old = before.get(victim).copied().ok_or("victim had no id")?;
-    let after = deadline(SLOW, &what, async {
-        kube::runtime::wait::await_condition(s.clusters(), "config", move |c: Option<&ConfmanCluster>| {
-            c.is_some_and(|c| {
-                let ids = member_ids(c);
-                is_settled(c, 3) && ids.get(victim).is_some_and(|id| *id != old)
-            })
-        })
-        .await
-    })
-    .await??
-    .ok_or("cluster deleted")?;
-    let ids = member_ids(&after);
-    assert!(ids[victim] > *before.values().max().unwrap_or(&0), "fresh ids are never reused: {ids:?}");
-    for (pod, id) in &before {
-        if pod != victim {
-            assert_eq!(ids.get(pod), Some(id), "the other members keep their ids");
+    Scenario::run("lost-volume", async |s: &Scenario| {
+        s.create_from_example(3, &image).await?;
+        let c = s.settled("config", 3).await?;
+        let before = member_ids(&c);
+        let leader = c.status.and_then(|st| st.leader).ok_or("no leader")?;
+        // A follower's disk is replaced: its directory is emptied, then its process dies.
+        let victim = ["config-0", "config-1", "config-2"].into_iter().find(|p| *p != leader).ok_or("no follower")?;
+        let dir = volume_dir(&s.client, &s.ns, &format!("data-{victim}")).await?;
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() { std::fs::remove_dir_all(&path)? } else { std::fs::remove_file(&path)? }
         }
-    }
-    s.cleanup().await
+        container_task(&s.pods(), victim, &["kill", "-s", "SIGKILL"]).await?;
+
+        let what = format!("{victim} rejoined under a fresh id");
+        let old = before.get(victim).copied().ok_or("victim had no id")?;
+        let after = deadline(*SLOW, &what, async {
+            await_condition(s.clusters(), "config", move |c: Option<&ConfmanCluster>| {
+                c.is_some_and(|c| {
+                    let ids = member_ids(c);
+                    is_settled(c, 3) && ids.get(victim).is_some_and(|id| *id != old)
+                })
+            })
+            .await
+        })
+        .await??
+        .ok_or("cluster deleted")?;
+        let ids = member_ids(&after);
+        assert!(ids[victim] > *before.values().max().unwrap_or(&0), "fresh ids are never reused: {ids:?}");
+        for (pod, id) in &before {
+            if pod != victim {
+                assert_eq!(ids.get(pod), Some(id), "the other members keep their ids");
+            }
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// `spec.paused` stops every change; a spec the operator refuses (even replicas — a CEL rule
@@ -308,45 +507,44 @@ async fn a_lost_volume_rejoins_under_a_fresh_id() -> TestResult {
 #[ignore = "needs the real cluster: ./scripts/k8s-e2e"]
 async fn paused_and_invalid_specs_change_nothing() -> TestResult {
     let (image, next) = images()?;
-    let s = Scenario::new("paused").await?;
-    s.create_from_example(3, &image).await?;
-    s.settled("config", 3).await?;
-    let sts_api = Api::<StatefulSet>::namespaced(s.client.clone(), &s.ns);
-    let template_image =
-        |sts: &StatefulSet| sts.spec.template.spec.as_ref().and_then(|p| p.containers.first()?.image.clone());
+    Scenario::run("paused", async |s: &Scenario| {
+        s.create_from_example(3, &image).await?;
+        s.settled("config", 3).await?;
+        let sts_api = s.api::<StatefulSet>();
+        let template_image =
+            |sts: &StatefulSet| sts.spec.template.spec.as_ref().and_then(|p| p.containers.first()?.image.clone());
 
-    s.patch_spec("config", serde_json::json!({ "paused": true, "image": next })).await?;
-    observed_generation(&s).await?;
-    let sts = sts_api.get("config").await?;
-    assert_eq!(template_image(&sts).as_deref(), Some(image.as_str()), "paused: the image change is not rolled out");
+        s.patch_spec("config", serde_json::json!({ "paused": true, "image": next })).await?;
+        let c = observed_generation(s).await?;
+        let progressing = condition(&c, "Progressing").map(|x| (x.status.clone(), x.reason.clone()));
+        assert_eq!(progressing, Some(("False".into(), "Paused".into())), "{:?}", c.status);
+        let sts = sts_api.get("config").await?;
+        assert_eq!(template_image(&sts).as_deref(), Some(image.as_str()), "paused: the image change is not rolled out");
 
-    s.patch_spec("config", serde_json::json!({ "paused": false, "image": image, "replicas": 4 })).await?;
-    let c = observed_generation(&s).await?;
-    assert!(condition_true(&c, "InvalidSpec"), "even replicas are refused: {:?}", c.status);
-    let message = c
-        .status
-        .iter()
-        .flat_map(|st| st.conditions.iter())
-        .find(|x| x.type_ == "InvalidSpec")
-        .map(|x| x.message.clone())
-        .unwrap_or_default();
-    assert!(message.contains("odd"), "the message names the rule: {message}");
-    let sts = sts_api.get("config").await?;
-    assert_eq!(sts.spec.replicas, Some(3), "an invalid spec changes no child");
+        s.patch_spec("config", serde_json::json!({ "paused": false, "image": image, "replicas": 4 })).await?;
+        let c = observed_generation(s).await?;
+        assert!(condition_true(&c, "InvalidSpec"), "even replicas are refused: {:?}", c.status);
+        let message = condition(&c, "InvalidSpec").map(|x| x.message.clone()).unwrap_or_default();
+        assert!(message.contains("odd"), "the message names the rule: {message}");
+        let sts = sts_api.get("config").await?;
+        assert_eq!(sts.spec.replicas, Some(3), "an invalid spec changes no child");
 
-    s.patch_spec("config", serde_json::json!({ "replicas": 3 })).await?;
-    s.settled("config", 3).await?;
-    s.cleanup().await
+        s.patch_spec("config", serde_json::json!({ "replicas": 3 })).await?;
+        s.settled("config", 3).await?;
+        Ok(())
+    })
+    .await
 }
 
 /// Waits until the operator has assessed the cluster's latest generation: every condition
-/// carries it (`status.observedGeneration` itself names the last generation rolled out, which a
-/// paused or refused spec is not).
+/// carries it. `status.observedGeneration` is no such sign for every spec: the operator sets it
+/// to the generation it applied or refused (`InvalidSpec`), but a paused spec keeps the last
+/// one acted on.
 async fn observed_generation(s: &Scenario) -> Result<ConfmanCluster, BoxError> {
     let c = s.clusters().get("config").await?;
     let generation = c.metadata.generation;
-    let found = deadline(SLOW, "conditions for the latest generation", async {
-        kube::runtime::wait::await_condition(s.clusters(), "config", move |c: Option<&ConfmanCluster>| {
+    let found = deadline(*SLOW, "conditions for the latest generation", async {
+        await_condition(s.clusters(), "config", move |c: Option<&ConfmanCluster>| {
             c.is_some_and(|c| {
                 c.status.as_ref().is_some_and(|st| {
                     !st.conditions.is_empty() && st.conditions.iter().all(|x| x.observed_generation == generation)
@@ -365,37 +563,43 @@ async fn observed_generation(s: &Scenario) -> Result<ConfmanCluster, BoxError> {
 #[ignore = "needs the real cluster: ./scripts/k8s-e2e"]
 async fn evicting_a_second_member_while_one_is_down_is_refused() -> TestResult {
     let (image, _) = images()?;
-    let s = Scenario::new("evict").await?;
-    s.create_from_example(3, &image).await?;
-    s.settled("config", 3).await?;
-    let pods = s.pods();
-    // One member down: its process stopped (SIGSTOP) until the readiness probe fails.
-    signal_container(&pods, "config-0", "STOP").await?;
-    let frozen =
-        pod_condition(&pods, "config-0", "config-0 not Ready", |p: Option<&Pod>| p.is_some_and(|p| !pod_ready(p)))
-            .await;
-    let refused = match frozen {
-        Ok(_) => wait_disruptions_allowed(&s, 0).await.and(evict(&s.ns, "config-1").await),
-        Err(e) => Err(e),
-    };
-    signal_container(&pods, "config-0", "CONT").await?;
-    assert_eq!(refused?, 429, "the budget refuses a second member's eviction");
+    Scenario::run("evict", async |s: &Scenario| {
+        s.create_from_example(3, &image).await?;
+        s.settled("config", 3).await?;
+        let pods = s.pods();
+        // One member down: its process stopped (SIGSTOP) until the readiness probe fails.
+        signal_container(&pods, "config-0", "STOP").await?;
+        let frozen =
+            pod_condition(&pods, "config-0", "config-0 not Ready", |p: Option<&Pod>| p.is_some_and(|p| !pod_ready(p)))
+                .await;
+        let refused = match frozen {
+            Ok(_) => wait_disruptions_allowed(s, 0).await.and(evict(&s.ns, "config-1").await),
+            Err(e) => Err(e),
+        };
+        signal_container(&pods, "config-0", "CONT").await?;
+        assert_eq!(refused?, 429, "the budget refuses a second member's eviction");
 
-    s.settled("config", 3).await?;
-    wait_disruptions_allowed(&s, 1).await?;
-    assert_eq!(evict(&s.ns, "config-2").await?, 201, "one eviction is allowed when all are up");
-    s.settled("config", 3).await?;
-    s.cleanup().await
+        s.settled("config", 3).await?;
+        wait_disruptions_allowed(s, 1).await?;
+        assert_eq!(evict(&s.ns, "config-2").await?, 201, "one eviction is allowed when all are up");
+        s.settled("config", 3).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// The disruption budgets (policy/v1beta1 on 1.20: not in k8s-openapi, hence dynamic).
+fn pdbs(s: &Scenario) -> Api<kube::api::DynamicObject> {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let gvk = GroupVersionKind::gvk("policy", "v1beta1", "PodDisruptionBudget");
+    Api::<DynamicObject>::namespaced_with(s.client.clone(), &s.ns, &ApiResource::from_gvk(&gvk))
 }
 
 /// Waits until the disruption controller reports `n` allowed disruptions for the cluster's
-/// budget (policy/v1beta1 on 1.20).
+/// budget.
 async fn wait_disruptions_allowed(s: &Scenario, n: i64) -> Result<(), BoxError> {
-    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
-    let gvk = GroupVersionKind::gvk("policy", "v1beta1", "PodDisruptionBudget");
-    let api = Api::<DynamicObject>::namespaced_with(s.client.clone(), &s.ns, &ApiResource::from_gvk(&gvk));
-    deadline(SLOW, &format!("the budget allows {n} disruptions"), async {
-        kube::runtime::wait::await_condition(api, "config", move |p: Option<&DynamicObject>| {
+    deadline(*SLOW, &format!("the budget allows {n} disruptions"), async {
+        await_condition(pdbs(s), "config", move |p: Option<&kube::api::DynamicObject>| {
             p.and_then(|p| p.data.get("status")?.get("disruptionsAllowed")?.as_i64()) == Some(n)
         })
         .await
@@ -405,61 +609,126 @@ async fn wait_disruptions_allowed(s: &Scenario, n: i64) -> Result<(), BoxError> 
 }
 
 /// The operator's pod is deleted in the middle of a scale-up; the Deployment's new pod picks
-/// up where it stopped and finishes it.
+/// up where it stopped and finishes it (its Events name it as the reporting instance).
 #[tokio::test]
 #[ignore = "needs the real cluster: ./scripts/k8s-e2e"]
 async fn a_new_operator_pod_finishes_a_scale_up_its_predecessor_started() -> TestResult {
     let (image, _) = images()?;
-    let s = Scenario::new("operator-restart").await?;
-    s.create_from_example(3, &image).await?;
-    s.settled("config", 3).await?;
-    s.patch_spec("config", serde_json::json!({ "replicas": 5 })).await?;
-    deadline(SLOW, "scale-up under way (a fourth member)", async {
-        kube::runtime::wait::await_condition(s.clusters(), "config", |c: Option<&ConfmanCluster>| {
-            c.is_some_and(|c| c.status.as_ref().is_some_and(|st| st.members.len() >= 4))
+    Scenario::run("operator-restart", async |s: &Scenario| {
+        s.create_from_example(3, &image).await?;
+        s.settled("config", 3).await?;
+        s.patch_spec("config", serde_json::json!({ "replicas": 5 })).await?;
+        let mid = deadline(*SLOW, "scale-up under way (a fourth member)", async {
+            await_condition(s.clusters(), "config", |c: Option<&ConfmanCluster>| {
+                c.is_some_and(|c| c.status.as_ref().is_some_and(|st| st.members.len() >= 4))
+            })
+            .await
         })
-        .await
+        .await??
+        .ok_or("cluster deleted")?;
+        assert!(!is_settled(&mid, 5), "the scale-up is still under way: {:?}", mid.status);
+
+        let operators = Api::<Pod>::namespaced(s.client.clone(), OPERATOR_NS);
+        let lp = ListParams::default().labels(OPERATOR_LABELS);
+        let old: BTreeSet<String> = operators.list(&lp).await?.items.iter().map(ResourceExt::name_any).collect();
+        assert!(!old.is_empty(), "no operator pod found");
+        for name in &old {
+            operators.delete(name, &DeleteParams::default()).await?;
+        }
+        for name in &old {
+            pod_condition(&operators, name, &format!("old operator pod {name} gone"), |p: Option<&Pod>| p.is_none())
+                .await?;
+        }
+        let c = s.settled("config", 5).await?;
+        assert_eq!(member_ids(&c).len(), 5);
+
+        let new: BTreeSet<String> = operators
+            .list(&lp)
+            .await?
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(ResourceExt::name_any)
+            .filter(|n| !old.contains(n))
+            .collect();
+        assert!(!new.is_empty(), "a new operator pod runs");
+        let events = s.api::<k8s_openapi::api::events::v1::Event>().list(&ListParams::default()).await?.items;
+        let scaling_up_by = |pods: &BTreeSet<String>| {
+            events
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some("ScalingUp"))
+                .filter(|e| e.reporting_instance.as_ref().is_some_and(|i| pods.contains(i)))
+                .count()
+        };
+        let seen: Vec<(Option<&str>, Option<&str>)> =
+            events.iter().map(|e| (e.reason.as_deref(), e.reporting_instance.as_deref())).collect();
+        assert!(scaling_up_by(&old) > 0, "the old pod {old:?} reported ScalingUp as itself: {seen:?}");
+        assert!(scaling_up_by(&new) > 0, "the new pod {new:?} reported ScalingUp as itself: {seen:?}");
+        Ok(())
     })
-    .await??;
-    let operators = Api::<Pod>::namespaced(s.client.clone(), "confman-system");
-    let lp = ListParams::default().labels("app.kubernetes.io/name=confman-operator");
-    for p in operators.list(&lp).await?.items {
-        operators.delete(&p.name_any(), &kube::api::DeleteParams::default()).await?;
-    }
-    let c = s.settled("config", 5).await?;
-    assert_eq!(member_ids(&c).len(), 5);
-    s.cleanup().await
+    .await
 }
 
-/// `kubectl delete cmc`: the garbage collector removes every child the cluster owns. PVCs stay
-/// on 1.20 (no StatefulSet retention policy there; the operator says so with an Event).
+/// Waits until no object of a kind labelled as the cluster's is left: re-lists after every
+/// event of a watch on them.
+async fn none_left<K>(api: Api<K>, kind: &str) -> Result<(), BoxError>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let lp = ListParams::default().labels(INSTANCE);
+    wait_until(api.clone(), INSTANCE, &format!("no {kind} labelled {INSTANCE} left"), async || {
+        Ok(api.list(&lp).await?.items.is_empty().then_some(()))
+    })
+    .await
+}
+
+/// How many objects of a kind are labelled as the cluster's.
+async fn labelled<K>(api: &Api<K>) -> Result<usize, BoxError>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    Ok(api.list(&ListParams::default().labels(INSTANCE)).await?.items.len())
+}
+
+/// `kubectl delete cmc` (background propagation, kubectl's default): the garbage collector
+/// removes every child the cluster owns. PVCs stay on 1.20 (no StatefulSet retention policy
+/// there; the operator says so with an Event).
 #[tokio::test]
 #[ignore = "needs the real cluster: ./scripts/k8s-e2e"]
 async fn deleting_the_cluster_garbage_collects_its_children() -> TestResult {
     use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
     let (image, _) = images()?;
-    let s = Scenario::new("delete").await?;
-    s.create_from_example(3, &image).await?;
-    s.settled("config", 3).await?;
-    let sts = Api::<StatefulSet>::namespaced(s.client.clone(), &s.ns);
-    s.clusters().delete("config", &kube::api::DeleteParams::foreground()).await?;
-    deadline(SLOW, "StatefulSet garbage-collected", async {
-        kube::runtime::wait::await_condition(sts.clone(), "config", |x: Option<&StatefulSet>| x.is_none()).await
+    Scenario::run("delete", async |s: &Scenario| {
+        s.create_from_example(3, &image).await?;
+        s.settled("config", 3).await?;
+        // Every kind has children to collect (the waits below are not vacuous).
+        let present = [
+            ("StatefulSet", labelled(&s.api::<StatefulSet>()).await?),
+            ("Service", labelled(&s.api::<Service>()).await?),
+            ("ConfigMap", labelled(&s.api::<ConfigMap>()).await?),
+            ("Secret", labelled(&s.api::<Secret>()).await?),
+            ("PodDisruptionBudget", labelled(&pdbs(s)).await?),
+            ("Pod", labelled(&s.pods()).await?),
+        ];
+        assert!(present.iter().all(|(_, n)| *n > 0), "children before the delete: {present:?}");
+        let claims = s.api::<PersistentVolumeClaim>();
+        assert_eq!(labelled(&claims).await?, 3, "a claim per member");
+
+        s.clusters().delete("config", &DeleteParams::background()).await?;
+        deadline(*SLOW, "cluster gone", async {
+            await_condition(s.clusters(), "config", |x: Option<&ConfmanCluster>| x.is_none()).await
+        })
+        .await??;
+        none_left(s.api::<StatefulSet>(), "StatefulSet").await?;
+        none_left(s.api::<Service>(), "Service").await?;
+        none_left(s.api::<ConfigMap>(), "ConfigMap").await?;
+        none_left(s.api::<Secret>(), "Secret").await?;
+        none_left(pdbs(s), "PodDisruptionBudget").await?;
+        none_left(s.pods(), "Pod").await?;
+        assert_eq!(labelled(&claims).await?, 3, "a 1.20 StatefulSet keeps its claims");
+        Ok(())
     })
-    .await??;
-    deadline(SLOW, "cluster gone", async {
-        kube::runtime::wait::await_condition(s.clusters(), "config", |x: Option<&ConfmanCluster>| x.is_none()).await
-    })
-    .await??;
-    let owned = "app.kubernetes.io/instance=config";
-    let lp = ListParams::default().labels(owned);
-    let services = Api::<Service>::namespaced(s.client.clone(), &s.ns).list(&lp).await?.items.len();
-    let maps = Api::<ConfigMap>::namespaced(s.client.clone(), &s.ns).list(&lp).await?.items.len();
-    let secrets = Api::<Secret>::namespaced(s.client.clone(), &s.ns).list(&lp).await?.items.len();
-    assert_eq!((services, maps, secrets), (0, 0, 0), "children left behind");
-    let claims = Api::<PersistentVolumeClaim>::namespaced(s.client.clone(), &s.ns).list(&lp).await?.items.len();
-    assert_eq!(claims, 3, "a 1.20 StatefulSet keeps its claims");
-    s.cleanup().await
+    .await
 }
 
 /// A TLS cluster (a cert-manager-like `kubernetes.io/tls` Secret): members bootstrap over
@@ -469,87 +738,81 @@ async fn deleting_the_cluster_garbage_collects_its_children() -> TestResult {
 #[ignore = "needs the real cluster: ./scripts/k8s-e2e"]
 async fn a_tls_cluster_bootstraps_and_serves_only_https() -> TestResult {
     use k8s_openapi::api::core::v1::{Secret, Service};
-    use kube::api::PostParams;
     let (image, _) = images()?;
-    let s = Scenario::new("tls").await?;
-    let dir = tempfile::tempdir()?;
-    let service_dns = format!("config.{}.svc", s.ns);
-    let certs = confman_tests::certs::generate(dir.path(), &[&format!("*.config-peers.{}.svc", s.ns), &service_dns])?;
-    let mut secret = Secret::default();
-    secret.metadata.name = Some("config-tls".into());
-    secret.type_ = Some("kubernetes.io/tls".into());
-    secret.string_data = Some(BTreeMap::from([
-        ("tls.crt".to_string(), certs.cert_pem.clone()),
-        ("tls.key".to_string(), certs.key_pem.clone()),
-        ("ca.crt".to_string(), certs.ca_pem.clone()),
-    ]));
-    Api::<Secret>::namespaced(s.client.clone(), &s.ns).create(&PostParams::default(), &secret).await?;
-    let mut c = s.example(3, &image)?;
-    c.spec.tls = Some(confman_operator::crd::TlsSpec { client_secret: "config-tls".into(), peer_secret: None });
-    s.clusters().create(&PostParams::default(), &c).await?;
-    s.settled("config", 3).await?;
+    Scenario::run("tls", async |s: &Scenario| {
+        let dir = tempfile::tempdir()?;
+        let service_dns = format!("config.{}.svc", s.ns);
+        let certs =
+            confman_tests::certs::generate(dir.path(), &[&format!("*.config-peers.{}.svc", s.ns), &service_dns])?;
+        let mut secret = Secret::default();
+        secret.metadata.name = Some("config-tls".into());
+        secret.type_ = Some("kubernetes.io/tls".into());
+        secret.string_data = Some(BTreeMap::from([
+            ("tls.crt".to_string(), certs.cert_pem.clone()),
+            ("tls.key".to_string(), certs.key_pem.clone()),
+            ("ca.crt".to_string(), certs.ca_pem.clone()),
+        ]));
+        s.api::<Secret>().create(&PostParams::default(), &secret).await?;
+        let mut c = s.example(3, &image)?;
+        c.spec.tls = Some(confman_operator::crd::TlsSpec { client_secret: "config-tls".into(), peer_secret: None });
+        s.clusters().create(&PostParams::default(), &c).await?;
+        s.settled("config", 3).await?;
 
-    let svc = Api::<Service>::namespaced(s.client.clone(), &s.ns).get("config").await?;
-    let ip: std::net::IpAddr = svc.spec.and_then(|sp| sp.cluster_ip).ok_or("no ClusterIP")?.parse()?;
-    let url = format!("https://{service_dns}:8080");
-    let client = confman_client::Client::builder([url.clone()], s.admin_key.clone())
-        .trust_ca_pem(certs.ca_pem.clone())
-        .resolve(service_dns.clone(), ip)
-        .build()?;
-    client.put_namespace("app", "e2e", "e2e").await?;
-    client.put("app", "k", b"v".to_vec(), None).await?;
-    assert_eq!(client.get("app", "k").await?.map(|e| e.value.to_vec()), Some(b"v".to_vec()));
-    let group = client.cluster().await?;
-    assert!(group.members.iter().all(|m| m.address.starts_with("https://")), "{:?}", group.members);
+        let svc = s.api::<Service>().get("config").await?;
+        let ip: std::net::IpAddr = svc.spec.and_then(|sp| sp.cluster_ip).ok_or("no ClusterIP")?.parse()?;
+        let url = format!("https://{service_dns}:8080");
+        let client = confman_client::Client::builder([url.clone()], s.admin_key.clone())
+            .trust_ca_pem(certs.ca_pem.clone())
+            .resolve(service_dns.clone(), ip)
+            .build()?;
+        client.put_namespace("app", "e2e", "e2e").await?;
+        client.put("app", "k", b"v".to_vec(), None).await?;
+        assert_eq!(client.get("app", "k").await?.map(|e| e.value.to_vec()), Some(b"v".to_vec()));
+        let group = client.cluster().await?;
+        assert!(group.members.iter().all(|m| m.address.starts_with("https://")), "{:?}", group.members);
 
-    let untrusting = confman_client::Client::builder([url], s.admin_key.clone())
-        .retry_for(Duration::ZERO)
-        .resolve(service_dns, ip)
-        .build()?;
-    let refused = untrusting.get("app", "k").await;
-    let cause = match &refused {
-        Err(confman_client::Error::Transport(e)) => confman_tests::certs::certificate_error(e),
-        _ => None,
-    };
-    // The handshake fails verification because the issuer is unknown to it (not because a
-    // pod is down).
-    assert_eq!(
-        cause.map(|c| format!("{c:?}")).as_deref(),
-        Some("UnknownIssuer"),
-        "a client without the CA fails verification: {refused:?}"
-    );
+        let untrusting = confman_client::Client::builder([url], s.admin_key.clone())
+            .retry_for(Duration::ZERO)
+            .resolve(service_dns, ip)
+            .build()?;
+        let refused = untrusting.get("app", "k").await;
+        let cause = match &refused {
+            Err(confman_client::Error::Transport(e)) => confman_tests::certs::certificate_error(e),
+            _ => None,
+        };
+        // The handshake fails verification because the issuer is unknown to it (not because a
+        // pod is down).
+        assert_eq!(
+            cause.map(|c| format!("{c:?}")).as_deref(),
+            Some("UnknownIssuer"),
+            "a client without the CA fails verification: {refused:?}"
+        );
 
-    // CA rotation, step one: ca.crt becomes a bundle of the old and a new CA. Nodes read it at
-    // start, so the operator restarts them one at a time (leader last) to trust both. The
-    // operator does not watch Secrets; an edit of the cluster brings its next look forward.
-    let next_ca = confman_tests::certs::TestCa::new()?;
-    let bundle = format!("{}{}", certs.ca_pem, next_ca.pem);
-    let secrets = Api::<Secret>::namespaced(s.client.clone(), &s.ns);
-    let patch = serde_json::json!({ "stringData": { "ca.crt": bundle } });
-    secrets.patch("config-tls", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await?;
-    let before: BTreeMap<String, String> =
-        s.pods_of("config").await?.iter().map(|p| (p.name_any(), p.uid().unwrap_or_default())).collect();
-    let annotate = serde_json::json!({ "metadata": { "annotations": { "e2e/rotate": "1" } } });
-    s.clusters().patch("config", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&annotate)).await?;
-    deadline(SLOW, "every member restarted trusting the bundle", async {
-        loop {
+        // CA rotation, step one: ca.crt becomes a bundle of the old and a new CA. Nodes read it
+        // at start, so the operator restarts them one at a time (leader last) to trust both. The
+        // operator does not watch Secrets; an edit of the cluster brings its next look forward.
+        let next_ca = confman_tests::certs::TestCa::new()?;
+        let bundle = format!("{}{}", certs.ca_pem, next_ca.pem);
+        let patch = serde_json::json!({ "stringData": { "ca.crt": bundle } });
+        s.api::<Secret>().patch("config-tls", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        let before: BTreeMap<String, String> =
+            s.pods_of("config").await?.iter().map(|p| (p.name_any(), p.uid().unwrap_or_default())).collect();
+        let annotate = serde_json::json!({ "metadata": { "annotations": { "e2e/rotate": "1" } } });
+        s.clusters().patch("config", &PatchParams::default(), &Patch::Merge(&annotate)).await?;
+        wait_until(s.pods(), INSTANCE, "every member restarted trusting the bundle", async || {
             s.settled("config", 3).await?;
             let pods = s.pods_of("config").await?;
-            if pods.len() == 3 && pods.iter().all(|p| pod_ready(p) && before.get(&p.name_any()) != p.uid().as_ref()) {
-                return Ok::<_, BoxError>(());
-            }
-            let mut stream = std::pin::pin!(watcher(
-                s.pods(),
-                watcher::Config::default().labels("app.kubernetes.io/instance=config")
-            ));
-            let _ = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
-        }
+            let done =
+                pods.len() == 3 && pods.iter().all(|p| pod_ready(p) && before.get(&p.name_any()) != p.uid().as_ref());
+            Ok(done.then_some(()))
+        })
+        .await?;
+        let sts = s.api::<StatefulSet>().get("config").await?;
+        let annotations = sts.spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default();
+        assert!(annotations.contains_key("confman.io/ca-hash"), "{annotations:?}");
+        client.put("app", "rotated", b"1".to_vec(), None).await?;
+        assert_eq!(client.get("app", "k").await?.map(|e| e.value.to_vec()), Some(b"v".to_vec()));
+        Ok(())
     })
-    .await??;
-    let sts = Api::<StatefulSet>::namespaced(s.client.clone(), &s.ns).get("config").await?;
-    let annotations = sts.spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default();
-    assert!(annotations.contains_key("confman.io/ca-hash"), "{annotations:?}");
-    client.put("app", "rotated", b"1".to_vec(), None).await?;
-    assert_eq!(client.get("app", "k").await?.map(|e| e.value.to_vec()), Some(b"v".to_vec()));
-    s.cleanup().await
+    .await
 }

@@ -1,24 +1,44 @@
 //! Helpers for the scenarios on a real Kubernetes cluster (`scripts/k8s-e2e` starts it, loads
 //! the images and installs the operator from the Helm chart as a user would).
 //!
-//! Every wait is on an event from the API (a watch through `await_condition`), bounded by a
-//! deadline that only turns a hang into a failure with a message.
+//! Every wait is on an event from the API (a watch through `await_condition` or a watcher
+//! stream), bounded by a deadline that only turns a hang into a failure with a message.
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use confman_operator::crd::{AuthSpec, ConfmanCluster};
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition as StatusCondition;
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::wait::{Condition, await_condition};
-use kube::{Client, ResourceExt};
+use kube::runtime::watcher::{self, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 pub type BoxError = Box<dyn std::error::Error>;
 
-/// How long the cluster may take for a step that starts or replaces pods.
-pub const SLOW: Duration = Duration::from_secs(300);
+/// The variable that overrides [`SLOW`].
+const STEP_SECS_VAR: &str = "CONFMAN_E2E_STEP_SECS";
+
+/// How long the cluster may take for a step that starts or replaces pods: 300 s, or
+/// `CONFMAN_E2E_STEP_SECS` (a bound that turns a hang into a failure, not a speed target). A
+/// value that is not a whole number of seconds is a mistake in the test's configuration and
+/// panics, naming the variable.
+pub static SLOW: std::sync::LazyLock<Duration> = std::sync::LazyLock::new(|| {
+    let secs = match std::env::var(STEP_SECS_VAR) {
+        Err(std::env::VarError::NotPresent) => 300,
+        Err(e) => panic!("{STEP_SECS_VAR}: {e}"),
+        Ok(s) => s.trim().parse::<u64>().unwrap_or_else(|e| panic!("{STEP_SECS_VAR}={s:?} is not whole seconds: {e}")),
+    };
+    Duration::from_secs(secs)
+});
 
 /// The node image under test and a second tag of it (an image change without a rebuild).
 pub fn images() -> Result<(String, String), BoxError> {
@@ -26,6 +46,12 @@ pub fn images() -> Result<(String, String), BoxError> {
     let next = std::env::var("CONFMAN_E2E_NODE_IMAGE_NEXT").map_err(|_| "CONFMAN_E2E_NODE_IMAGE_NEXT is not set")?;
     Ok((image, next))
 }
+
+/// Prefix of every scenario's namespace.
+const NS_PREFIX: &str = "e2e-";
+
+/// The namespace the chart installs the operator into (`scripts/k8s-e2e`).
+pub const OPERATOR_NS: &str = "confman-system";
 
 /// A namespace of its own for one scenario, with the API keys Secret the cluster uses.
 pub struct Scenario {
@@ -35,16 +61,55 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// Runs `body` in a fresh namespace `e2e-<name>`, then deletes the namespace and waits until
+    /// it is gone, whatever the outcome: an error, a failed assertion (a panic, resumed after the
+    /// cleanup) or success. When the body failed, the cluster's state is printed first (the
+    /// namespace does not outlive the scenario).
+    pub async fn run(name: &str, body: impl AsyncFnOnce(&Scenario) -> TestResult) -> TestResult {
+        let s = Scenario::new(name).await?;
+        let outcome = AssertUnwindSafe(body(&s)).catch_unwind().await;
+        if !matches!(outcome, Ok(Ok(()))) {
+            s.dump().await;
+        }
+        let cleaned = s.cleanup().await;
+        match outcome {
+            Err(panic) => {
+                if let Err(e) = cleaned {
+                    eprintln!("cleanup after the failure failed too: {e}");
+                }
+                std::panic::resume_unwind(panic)
+            }
+            Ok(Err(e)) => {
+                if let Err(c) = cleaned {
+                    eprintln!("cleanup after the failure failed too: {c}");
+                }
+                Err(e)
+            }
+            Ok(Ok(())) => cleaned,
+        }
+    }
+
+    /// A fresh namespace `e2e-<name>`. Every namespace named `e2e-*` left behind (a run killed
+    /// before its cleanup) is deleted first, and awaited: its pods would otherwise keep running
+    /// next to this scenario's.
     pub async fn new(name: &str) -> Result<Scenario, BoxError> {
         let client = Client::try_default().await?;
-        let ns = format!("e2e-{name}");
+        let ns = format!("{NS_PREFIX}{name}");
         let namespaces = Api::<Namespace>::all(client.clone());
-        if namespaces.get_opt(&ns).await?.is_some() {
-            namespaces.delete(&ns, &DeleteParams::default()).await?;
-            deadline(SLOW, &format!("namespace {ns} deleted"), async {
-                await_condition(namespaces.clone(), &ns, |n: Option<&Namespace>| n.is_none()).await
-            })
-            .await??;
+        let leftovers: Vec<String> = namespaces
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .map(ResourceExt::name_any)
+            .filter(|n| n.starts_with(NS_PREFIX))
+            .collect();
+        for n in &leftovers {
+            eprintln!("deleting namespace {n}, left behind by an earlier run");
+            delete_namespace(&namespaces, n).await?;
+        }
+        for n in &leftovers {
+            namespace_gone(&namespaces, n).await?;
         }
         let mut n = Namespace::default();
         n.metadata.name = Some(ns.clone());
@@ -63,6 +128,15 @@ impl Scenario {
     }
 
     pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Any namespaced kind in this scenario's namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 
@@ -93,10 +167,11 @@ impl Scenario {
         Ok(())
     }
 
-    /// Waits until the cluster reports `replicas` healthy voters, Available and not Progressing.
+    /// Waits until the cluster reports, for its latest generation, `replicas` healthy voters,
+    /// Available and not Progressing (see [`is_settled`]).
     pub async fn settled(&self, name: &str, replicas: usize) -> Result<ConfmanCluster, BoxError> {
         let what = format!("{}/{name} settled with {replicas} healthy voters", self.ns);
-        let found = deadline(SLOW, &what, async {
+        let found = deadline(*SLOW, &what, async {
             await_condition(self.clusters(), name, move |c: Option<&ConfmanCluster>| {
                 c.is_some_and(|c| is_settled(c, replicas))
             })
@@ -125,20 +200,104 @@ impl Scenario {
         Ok(pods)
     }
 
-    /// Deletes the namespace (and with it everything in it); does not wait.
+    /// Deletes the namespace (and with it everything in it) and waits until it is gone.
     pub async fn cleanup(self) -> Result<(), BoxError> {
-        Api::<Namespace>::all(self.client.clone()).delete(&self.ns, &DeleteParams::default()).await?;
-        Ok(())
+        let namespaces = Api::<Namespace>::all(self.client.clone());
+        delete_namespace(&namespaces, &self.ns).await?;
+        namespace_gone(&namespaces, &self.ns).await
+    }
+
+    /// Prints what a failure needs explaining: the clusters' status, the pods, the Events of
+    /// the namespace and the end of the operator's log.
+    async fn dump(&self) {
+        eprintln!("--- state of namespace {} after the failure", self.ns);
+        if let Ok(list) = self.clusters().list(&ListParams::default()).await {
+            for c in list.items {
+                let status = serde_json::to_string_pretty(&c.status).unwrap_or_default();
+                eprintln!("cluster {} generation {:?}: {status}", c.name_any(), c.metadata.generation);
+            }
+        }
+        if let Ok(list) = self.pods().list(&ListParams::default()).await {
+            for p in list.items {
+                let restarts: i32 = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .map_or(0, |cs| cs.iter().map(|c| c.restart_count).sum());
+                eprintln!(
+                    "pod {} uid {} ready {} image {:?} restarts {restarts} deleting {}",
+                    p.name_any(),
+                    p.uid().unwrap_or_default(),
+                    pod_ready(&p),
+                    pod_image(&p),
+                    p.metadata.deletion_timestamp.is_some()
+                );
+            }
+        }
+        if let Ok(list) = self.api::<k8s_openapi::api::core::v1::Event>().list(&ListParams::default()).await {
+            for e in list.items {
+                eprintln!(
+                    "event {} {} x{} from {:?}: {}",
+                    e.involved_object.name.unwrap_or_default(),
+                    e.reason.unwrap_or_default(),
+                    e.count.unwrap_or(1),
+                    e.source.and_then(|s| s.component),
+                    e.message.unwrap_or_default()
+                );
+            }
+        }
+        let operators = Api::<Pod>::namespaced(self.client.clone(), OPERATOR_NS);
+        if let Ok(list) = operators.list(&ListParams::default().labels(OPERATOR_LABELS)).await {
+            for p in list.items {
+                let lp = LogParams { tail_lines: Some(40), ..LogParams::default() };
+                if let Ok(log) = operators.logs(&p.name_any(), &lp).await {
+                    eprintln!("--- operator {} log (last 40 lines)\n{log}", p.name_any());
+                }
+            }
+        }
     }
 }
 
-pub fn condition_true(c: &ConfmanCluster, type_: &str) -> bool {
-    c.status.as_ref().is_some_and(|s| s.conditions.iter().any(|x| x.type_ == type_ && x.status == "True"))
+/// Labels of the operator's pods (the chart's Deployment).
+pub const OPERATOR_LABELS: &str = "app.kubernetes.io/name=confman-operator";
+
+/// Deletes a namespace; one already gone is fine.
+async fn delete_namespace(namespaces: &Api<Namespace>, name: &str) -> Result<(), BoxError> {
+    match namespaces.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
+/// Waits until a namespace is gone (its finalizer ran: everything in it was deleted).
+async fn namespace_gone(namespaces: &Api<Namespace>, name: &str) -> Result<(), BoxError> {
+    deadline(*SLOW, &format!("namespace {name} deleted"), async {
+        await_condition(namespaces.clone(), name, |n: Option<&Namespace>| n.is_none()).await
+    })
+    .await??;
+    Ok(())
+}
+
+/// The cluster's condition of `type_`.
+pub fn condition<'a>(c: &'a ConfmanCluster, type_: &str) -> Option<&'a StatusCondition> {
+    c.status.as_ref()?.conditions.iter().find(|x| x.type_ == type_)
+}
+
+pub fn condition_true(c: &ConfmanCluster, type_: &str) -> bool {
+    condition(c, type_).is_some_and(|x| x.status == "True")
+}
+
+/// The operator has acted on the cluster's latest generation (`status.observedGeneration`, which
+/// an applied or a refused spec sets and a paused one does not), the spec is valid, `replicas`
+/// healthy voters, Available and not Progressing. A status written for an earlier spec never
+/// qualifies, so waiting for this right after a patch cannot return the pre-patch state.
 pub fn is_settled(c: &ConfmanCluster, replicas: usize) -> bool {
     let Some(s) = c.status.as_ref() else { return false };
-    s.members.len() == replicas
+    s.observed_generation.is_some()
+        && s.observed_generation == c.metadata.generation
+        && !condition_true(c, "InvalidSpec")
+        && s.members.len() == replicas
         && s.members.iter().all(|m| m.healthy && m.role == "voter")
         && condition_true(c, "Available")
         && !condition_true(c, "Progressing")
@@ -168,7 +327,35 @@ pub async fn pod_condition(
     what: &str,
     cond: impl Condition<Pod>,
 ) -> Result<Option<Pod>, BoxError> {
-    Ok(deadline(SLOW, what, await_condition(pods.clone(), name, cond)).await??)
+    Ok(deadline(*SLOW, what, await_condition(pods.clone(), name, cond)).await??)
+}
+
+/// Waits until `check` holds: it runs now and again after every event of one watch on `api`
+/// (objects matching `labels`), created once before the first check so no change between a
+/// check and the next wait is missed. For a condition on more than one object or kind, where
+/// `await_condition` (one object) does not fit.
+pub async fn wait_until<K, T>(
+    api: Api<K>,
+    labels: &str,
+    what: &str,
+    mut check: impl AsyncFnMut() -> Result<Option<T>, BoxError>,
+) -> Result<T, BoxError>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let mut changes = std::pin::pin!(watcher(api, watcher::Config::default().labels(labels)).default_backoff());
+    deadline(*SLOW, what, async {
+        loop {
+            if let Some(found) = check().await? {
+                return Ok(found);
+            }
+            // Errors are retried by the watcher (with backoff); the next check re-reads anyway.
+            if changes.next().await.is_none() {
+                return Err::<T, BoxError>(format!("the watch for {what} ended").into());
+            }
+        }
+    })
+    .await?
 }
 
 fn rand_suffix() -> String {
@@ -177,9 +364,9 @@ fn rand_suffix() -> String {
     format!("{:x}{:x}", n, std::process::id())
 }
 
-/// Runs `ctr` against the test cluster's containerd on the container of `pod` (`kill -s
-/// SIGKILL`, `pause`, `resume`): faults the API cannot inject, done to the real runtime.
-pub async fn container_task(pods: &Api<Pod>, pod: &str, args: &[&str]) -> Result<(), BoxError> {
+/// The containerd id of `pod`'s (first) container and the socket of the test cluster's
+/// containerd.
+async fn container_of(pods: &Api<Pod>, pod: &str) -> Result<(String, String), BoxError> {
     let p = pods.get(pod).await?;
     let id = p
         .status
@@ -188,7 +375,13 @@ pub async fn container_task(pods: &Api<Pod>, pod: &str, args: &[&str]) -> Result
         .ok_or_else(|| format!("{pod} has no running container"))?;
     let id = id.trim_start_matches("containerd://").to_string();
     let dir = std::env::var("CONFMAN_K8S_DIR").unwrap_or_else(|_| "/tmp/confman-k8s".into());
-    let sock = format!("{dir}/containerd/containerd.sock");
+    Ok((id, format!("{dir}/containerd/containerd.sock")))
+}
+
+/// Runs `ctr` against the test cluster's containerd on the container of `pod` (`kill -s
+/// SIGKILL`, `pause`, `resume`): faults the API cannot inject, done to the real runtime.
+pub async fn container_task(pods: &Api<Pod>, pod: &str, args: &[&str]) -> Result<(), BoxError> {
+    let (id, sock) = container_of(pods, pod).await?;
     let (verb, rest) = args.split_first().ok_or("no ctr task verb")?;
     let out = tokio::process::Command::new("ctr")
         .args(["--address", &sock, "-n", "k8s.io", "tasks", verb])
@@ -205,15 +398,7 @@ pub async fn container_task(pods: &Api<Pod>, pod: &str, args: &[&str]) -> Result
 /// Sends `signal` (e.g. `STOP`, `CONT`) to the main process of `pod`'s container, found
 /// through containerd (`ctr tasks ls`): a member that hangs without exiting.
 pub async fn signal_container(pods: &Api<Pod>, pod: &str, signal: &str) -> Result<(), BoxError> {
-    let p = pods.get(pod).await?;
-    let id = p
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref()?.first()?.container_id.clone())
-        .ok_or_else(|| format!("{pod} has no running container"))?;
-    let id = id.trim_start_matches("containerd://").to_string();
-    let dir = std::env::var("CONFMAN_K8S_DIR").unwrap_or_else(|_| "/tmp/confman-k8s".into());
-    let sock = format!("{dir}/containerd/containerd.sock");
+    let (id, sock) = container_of(pods, pod).await?;
     let out =
         tokio::process::Command::new("ctr").args(["--address", &sock, "-n", "k8s.io", "tasks", "ls"]).output().await?;
     let listing = String::from_utf8_lossy(&out.stdout);
