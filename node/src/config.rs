@@ -99,7 +99,8 @@ pub struct Overrides {
     /// Snapshot after this many log entries since the last one. [default: 10000]
     #[arg(long, env = "CONFMAN_COMPACTION_ENTRIES")]
     pub compaction_entries: Option<u64>,
-    /// Log entries kept after a snapshot for lagging followers. [default: 200]
+    /// Log entries kept after a snapshot for lagging followers; the kept tail is also held
+    /// under a quarter of `--compaction-bytes` (beyond that a snapshot is cheaper). [default: 200]
     #[arg(long, env = "CONFMAN_LOGS_TO_KEEP")]
     pub logs_to_keep: Option<u64>,
     /// Fixed addresses for peer host names, `HOST=IP,...` (like curl's --resolve; the URL's port

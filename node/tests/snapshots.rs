@@ -82,6 +82,47 @@ async fn wiped_follower_rejoins_from_a_streamed_snapshot() -> Result<()> {
     Ok(())
 }
 
+/// With large values the kept tail was bounded only by `--logs-to-keep` (entries): 1000 entries
+/// of 256 KiB kept every write, and a wiped follower was fed the whole history through the log
+/// (337 MiB peak with 200 × 1 MiB). The tail is also held under a quarter of
+/// `--compaction-bytes`, so the follower comes back through one snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_follower_gets_a_snapshot_when_the_kept_tail_would_exceed_its_byte_bound() -> Result<()> {
+    let _shared = HEAVY.read().await;
+    const VALUE: u64 = 256 * 1024;
+    const COMPACTION: u64 = 16 << 20; // tail bound: 4 MiB = 16 values
+    let compaction = COMPACTION.to_string();
+    let args = ["--logs-to-keep", "1000", "--compaction-entries", "100000", "--compaction-bytes", &compaction];
+    let mut c = Cluster::start(Path::new(BIN), 3, &args).await?;
+    let leader = c.wait_leader(&ALL, &ALL).await?;
+    let follower = ALL.into_iter().find(|id| *id != leader).unwrap_or(1);
+    c.create_namespace(leader, "snap").await?;
+    for i in 0..30 {
+        assert!(c.put_bytes(leader, "snap", &format!("k{i:03}"), random(VALUE as usize)).await?.is_success());
+    }
+    c.wait_converged(&ALL, Duration::from_secs(60)).await?;
+    c.kill(follower)?;
+    let rejoin = format!("/api/v1/cluster/members/{follower}/rejoin");
+    let (st, v) = c.call(leader, reqwest::Method::POST, &rejoin, &c.keys.admin, None).await?;
+    assert!(st.is_success(), "allow rejoin: {st} {v}");
+    c.wipe(follower)?;
+
+    c.snapshot(leader).await?;
+    c.poll("the leader to purge its log beyond the tail's byte bound", Duration::from_secs(60), || async {
+        Ok(c.cluster_info(leader).await?["purgedIndex"].as_u64().unwrap_or(0) > 0)
+    })
+    .await?;
+    let info = c.cluster_info(leader).await?;
+    let kept = info["snapshotIndex"].as_u64().unwrap_or(0).saturating_sub(info["purgedIndex"].as_u64().unwrap_or(0));
+    assert!(kept * VALUE <= COMPACTION / 4, "kept tail of {kept} entries of 256 KiB: {info}");
+
+    c.spawn(follower)?;
+    c.wait_converged(&ALL, Duration::from_secs(60)).await?;
+    let stats = snapshot_stats(&c, follower).await?;
+    assert!(stats["installs"].as_u64() >= Some(1), "the wiped follower came back through a snapshot: {stats}");
+    Ok(())
+}
+
 fn newest_snapshot_file(data_dir: &Path) -> Result<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(data_dir.join("snapshots"))?
         .filter_map(|e| e.ok().map(|e| e.path()))

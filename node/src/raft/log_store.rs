@@ -11,13 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
+use futures::{Stream, TryStreamExt, stream};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 use tokio::sync::Notify;
 
 use super::types::{Entry, LogId, TypeConfig, Vote};
-use crate::store::codec::{be_u64, decode, encode};
+use crate::store::codec::{be_u64, decode, encode, read_be_u64};
 use crate::store::{CF_LOG, CF_RAFT_META, RocksDb, StoreError, blocking, cf};
 
 const KEY_VOTE: &[u8] = b"vote";
@@ -177,8 +178,6 @@ fn range_start_end<RB: RangeBounds<u64>>(range: &RB) -> (u64, Option<u64>) {
 }
 
 impl LogReader {
-    /// Reads entries in `[start, end)`, stopping after `max_bytes` (always at least one entry)
-    /// and `max_entries`.
     fn read_range(
         &self,
         start: u64,
@@ -186,23 +185,57 @@ impl LogReader {
         max_bytes: u64,
         max_entries: u64,
     ) -> Result<Vec<Entry>, StoreError> {
-        let cf = cf(&self.db, CF_LOG)?;
-        let mut opts = ReadOptions::default();
-        if let Some(end) = end {
-            opts.set_iterate_upper_bound(be_u64(end).to_vec());
-        }
-        let mut out = Vec::new();
-        let mut bytes = 0u64;
-        for item in self.db.iterator_cf_opt(&cf, opts, IteratorMode::From(&be_u64(start), Direction::Forward)) {
-            let (_, v) = item?;
-            if !out.is_empty() && (bytes + v.len() as u64 > max_bytes || out.len() as u64 >= max_entries) {
-                break;
-            }
-            bytes += v.len() as u64;
-            out.push(decode::<Entry>(&v)?);
-        }
-        Ok(out)
+        read_log_range(&self.db, start, end, max_bytes, max_entries)
     }
+}
+
+/// Reads entries in `[start, end)`, stopping after `max_bytes` (always at least one entry)
+/// and `max_entries`.
+pub fn read_log_range(
+    db: &RocksDb,
+    start: u64,
+    end: Option<u64>,
+    max_bytes: u64,
+    max_entries: u64,
+) -> Result<Vec<Entry>, StoreError> {
+    let cf = cf(db, CF_LOG)?;
+    let mut opts = ReadOptions::default();
+    if let Some(end) = end {
+        opts.set_iterate_upper_bound(be_u64(end).to_vec());
+    }
+    let mut out = Vec::new();
+    let mut bytes = 0u64;
+    for item in db.iterator_cf_opt(&cf, opts, IteratorMode::From(&be_u64(start), Direction::Forward)) {
+        let (_, v) = item?;
+        if !out.is_empty() && (bytes + v.len() as u64 > max_bytes || out.len() as u64 >= max_entries) {
+            break;
+        }
+        bytes += v.len() as u64;
+        out.push(decode::<Entry>(&v)?);
+    }
+    Ok(out)
+}
+
+/// Checks that `chunk` holds consecutive indexes starting at `first` (when given): the log has
+/// no holes, so one means corruption — never a range to skip silently.
+pub fn check_contiguous(chunk: &[Entry], first: Option<u64>) -> Result<(), StoreError> {
+    let mut expected = first.or_else(|| chunk.first().map(|e| e.log_id.index));
+    for e in chunk {
+        if Some(e.log_id.index) != expected {
+            return Err(StoreError::Corrupt(format!(
+                "log hole: expected index {}, found {}",
+                expected.unwrap_or_default(),
+                e.log_id.index
+            )));
+        }
+        expected = Some(e.log_id.index + 1);
+    }
+    Ok(())
+}
+
+/// The committed log id openraft last saved (`save_committed`).
+pub fn read_committed_id(db: &RocksDb) -> Result<Option<LogId>, StoreError> {
+    read_meta(db, KEY_COMMITTED)
 }
 
 impl RaftLogReader<TypeConfig> for LogReader {
@@ -213,6 +246,38 @@ impl RaftLogReader<TypeConfig> for LogReader {
         let (start, end) = range_start_end(&range);
         let this = self.clone();
         Ok(blocking(move || this.read_range(start, end, u64::MAX, u64::MAX)).await?)
+    }
+
+    /// The apply path's reader: yields the range in chunks read one at a time, each bounded
+    /// like a replication batch, so applying a long committed range (a follower catching up,
+    /// a restart re-applying its tail) never loads it whole.
+    async fn entries_stream<RB>(&mut self, range: RB) -> impl Stream<Item = Result<Entry, io::Error>> + OptionalSend
+    where
+        RB: RangeBounds<u64> + Clone + Debug + OptionalSend,
+    {
+        let (start, end) = range_start_end(&range);
+        let reader = self.clone();
+        // State: the next index to read, and whether a chunk was read already (the first one may
+        // begin after `start` — a purged prefix — every later one must begin where the last ended).
+        let chunks = stream::try_unfold((start, false), move |(next, continued)| {
+            let reader = reader.clone();
+            async move {
+                if end.is_some_and(|end| next >= end) {
+                    return Ok(None);
+                }
+                let (bytes, entries) = (reader.max_batch_bytes, reader.max_batch_entries);
+                let chunk = blocking(move || {
+                    let chunk = reader.read_range(next, end, bytes, entries)?;
+                    check_contiguous(&chunk, continued.then_some(next))?;
+                    Ok(chunk)
+                })
+                .await?;
+                // An empty chunk is the end of the log (entries not appended yet), which the
+                // reader contract allows at the end of a range.
+                Ok::<_, io::Error>(chunk.last().map(|last| last.log_id.index + 1).map(|after| (chunk, (after, true))))
+            }
+        });
+        chunks.map_ok(|chunk| stream::iter(chunk.into_iter().map(Ok))).try_flatten()
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -361,6 +426,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+/// Where to purge the log after a snapshot at `snapshot_index` so that the tail kept for
+/// lagging followers holds at most `max_entries` entries **and** `max_bytes` bytes: the index
+/// of the newest entry to drop, or `None` when the whole log up to the snapshot fits. A tail
+/// bounded only by count holds `count × value size` (200 entries of 1 MiB = 200 MiB): a wiped
+/// follower would then be fed the whole history through the log instead of one snapshot.
+///
+/// It reads the values to size them (at most `max_bytes` plus one entry, once per snapshot):
+/// the log keeps no per-entry size index, and this keeps it so.
+pub fn tail_purge_point(
+    db: &RocksDb,
+    snapshot_index: u64,
+    max_entries: u64,
+    max_bytes: u64,
+) -> Result<Option<u64>, StoreError> {
+    let log = cf(db, CF_LOG)?;
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_upper_bound(be_u64(snapshot_index.saturating_add(1)).to_vec());
+    let (mut kept, mut bytes) = (0u64, 0u64);
+    for item in db.iterator_cf_opt(&log, opts, IteratorMode::End) {
+        let (k, v) = item?;
+        let size = v.len() as u64;
+        if kept + 1 > max_entries || bytes + size > max_bytes {
+            return Ok(Some(read_be_u64(&k)?));
+        }
+        kept += 1;
+        bytes += size;
+    }
+    Ok(None)
+}
+
 /// Makes the log agree with `snapshot`, the newest state this node holds (its applied id or
 /// its adopted snapshot, whichever is greater), before Raft reads its initial state. This is
 /// etcd's rule for a snapshot install: entries the snapshot covers are discarded, and if the
@@ -410,7 +505,87 @@ pub fn discard_log_conflicting_with(db: &RocksDb, snapshot: &LogId) -> Result<bo
 
 #[cfg(test)]
 mod tests {
-    use super::LogBytes;
+    use futures::StreamExt;
+    use openraft::RaftLogReader;
+    use openraft::testing::blank_ent;
+
+    use super::*;
+
+    /// Writes raw values of `size` bytes at `indexes` (the purge point only looks at sizes).
+    fn put_sized(db: &RocksDb, indexes: std::ops::RangeInclusive<u64>, size: usize) -> Result<(), StoreError> {
+        let log = cf(db, CF_LOG)?;
+        for i in indexes {
+            db.put_cf(&log, be_u64(i), vec![0u8; size])?;
+        }
+        Ok(())
+    }
+
+    /// A tail bounded only by count kept `logs_to_keep × value size` (200 MiB of 1 MiB values),
+    /// so a wiped follower was fed the whole history through the log instead of a snapshot.
+    #[test]
+    fn kept_log_tail_is_bounded_in_bytes_as_well_as_entries() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir()?;
+        let db = crate::store::open(dir.path())?;
+        put_sized(&db, 1..=10, 1_000)?;
+        put_sized(&db, 11..=15, 50_000)?; // above the snapshot: not part of the kept tail
+        assert_eq!(tail_purge_point(&db, 10, 200, 3_500)?, Some(7), "bytes bind: 8..=10 kept");
+        assert_eq!(tail_purge_point(&db, 10, 2, 1 << 20)?, Some(8), "entries bind: 9..=10 kept");
+        assert_eq!(tail_purge_point(&db, 10, 200, 10_000)?, None, "the whole log fits");
+        assert_eq!(tail_purge_point(&db, 10, 200, 999)?, Some(10), "not even one entry fits");
+        Ok(())
+    }
+
+    /// The apply path read the whole committed range into memory before applying any of it
+    /// (openraft's default `entries_stream`). It must read chunk by chunk, on demand: a tail
+    /// truncated after the first chunk was consumed is never seen (the stream ends where the log
+    /// ends, as the reader contract allows at the end of a range).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn apply_reads_the_committed_range_in_bounded_chunks_on_demand() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir()?;
+        let db = crate::store::open(dir.path())?;
+        let log = cf(&db, CF_LOG)?;
+        for i in 1..=10 {
+            db.put_cf(&log, be_u64(i), encode(&blank_ent::<TypeConfig>(1, 1, i))?)?;
+        }
+        // One entry per chunk (the byte budget always admits one).
+        let mut reader = LogReader { db: db.clone(), max_batch_bytes: 1, max_batch_entries: 64 };
+        let indexes = |v: Vec<Result<Entry, io::Error>>| -> Result<Vec<u64>, io::Error> {
+            v.into_iter().map(|e| e.map(|e| e.log_id.index)).collect()
+        };
+        let all = reader.entries_stream(1..=10).await.collect::<Vec<_>>().await;
+        assert_eq!(indexes(all)?, (1..=10).collect::<Vec<_>>(), "every entry, in order, across chunks");
+        let middle = reader.entries_stream(3..7).await.collect::<Vec<_>>().await;
+        assert_eq!(indexes(middle)?, vec![3, 4, 5, 6]);
+
+        let mut lazy = Box::pin(reader.entries_stream(1..=10).await);
+        let first = lazy.next().await.transpose()?.map(|e| e.log_id.index);
+        assert_eq!(first, Some(1));
+        db.delete_range_cf(&log, be_u64(2), be_u64(11))?;
+        let rest = lazy.collect::<Vec<_>>().await;
+        assert_eq!(indexes(rest)?, Vec::<u64>::new(), "the rest was read only when asked for");
+        Ok(())
+    }
+
+    /// A hole inside the range is corruption: the stream fails instead of ending early (openraft
+    /// would otherwise record the range as applied with entries skipped).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hole_in_the_applied_range_is_an_error_not_an_early_end() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir()?;
+        let db = crate::store::open(dir.path())?;
+        let log = cf(&db, CF_LOG)?;
+        for i in (1..=10).filter(|i| *i != 5) {
+            db.put_cf(&log, be_u64(i), encode(&blank_ent::<TypeConfig>(1, 1, i))?)?;
+        }
+        for chunk_bytes in [1, 1 << 20] {
+            let mut reader = LogReader { db: db.clone(), max_batch_bytes: chunk_bytes, max_batch_entries: 64 };
+            let got = reader.entries_stream(1..=10).await.collect::<Vec<_>>().await;
+            let read: Vec<u64> = got.iter().filter_map(|e| e.as_ref().ok().map(|e| e.log_id.index)).collect();
+            assert!([1, 2, 3, 4].starts_with(&read), "chunk budget {chunk_bytes}: nothing past the hole: {read:?}");
+            let err = got.iter().find_map(|e| e.as_ref().err()).map(ToString::to_string).unwrap_or_default();
+            assert!(err.contains("log hole: expected index 5, found 6"), "chunk budget {chunk_bytes}: {err:?}");
+        }
+        Ok(())
+    }
 
     #[test]
     fn trigger_needs_a_threshold_and_half_the_last_snapshot() {

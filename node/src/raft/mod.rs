@@ -33,7 +33,7 @@ use self::state_machine::StateMachine;
 pub use self::types::NodeId;
 use self::types::{Raft, TypeConfig};
 use crate::command::{Command, CommandOutcome};
-use crate::store::{RocksDb, StoreError};
+use crate::store::{RocksDb, StoreError, blocking};
 
 /// Raft settings of a node (from `config::Settings`, already validated).
 #[derive(Debug, Clone)]
@@ -274,6 +274,7 @@ pub struct RaftNode {
     log_bytes: Arc<LogBytes>,
     syncer: Mutex<Option<SyncerHandle>>,
     compaction: tokio::task::JoinHandle<()>,
+    tail_trim: tokio::task::JoinHandle<()>,
     leader_watch: tokio::task::JoinHandle<()>,
     failover: tokio::task::JoinHandle<()>,
     contact: Arc<LeaderContact>,
@@ -287,6 +288,45 @@ pub struct RaftNode {
     snapshot_timeout: Duration,
     request_timeout: Duration,
     election_min: Duration,
+}
+
+/// Byte bound of the log tail kept after a snapshot for lagging followers: a quarter of the
+/// compaction threshold. A follower further behind than that is cheaper to send the snapshot
+/// than the log (a snapshot is the state, the log is every superseded value too); with large
+/// values the count bound (`logs_to_keep`) alone would keep hundreds of MiB.
+fn kept_tail_bytes(compaction_bytes: u64) -> u64 {
+    compaction_bytes / 4
+}
+
+/// After each snapshot (built or installed), purges the log beyond the kept tail's bounds
+/// (`logs_to_keep` entries and `max_bytes`). openraft holds a purge back while a replication
+/// stream still reads the entries, and never purges past its snapshot.
+async fn trim_log_tail(raft: Raft, db: Arc<RocksDb>, max_entries: u64, max_bytes: u64) {
+    let mut metrics = raft.metrics();
+    let mut trimmed_for = None;
+    loop {
+        let snapshot = metrics.borrow_watched().snapshot.map(|s| s.index);
+        if let Some(index) = snapshot
+            && trimmed_for != Some(index)
+        {
+            let db = db.clone();
+            match blocking(move || log_store::tail_purge_point(&db, index, max_entries, max_bytes)).await {
+                Ok(Some(upto)) => {
+                    trimmed_for = Some(index);
+                    tracing::debug!(upto, snapshot = index, "purging the log tail beyond its bounds");
+                    if raft.trigger().purge_log(upto).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => trimmed_for = Some(index),
+                // Retried on the next metrics change.
+                Err(e) => tracing::warn!("could not size the log tail after snapshot {index}: {e}"),
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 fn stopped<E: std::fmt::Display>(e: E) -> RaftNodeError {
@@ -324,7 +364,9 @@ impl RaftNode {
             max_payload_entries: settings.max_append_entries,
             // Compaction is decided by `LogBytes` (bytes, entries and state size), not by count.
             snapshot_policy: SnapshotPolicy::Never,
-            max_in_snapshot_log_to_keep: settings.logs_to_keep,
+            // The kept tail is trimmed by `trim_log_tail` alone (entries and bytes): two writers
+            // of openraft's purge point could move it backwards.
+            max_in_snapshot_log_to_keep: u64::MAX,
             replication_lag_threshold: settings.compaction_entries.saturating_mul(2),
             purge_batch_size: 16,
             enable_pre_vote: Some(true),
@@ -432,6 +474,13 @@ impl RaftNode {
             })
         };
 
+        let tail_trim = tokio::spawn(trim_log_tail(
+            raft.clone(),
+            db.clone(),
+            settings.logs_to_keep,
+            kept_tail_bytes(settings.compaction_bytes),
+        ));
+
         Arc::new(Self {
             raft,
             id: settings.node_id,
@@ -444,6 +493,7 @@ impl RaftNode {
             log_bytes,
             syncer: Mutex::new(Some(syncer)),
             compaction,
+            tail_trim,
             leader_watch,
             failover,
             contact,
@@ -557,7 +607,7 @@ impl RaftNode {
     /// the first leader of a new cluster proposes its own (conditionally, `if_unset`).
     async fn record_initial_settings(&self) -> Result<(), RaftNodeError> {
         let db = self.db.clone();
-        let stored = crate::store::blocking(move || crate::store::apply::stored_history_depth(&db)).await?;
+        let stored = blocking(move || crate::store::apply::stored_history_depth(&db)).await?;
         if let Some(d) = stored
             && d != self.initial_history_depth
         {
@@ -829,7 +879,7 @@ impl RaftNode {
     /// Digest of the full state with the applied index it reflects (for convergence checks).
     pub async fn state_digest(&self) -> Result<snapshot::StateDigest, RaftNodeError> {
         let db = self.db.clone();
-        Ok(crate::store::blocking(move || snapshot::state_digest(&db)).await?)
+        Ok(blocking(move || snapshot::state_digest(&db)).await?)
     }
 
     /// Waits until a leader is known (used at startup and by tests).
@@ -859,6 +909,7 @@ impl RaftNode {
     /// and flushes RocksDB. The database closes when the last handle is dropped.
     pub async fn shutdown(&self) -> Result<(), RaftNodeError> {
         self.compaction.abort();
+        self.tail_trim.abort();
         self.leader_watch.abort();
         self.failover.abort();
         if let Err(e) = self.raft.shutdown().await {
@@ -874,7 +925,7 @@ impl RaftNode {
             }
         }
         let db = self.db.clone();
-        crate::store::blocking(move || {
+        blocking(move || {
             db.flush_wal(true)?;
             db.flush()?;
             Ok(())

@@ -1,5 +1,5 @@
 #![allow(clippy::print_stdout)] // a command-line tool: its output is the report
-//! `stress-large`: the large-value stress run. A 3-node cluster on loopback takes 500 × 1 MiB
+//! `stress-large`: the large-value stress run. A 3-node cluster on loopback takes N large
 //! writes from 8 clients; then a follower is wiped and restored from a snapshot while writes
 //! continue. Prints throughput, latency per window of 100 writes, peak RSS (VmHWM) per node and
 //! phase, data-directory sizes, log size over time, leader changes, snapshot figures, and the
@@ -241,6 +241,7 @@ async fn main() -> anyhow::Result<()> {
         "last_window_p99_over_first": ratio(last_p99, first_p99),
         "peak_rss_mib_after_writes": rss_writes,
         "peak_rss_mib_after_restore": rss_restore,
+        "restored_follower": follower,
         "data_dirs": dirs,
         "log_over_time": log_samples,
         "leader_changes": leader_changes,
@@ -277,7 +278,9 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("- last-window p99 / first-window p99: {:.2}", ratio(last_p99, first_p99).unwrap_or(f64::NAN));
-    println!("- peak RSS MiB (VmHWM) after writes: {rss_writes}; after restore (follower restarted): {rss_restore}");
+    println!(
+        "- peak RSS MiB (VmHWM) after writes: {rss_writes}; after restore (node{follower} wiped and restored): {rss_restore}"
+    );
     println!("- data dirs: {dirs}");
     println!("- leader changes: {leader_changes}; term changes: {term_changes}");
     println!("- snapshot: {}", report["snapshot"]);
