@@ -60,6 +60,45 @@ impl Ledger {
         Ledger { ids, bootstrap_peers, next_id: u64::from(replicas) + 1, admitted: BTreeSet::new() }
     }
 
+    /// Rebuilds a lost ledger (the ConfigMap was deleted while the StatefulSet runs) from what
+    /// the nodes report, or says why it cannot: every ordinal below `replicas` must report the
+    /// node id it runs as a member, and every member of the group (`group`: id → voter, as the
+    /// leader reports it) must be one of them. Nothing is guessed: handing out ids 1..n again
+    /// would make live voters look stray (and be removed) and give learners wrong ids.
+    ///
+    /// Every id is admitted (each node reported itself a member), and `next_id` is one above
+    /// the largest id seen — ids of members removed before the loss are not known to anyone
+    /// any more, and cannot collide with a running member.
+    pub fn rebuild(
+        c: &ConfmanCluster,
+        replicas: u32,
+        reports: &[(String, Option<u64>)],
+        group: Option<&BTreeMap<u64, bool>>,
+    ) -> Result<Ledger, String> {
+        let group = group.ok_or("no Raft leader answers, so the group's members are unknown")?;
+        let mut ids = BTreeMap::new();
+        for o in 0..replicas {
+            let pod = pod_name(c, o);
+            let id = reports
+                .iter()
+                .find(|(name, _)| *name == pod)
+                .and_then(|(_, id)| *id)
+                .ok_or_else(|| format!("{pod} does not report a node id it is a member under"))?;
+            if let Some((other, _)) = ids.iter().find(|(_, i)| **i == id) {
+                return Err(format!("{pod} and {other} both report node id {id}"));
+            }
+            ids.insert(pod, id);
+        }
+        if let Some(unknown) = group.keys().find(|id| !ids.values().any(|i| i == *id)) {
+            return Err(format!("member node {unknown} of the group runs in no pod of ordinals 0..{replicas}"));
+        }
+        let bootstrap_peers =
+            ids.iter().map(|(pod, id)| format!("{id}={}", pod_url(c, pod))).collect::<Vec<_>>().join(",");
+        let next_id = ids.values().chain(group.keys()).max().map_or(1, |m| m + 1);
+        let admitted = ids.values().copied().collect();
+        Ok(Ledger { ids, bootstrap_peers, next_id, admitted })
+    }
+
     /// Reads a stored ledger.
     pub fn parse(cm: &ConfigMap) -> Result<Ledger, LedgerError> {
         let data = cm.data.as_ref();
@@ -190,6 +229,35 @@ mod tests {
         assert_eq!(back.ids.get("config-2"), Some(&4), "a returning ordinal gets a fresh id");
         assert_eq!(back.next_id, 7);
         assert!(back.allocate(&c, 5).is_empty());
+        Ok(())
+    }
+
+    /// The ledger ConfigMap deleted while the StatefulSet runs: `bootstrap` handed out ids 1..n
+    /// again. It is rebuilt from the nodes' reports only when they account for every ordinal and
+    /// every member; otherwise the reason is returned (the reconcile stops with Degraded).
+    #[test]
+    fn a_lost_member_ledger_is_rebuilt_from_the_nodes_never_guessed() -> Result<(), String> {
+        let c = cluster(3, PayloadClassSpec::Small);
+        // After a lost volume and a scale-up, ordinals run ids 1, 4 and 5.
+        let reports =
+            vec![("config-0".to_string(), Some(1)), ("config-1".into(), Some(4)), ("config-2".into(), Some(5))];
+        let group = BTreeMap::from([(1, true), (4, true), (5, true)]);
+        let l = Ledger::rebuild(&c, 3, &reports, Some(&group))?;
+        assert_eq!(l.ids.get("config-1"), Some(&4));
+        assert_eq!(l.next_id, 6, "above every id seen");
+        assert_eq!(l.admitted, BTreeSet::from([1, 4, 5]));
+        assert_eq!(l.tls(), Some(false));
+
+        let silent = vec![("config-0".to_string(), Some(1)), ("config-1".into(), None), ("config-2".into(), Some(5))];
+        let e = Ledger::rebuild(&c, 3, &silent, Some(&group)).err().unwrap_or_default();
+        assert!(e.contains("config-1 does not report"), "{e}");
+        let e = Ledger::rebuild(&c, 3, &reports, None).err().unwrap_or_default();
+        assert!(e.contains("no Raft leader"), "{e}");
+        let more = BTreeMap::from([(1, true), (4, true), (5, true), (7, false)]);
+        let e = Ledger::rebuild(&c, 3, &reports, Some(&more)).err().unwrap_or_default();
+        assert!(e.contains("member node 7"), "{e}");
+        let twice = vec![("config-0".to_string(), Some(1)), ("config-1".into(), Some(1)), ("config-2".into(), Some(5))];
+        assert!(Ledger::rebuild(&c, 3, &twice, Some(&group)).is_err());
         Ok(())
     }
 

@@ -202,6 +202,8 @@ pub fn next_step(o: &Observation<'_>) -> Step {
     if let Some(stray) = raft.members.keys().copied().find(|id| !wanted.contains(id)) {
         return if stray == leader {
             Step::TransferLeader { from: stray, to: target, reason: format!("node {stray} belongs to no pod") }
+        } else if let Some(why) = removal_blocker(o, raft, stray) {
+            Step::Wait(format!("removing stray node {stray} waits: {why}"))
         } else {
             Step::Remove { pod: String::new(), id: stray }
         };
@@ -213,7 +215,9 @@ pub fn next_step(o: &Observation<'_>) -> Step {
         let name = pod(victim).map(|p| p.name.clone()).unwrap_or_default();
         return match id_of(&name) {
             Some(id) if raft.members.contains_key(&id) => {
-                if leader == id {
+                if let Some(why) = removal_blocker(o, raft, id) {
+                    Step::Wait(format!("removing {name} (node {id}) waits: {why}"))
+                } else if leader == id {
                     Step::TransferLeader { from: id, to: target, reason: format!("{name} is leaving the group") }
                 } else {
                     Step::Remove { pod: name, id }
@@ -248,6 +252,33 @@ pub fn next_step(o: &Observation<'_>) -> Step {
         };
     }
     Step::Settled
+}
+
+/// Why removing voter `leaving` must wait, if it must: every voter that stays has to be Ready
+/// and caught up. A removal goes through a joint configuration that needs a majority of the
+/// new group as well as of the old one; with a staying voter down, that majority may not exist
+/// (3 → 2 with one of the two staying members down), so the change — and every write behind
+/// it — would stall until the dead member came back. Strays (voters of no pod) are not
+/// counted: they are being removed themselves.
+fn removal_blocker(o: &Observation<'_>, raft: &RaftView, leaving: u64) -> Option<String> {
+    let staying = raft.members.iter().filter(|(id, voter)| **voter && **id != leaving).map(|(id, _)| *id);
+    for id in staying {
+        let Some(name) = o.ids.iter().find(|(_, i)| **i == id).map(|(name, _)| name) else { continue };
+        let Some(p) = o.pods.iter().find(|p| &p.name == name) else {
+            return Some(format!("{name} (node {id}), which stays, is not listed"));
+        };
+        if !(p.exists && p.ready) {
+            return Some(format!("{name} (node {id}), which stays, is not ready"));
+        }
+        if p.applied.is_none_or(|a| a + o.max_lag < raft.commit_index) {
+            let applied = p.applied.map_or_else(|| "unknown".to_string(), |a| a.to_string());
+            return Some(format!(
+                "{name} (node {id}), which stays, is behind (applied {applied}, commit {})",
+                raft.commit_index
+            ));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -366,6 +397,43 @@ mod tests {
         p[0].updated = false;
         p[1].ready = false;
         assert!(matches!(step(3, 3, &ids(3), &p, &r3), Step::Wait(w) if w.contains("c-1")));
+    }
+
+    /// 3 → 1 with config-1 down: removing config-2 would leave a joint configuration needing
+    /// config-1, and writes stalled. No voter is removed until every voter that stays is Ready
+    /// and caught up; the wait names the member.
+    #[test]
+    fn scale_down_never_removes_a_voter_while_a_staying_voter_is_down() {
+        let r3 = raft(&[1, 2, 3], &[], 1);
+        let mut p = pods(3);
+        p[1].ready = false;
+        let s = step(1, 3, &ids(3), &p, &r3);
+        assert!(matches!(&s, Step::Wait(w) if w.contains("c-1 (node 2), which stays, is not ready")), "{s:?}");
+        // Behind instead of down: still waits.
+        p[1].ready = true;
+        p[1].applied = Some(10);
+        let s = step(1, 3, &ids(3), &p, &r3);
+        assert!(matches!(&s, Step::Wait(w) if w.contains("is behind")), "{s:?}");
+        // The leader leaving is not handed over either while a staying voter is down.
+        p[1].applied = Some(100);
+        p[1].ready = false;
+        let r3 = raft(&[1, 2, 3], &[], 3);
+        assert!(matches!(step(1, 3, &ids(3), &p, &r3), Step::Wait(_)));
+        // Healthy again: the removal goes ahead.
+        p[1].ready = true;
+        let r3 = raft(&[1, 2, 3], &[], 1);
+        assert_eq!(step(1, 3, &ids(3), &p, &r3), Step::Remove { pod: "c-2".into(), id: 3 });
+        // The member being removed may itself be down.
+        p[2].ready = false;
+        assert_eq!(step(1, 3, &ids(3), &p, &r3), Step::Remove { pod: "c-2".into(), id: 3 });
+    }
+
+    #[test]
+    fn a_stray_is_not_removed_while_a_member_that_stays_is_down() {
+        let r = raft(&[1, 2, 3, 9], &[], 1);
+        let mut p = pods(3);
+        p[2].ready = false;
+        assert!(matches!(step(3, 3, &ids(3), &p, &r), Step::Wait(w) if w.contains("stray node 9")));
     }
 
     #[test]

@@ -57,6 +57,38 @@ pub enum Error {
     /// The status could not be serialised.
     #[error("status: {0}")]
     Json(#[from] serde_json::Error),
+    /// The member ledger ConfigMap is gone while the StatefulSet runs and the nodes' reports do
+    /// not account for every member, so it cannot be rebuilt without guessing.
+    #[error(
+        "member ledger ConfigMap {name} is missing and cannot be rebuilt from the nodes: {reason}; \
+         membership changes wait until every member reports its id"
+    )]
+    LedgerLost {
+        /// ConfigMap name.
+        name: String,
+        /// Why the reports do not suffice.
+        reason: String,
+    },
+    /// A same-named object exists that this cluster does not own.
+    #[error("{kind} {name} exists and is not owned by this ConfmanCluster; refusing to take it over ({conflict})")]
+    NotOurs {
+        /// Kind.
+        kind: String,
+        /// Name.
+        name: String,
+        /// The API server's conflict message.
+        conflict: String,
+    },
+    /// The cluster token Secret is gone while the cluster has members.
+    #[error(
+        "cluster token Secret {name} is missing while the cluster has members: a new token would split \
+         them (running members keep the old one, restarted ones would get the new one); restore the \
+         Secret with the token the members use (confman-node reads it from its --cluster-token-file)"
+    )]
+    TokenLost {
+        /// Secret name.
+        name: String,
+    },
     /// The TLS Secret named by `spec.tls.clientSecret` is missing or incomplete.
     #[error("TLS Secret {secret} (spec.tls.clientSecret): {reason}")]
     TlsSecret {
@@ -118,6 +150,10 @@ where
     Ok(Api::<K>::namespaced(client.clone(), ns).get_opt(name).await?)
 }
 
+/// Server-side apply of a child. Without `force` first: a conflict means another field
+/// manager set one of our fields. If the object is ours (its controller reference is the
+/// cluster's), the apply is forced — drift is corrected, as the owner should. If it is not, a
+/// same-named object someone else created would be taken over: refused instead.
 async fn apply<K>(client: &kube::Client, obj: &K) -> Result<K, Error>
 where
     K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + Debug,
@@ -125,8 +161,30 @@ where
 {
     let ns = obj.meta().namespace.clone().unwrap_or_default();
     let name = obj.meta().name.clone().unwrap_or_default();
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    Ok(Api::<K>::namespaced(client.clone(), &ns).patch(&name, &params, &Patch::Apply(obj)).await?)
+    let api = Api::<K>::namespaced(client.clone(), &ns);
+    match api.patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(obj)).await {
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let existing = api.get(&name).await?;
+            if !same_controller(existing.meta(), obj.meta()) {
+                return Err(Error::NotOurs {
+                    kind: K::kind(&K::DynamicType::default()).into_owned(),
+                    name,
+                    conflict: e.message,
+                });
+            }
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            Ok(api.patch(&name, &params, &Patch::Apply(obj)).await?)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// Whether `existing` has the controller reference `desired` carries (same owner uid).
+fn same_controller(existing: &kube::api::ObjectMeta, desired: &kube::api::ObjectMeta) -> bool {
+    let controller = |m: &kube::api::ObjectMeta| {
+        m.owner_references.as_ref()?.iter().find(|r| r.controller == Some(true)).map(|r| r.uid.clone())
+    };
+    controller(desired).is_some_and(|uid| controller(existing) == Some(uid))
 }
 
 /// [`apply`] for a type k8s-openapi does not have (an older API version of a kind).
@@ -179,12 +237,16 @@ async fn tell_unavailable(ctx: &Context, c: &ConfmanCluster) {
     publish(ctx, c, EventType::Warning, "FeatureUnavailable", note, "Reconcile").await;
 }
 
-/// Reads the token, creating the Secret once if it does not exist (never rewritten).
-async fn ensure_token(ctx: &Context, c: &ConfmanCluster) -> Result<String, Error> {
+/// Reads the token, creating the Secret once if it does not exist (never rewritten). A
+/// cluster that has members (`has_members`) never gets a new token: that would split them.
+async fn ensure_token(ctx: &Context, c: &ConfmanCluster, has_members: bool) -> Result<String, Error> {
     let ns = c.namespace().unwrap_or_default();
     let existing = get_opt::<Secret>(&ctx.client, &ns, &builders::token_name(c)).await?;
     if let Some(t) = existing.as_ref().and_then(|s| s.data.as_ref()?.get(builders::TOKEN_KEY)) {
         return Ok(String::from_utf8_lossy(&t.0).trim().to_string());
+    }
+    if has_members {
+        return Err(Error::TokenLost { name: builders::token_name(c) });
     }
     let token = builders::generate_token();
     apply(&ctx.client, &builders::token_secret(c, &token)?).await?;
@@ -221,41 +283,74 @@ struct Plan {
     replicas: u32,
 }
 
-/// Reads pods and nodes and decides the next membership step.
-async fn plan(
+/// Reads the pods and asks their nodes (nothing before the StatefulSet exists).
+async fn observe(
+    ctx: &Context,
+    c: &ConfmanCluster,
+    sts: Option<&StatefulSet>,
+    node_client: &confman_client::Client,
+) -> Result<(Vec<PodView>, Option<RaftView>), Error> {
+    let desired = u32::try_from(c.spec.replicas).unwrap_or(0);
+    let Some(current) = sts.and_then(|s| s.spec.replicas).and_then(|r| u32::try_from(r).ok()) else {
+        return Ok((Vec::new(), None));
+    };
+    let ns = c.namespace().unwrap_or_default();
+    let selector = builders::selector_labels(c).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns).list(&ListParams::default().labels(&selector)).await?;
+    let update_revision = sts.and_then(|s| s.status.as_ref()?.update_revision.clone());
+    Ok(nodes::observe(c, node_client, current.max(desired), &pods.items, update_revision.as_deref()).await)
+}
+
+/// Decides the next membership step from what was observed.
+fn plan(
     ctx: &Context,
     c: &ConfmanCluster,
     sts: Option<&StatefulSet>,
     ledger: &Ledger,
-    node_client: &confman_client::Client,
-) -> Result<(Plan, Vec<PodView>, Option<RaftView>), Error> {
+    views: &[PodView],
+    raft: Option<&RaftView>,
+) -> Plan {
     let desired = u32::try_from(c.spec.replicas).unwrap_or(0);
     let current = sts.and_then(|s| s.spec.replicas).and_then(|r| u32::try_from(r).ok());
-    let (views, raft) = match current {
-        None => (Vec::new(), None),
-        Some(current) => {
-            let ns = c.namespace().unwrap_or_default();
-            let selector =
-                builders::selector_labels(c).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
-            let pods =
-                Api::<Pod>::namespaced(ctx.client.clone(), &ns).list(&ListParams::default().labels(&selector)).await?;
-            let update_revision = sts.and_then(|s| s.status.as_ref()?.update_revision.clone());
-            nodes::observe(c, node_client, current.max(desired), &pods.items, update_revision.as_deref()).await
-        }
-    };
     let step = next_step(&Observation {
         desired,
         sts_replicas: current,
         ids: &ledger.ids,
-        pods: &views,
-        raft: raft.as_ref(),
+        pods: views,
+        raft,
         max_lag: ctx.max_learner_lag,
     });
     let replicas = match &step {
         Step::Bootstrap { replicas } | Step::Grow { replicas } | Step::Shrink { replicas, .. } => *replicas,
         _ => current.unwrap_or(desired),
     };
-    Ok((Plan { step, replicas }, views, raft))
+    Plan { step, replicas }
+}
+
+/// The member ledger: the stored one; a new one before the StatefulSet exists; or, when the
+/// ConfigMap was lost under a running StatefulSet, one rebuilt from the nodes' reports.
+async fn ledger(
+    ctx: &Context,
+    c: &ConfmanCluster,
+    stored: Option<&ConfigMap>,
+    sts_replicas: Option<u32>,
+    views: &[PodView],
+    raft: Option<&RaftView>,
+) -> Result<Ledger, Error> {
+    if let Some(cm) = stored {
+        return Ok(Ledger::parse(cm)?);
+    }
+    let Some(replicas) = sts_replicas else {
+        return Ok(Ledger::bootstrap(c, u32::try_from(c.spec.replicas).unwrap_or(0)));
+    };
+    let reports: Vec<(String, Option<u64>)> = views.iter().map(|v| (v.name.clone(), v.member_id)).collect();
+    let rebuilt = Ledger::rebuild(c, replicas, &reports, raft.map(|r| &r.members))
+        .map_err(|reason| Error::LedgerLost { name: builders::members_name(c), reason })?;
+    let ids = rebuilt.ids.iter().map(|(pod, id)| format!("{pod}={id}")).collect::<Vec<_>>().join(", ");
+    let note =
+        format!("member ledger {} was missing; rebuilt from the members' reports: {ids}", builders::members_name(c));
+    publish(ctx, c, EventType::Warning, "MemberLedgerRebuilt", note, "Rebuild").await;
+    Ok(rebuilt)
 }
 
 /// Carries out a Raft or pod step (children were applied before); returns the Progressing
@@ -325,6 +420,42 @@ async fn execute(
     Ok(Some((reason, note)))
 }
 
+/// Deletes the claims of `ordinals` left by earlier members; returns the ones still present
+/// (being deleted). A claim without this cluster's labels is not ours: refused, never deleted.
+async fn clear_stale_claims(
+    ctx: &Context,
+    c: &ConfmanCluster,
+    ordinals: std::ops::Range<u32>,
+) -> Result<Vec<String>, Error> {
+    let ns = c.namespace().unwrap_or_default();
+    let api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns);
+    let ours = builders::selector_labels(c);
+    let mut pending = Vec::new();
+    for ordinal in ordinals {
+        let pod = builders::pod_name(c, ordinal);
+        let name = format!("data-{pod}");
+        let Some(claim) = api.get_opt(&name).await? else { continue };
+        let labels = claim.metadata.labels.clone().unwrap_or_default();
+        if !ours.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+            return Err(Error::NotOurs {
+                kind: "PersistentVolumeClaim".into(),
+                name,
+                conflict: format!("it lacks the labels {ours:?} of this cluster's volumes and is in the way of {pod}"),
+            });
+        }
+        if claim.metadata.deletion_timestamp.is_none() {
+            api.delete(&name, &DeleteParams::default()).await?;
+            let note = format!("deleted {name}: it holds an earlier member's data and {pod} starts under a new id");
+            publish(ctx, c, EventType::Normal, "StaleVolumeDeleted", note, "Delete").await;
+        }
+        // Deleted (or being deleted): gone only once a read no longer finds it.
+        if api.get_opt(&name).await?.is_some() {
+            pending.push(name);
+        }
+    }
+    Ok(pending)
+}
+
 /// Builds and applies every child, then takes one membership step; returns what the
 /// StatefulSet reports, the progress, and the members for the status.
 async fn apply_children(
@@ -334,51 +465,32 @@ async fn apply_children(
     sts: Option<&StatefulSet>,
     stored: Option<ConfigMap>,
 ) -> Result<(Observed, Option<(&'static str, String)>, Vec<MemberStatus>, Option<String>), Error> {
-    let ns = c.namespace().unwrap_or_default();
     let client = &ctx.client;
-    let token = ensure_token(ctx, c).await?;
+    let sts_replicas = sts.and_then(|s| s.spec.replicas).and_then(|r| u32::try_from(r).ok());
+    let token = ensure_token(ctx, c, sts.is_some() || stored.is_some()).await?;
 
-    let mut ledger = match &stored {
-        Some(cm) => Ledger::parse(cm)?,
-        None => Ledger::bootstrap(c, u32::try_from(c.spec.replicas).unwrap_or(0)),
-    };
-    let current = sts.and_then(|s| s.spec.replicas).and_then(|r| u32::try_from(r).ok()).unwrap_or(0);
+    let current = sts_replicas.unwrap_or(0);
     let ca = tls_ca(ctx, c).await?;
     let ordinals = current.max(u32::try_from(c.spec.replicas).unwrap_or(0));
     let node_client =
         nodes::client(c, ordinals, &token, &ctx.resolve, ca.as_deref()).map_err(|e| Error::Node(e.to_string()))?;
-    let (plan, views, raft) = plan(ctx, c, sts, &ledger, &node_client).await?;
+    let (views, raft) = observe(ctx, c, sts, &node_client).await?;
+    let mut ledger = ledger(ctx, c, stored.as_ref(), sts_replicas, &views, raft.as_ref()).await?;
+    let plan = plan(ctx, c, sts, &ledger, &views, raft.as_ref());
 
     // Ledger: ids for every ordinal the StatefulSet will run; a removed ordinal is forgotten, and
     // so is the id of a lost volume. Nodes that report themselves members are admitted (their
     // id never starts again on an empty volume).
     let admitted = ledger.admit(views.iter().filter_map(|v| Some((v.name.clone(), v.member_id?))));
-    let mut lost_pod = None;
+    // A lost volume's pod keeps its claim (empty, that is why it is replaced, and mounted).
     match &plan.step {
         Step::Shrink { pod, .. } => ledger.forget(pod),
-        Step::ReplaceLost { pod, lost } => {
-            if ledger.ids.get(pod) == Some(lost) {
-                ledger.forget(pod);
-            }
-            lost_pod = Some(pod.as_str());
-        }
+        Step::ReplaceLost { pod, lost } if ledger.ids.get(pod) == Some(lost) => ledger.forget(pod),
         _ => {}
     }
     let added = ledger.allocate(c, plan.replicas);
-    // The lost pod's claim is empty (that is why it was replaced) and still mounted: it is kept.
-    for pod in added.iter().filter(|p| Some(p.as_str()) != lost_pod) {
-        // A volume left by an earlier member of this ordinal must not rejoin under the new id.
-        let pvc = format!("data-{pod}");
-        if get_opt::<PersistentVolumeClaim>(client, &ns, &pvc).await?.is_some() {
-            Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
-                .delete(&pvc, &DeleteParams::default())
-                .await?;
-            let note = format!("deleted {pvc}: it holds an earlier member's data and {pod} joins under a new id");
-            publish(ctx, c, EventType::Normal, "StaleVolumeDeleted", note, "Delete").await;
-        }
-    }
     apply(client, &ledger.config_map(c)?).await?;
-    if stored.is_none() {
+    if stored.is_none() && sts.is_none() {
         let note = format!("bootstrap members: {}", ledger.bootstrap_peers);
         publish(ctx, c, EventType::Normal, "MembersAllocated", note, "Bootstrap").await;
     } else if !added.is_empty() {
@@ -394,6 +506,21 @@ async fn apply_children(
     apply(client, &config).await?;
     apply(client, &builders::headless_service(c)?).await?;
     apply(client, &builders::client_service(c)?).await?;
+
+    // A pod about to start on an ordinal must not find an earlier member's volume: its claim is
+    // deleted, and the start waits until the claim is really gone (the pvc-protection finalizer
+    // keeps a deleted claim while a pod still uses it; the StatefulSet would otherwise bind the
+    // new pod to the old volume).
+    let starting = match &plan.step {
+        Step::Bootstrap { replicas } => 0..*replicas,
+        Step::Grow { replicas } => replicas.saturating_sub(1)..*replicas,
+        _ => 0..0,
+    };
+    let pending = clear_stale_claims(ctx, c, starting).await?;
+    if !pending.is_empty() {
+        let note = format!("waiting for {} to be deleted before a member starts on its ordinal", pending.join(", "));
+        return Ok((Observed::of(sts), Some(("WaitingForVolumes", note)), Vec::new(), None));
+    }
     let mut desired = builders::statefulset(c, tuning, &hash, &ctx.capabilities)?;
     desired.spec.replicas = Some(i32::try_from(plan.replicas).unwrap_or(i32::MAX));
     let ca_hash = ca.as_deref().map(|ca| builders::with_trusted_ca(&mut desired, ca));
@@ -460,6 +587,12 @@ pub async fn reconcile(c: Arc<ConfmanCluster>, ctx: Arc<Context>) -> Result<Acti
 
 async fn reconcile_inner(c: &ConfmanCluster, ctx: &Context) -> Result<Action, Error> {
     let ns = c.namespace().ok_or(BuildError::MissingMetadata("namespace"))?;
+    if c.meta().deletion_timestamp.is_some() {
+        // The garbage collector is removing the children (foreground deletion waits for it):
+        // re-applying them would fight it. Nothing is done for a cluster being deleted.
+        tracing::info!(cluster = %key(c), "being deleted: nothing is applied");
+        return Ok(Action::await_change());
+    }
     let sts = get_opt::<StatefulSet>(&ctx.client, &ns, &builders::client_name(c)).await?;
     let now = Time(jiff::Timestamp::now());
 

@@ -88,10 +88,12 @@ async fn a_new_cluster_gets_every_child_applied_owned_and_by_the_field_manager()
     );
     for p in fake.patches() {
         assert!(p.query.contains(&format!("fieldManager={FIELD_MANAGER}")), "{} {}", p.path, p.query);
-        assert!(p.query.contains("force=true"), "{} {}", p.path, p.query);
         if p.path.starts_with(CMC) {
+            assert!(p.query.contains("force=true"), "the status is ours alone: {} {}", p.path, p.query);
             continue;
         }
+        // Children are applied without force: a conflict is examined (take-over refused).
+        assert!(!p.query.contains("force=true"), "{} {}", p.path, p.query);
         let owner = &p.body["metadata"]["ownerReferences"][0];
         assert_eq!(
             (&owner["kind"], &owner["name"], &owner["uid"], &owner["controller"]),
@@ -179,6 +181,19 @@ async fn paused_changes_no_child() -> TestResult {
     Ok(())
 }
 
+/// What a running cluster has beside its StatefulSet: the token Secret and the member ledger
+/// (without them the operator refuses to guess: `TokenLost`, `LedgerLost`).
+fn seed_running(fake: &FakeApi, c: &ConfmanCluster, replicas: u32) -> TestResult {
+    fake.seed(
+        TOKEN,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "config-token", "namespace": NS},
+        "data": {"token": "c2VjcmV0"}}),
+    );
+    let ledger = confman_operator::members::Ledger::bootstrap(c, replicas).config_map(c)?;
+    fake.seed(MEMBERS, serde_json::to_value(&ledger)?);
+    Ok(())
+}
+
 fn ready_statefulset(replicas: i32, ready: i32) -> Value {
     json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": {"name": "config", "namespace": NS, "generation": 1, "uid": "sts-uid"},
@@ -192,6 +207,7 @@ async fn ready_members_make_it_available_and_unchanged_conditions_keep_their_tim
     let c = cluster(3);
     let (ctx, fake) = setup(&c)?;
     fake.seed(STS, ready_statefulset(3, 3));
+    seed_running(&fake, &c, 3)?;
     reconcile(Arc::new(c), ctx.clone()).await?;
     let first = stored(&fake)?;
     let avail = condition(&first, "Available").ok_or("no Available")?.clone();
@@ -211,6 +227,7 @@ async fn a_shrink_waits_for_the_raft_group() -> TestResult {
     let c = cluster(3);
     let (ctx, fake) = setup(&c)?;
     fake.seed(STS, ready_statefulset(5, 5));
+    seed_running(&fake, &c, 5)?;
     reconcile(Arc::new(c), ctx).await?;
     assert_eq!(fake.get(STS).ok_or("no sts")?["spec"]["replicas"], json!(5), "no member leaves before Raft agrees");
     let after = stored(&fake)?;
@@ -264,5 +281,107 @@ async fn an_api_failure_is_reported_as_degraded_and_retried_with_backoff() -> Te
     fake.fail(STS);
     let err = reconcile(Arc::new(recovered.clone()), ctx.clone()).await.err().ok_or("the fault is injected again")?;
     assert_eq!(error_policy(Arc::new(recovered), &err, ctx), Action::requeue(Duration::from_secs(5)));
+    Ok(())
+}
+
+const CLIENT_SVC: &str = "/api/v1/namespaces/platform/services/config";
+
+fn service(owner_uid: Option<&str>) -> Value {
+    let mut svc = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "config", "namespace": NS, "uid": "svc-uid"}, "spec": {"ports": [{"port": 80}]}});
+    if let Some(uid) = owner_uid {
+        svc["metadata"]["ownerReferences"] = json!([{"apiVersion": "confman.io/v1alpha1", "kind": "ConfmanCluster",
+            "name": "config", "uid": uid, "controller": true}]);
+    }
+    svc
+}
+
+/// Issue 19, defect 7: forced server-side apply took over a same-named object someone else
+/// created. A conflict on an object the cluster does not own is refused (Degraded) and the
+/// object is never force-applied.
+#[tokio::test]
+async fn a_same_named_object_of_someone_else_is_not_taken_over() -> TestResult {
+    let c = cluster(3);
+    let (ctx, fake) = setup(&c)?;
+    fake.seed(CLIENT_SVC, service(None));
+    fake.conflict(CLIENT_SVC);
+    let err = reconcile(Arc::new(c), ctx).await.err().ok_or("the take-over must be refused")?;
+    assert!(err.to_string().contains("Service config exists and is not owned by this ConfmanCluster"), "{err}");
+    let forced: Vec<_> =
+        fake.patches().into_iter().filter(|p| p.path == CLIENT_SVC && p.query.contains("force=true")).collect();
+    assert!(forced.is_empty(), "never forced onto someone else's object");
+    assert!(fake.get(CLIENT_SVC).is_some_and(|s| s["metadata"].get("ownerReferences").is_none()), "left as it was");
+    let degraded = stored(&fake)?;
+    let d = condition(&degraded, "Degraded").ok_or("no Degraded")?;
+    assert_eq!(d.status, "True");
+    assert!(d.message.contains("not owned"), "{}", d.message);
+    Ok(())
+}
+
+/// Drift on a child the cluster owns (another manager changed a field) is corrected: the
+/// conflicting apply is repeated with force.
+#[tokio::test]
+async fn drift_on_an_owned_child_is_corrected_by_a_forced_apply() -> TestResult {
+    let c = cluster(3);
+    let (ctx, fake) = setup(&c)?;
+    fake.seed(CLIENT_SVC, service(Some("cmc-uid")));
+    fake.conflict(CLIENT_SVC);
+    reconcile(Arc::new(c), ctx).await?;
+    let forced = fake.patches().into_iter().any(|p| p.path == CLIENT_SVC && p.query.contains("force=true"));
+    assert!(forced, "the owned child was force-applied");
+    Ok(())
+}
+
+/// Issue 19, defect 6: during foreground deletion the operator re-applied the children the
+/// garbage collector was removing. A cluster being deleted gets no request that changes
+/// anything.
+#[tokio::test]
+async fn a_cluster_being_deleted_changes_nothing() -> TestResult {
+    let mut c = cluster(3);
+    c.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+    c.metadata.finalizers = Some(vec!["foregroundDeletion".into()]);
+    let (ctx, fake) = setup(&c)?;
+    fake.seed(STS, ready_statefulset(3, 3));
+    let action = reconcile(Arc::new(c), ctx).await?;
+    assert_eq!(action, Action::await_change());
+    assert!(fake.patches().is_empty(), "{:?}", fake.patches().iter().map(|p| &p.path).collect::<Vec<_>>());
+    Ok(())
+}
+
+/// Issue 19, defect 8: a missing token Secret was generated again while members ran with the
+/// old token. With a StatefulSet (members exist) it is reported, never regenerated.
+#[tokio::test]
+async fn a_lost_token_secret_is_not_regenerated() -> TestResult {
+    let c = cluster(3);
+    let (ctx, fake) = setup(&c)?;
+    fake.seed(STS, ready_statefulset(3, 3));
+    let ledger = confman_operator::members::Ledger::bootstrap(&c, 3).config_map(&c)?;
+    fake.seed(MEMBERS, serde_json::to_value(&ledger)?);
+    let err = reconcile(Arc::new(c), ctx).await.err().ok_or("a lost token must be reported")?;
+    assert!(err.to_string().contains("cluster token Secret config-token is missing"), "{err}");
+    assert!(fake.get(TOKEN).is_none(), "no new token");
+    assert!(child_patches(&fake).is_empty(), "nothing applied: {:?}", child_patches(&fake));
+    Ok(())
+}
+
+/// Issue 19, defect 5: a lost member ledger was re-bootstrapped (ids 1..n handed out again).
+/// With no node reporting (nothing runs here), it cannot be rebuilt: Degraded, and no ledger
+/// is written.
+#[tokio::test]
+async fn a_lost_ledger_that_the_nodes_cannot_account_for_is_not_guessed() -> TestResult {
+    let c = cluster(3);
+    let (ctx, fake) = setup(&c)?;
+    fake.seed(STS, ready_statefulset(3, 3));
+    fake.seed(
+        TOKEN,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "config-token", "namespace": NS},
+        "data": {"token": "c2VjcmV0"}}),
+    );
+    let err = reconcile(Arc::new(c), ctx).await.err().ok_or("a lost ledger must be reported")?;
+    assert!(err.to_string().contains("cannot be rebuilt from the nodes"), "{err}");
+    assert!(fake.get(MEMBERS).is_none(), "no guessed ledger");
+    let d = stored(&fake)?;
+    let degraded = condition(&d, "Degraded").ok_or("no Degraded")?;
+    assert!(degraded.message.contains("config-members"), "{}", degraded.message);
     Ok(())
 }
