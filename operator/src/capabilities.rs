@@ -1,7 +1,8 @@
 //! What the Kubernetes API server can take, discovered once at start-up. The operator is
-//! installed on servers as old as 1.20, where two things the builders would otherwise emit are
-//! refused: `StatefulSet.spec.persistentVolumeClaimRetentionPolicy` (no such field before 1.23)
-//! and `policy/v1` PodDisruptionBudgets (served from 1.21; `policy/v1beta1` has the same shape).
+//! installed on servers as old as 1.20, where things the builders would otherwise emit are
+//! refused or ignored: `StatefulSet.spec.persistentVolumeClaimRetentionPolicy` (no such field
+//! before 1.23), `policy/v1` PodDisruptionBudgets (served from 1.21; `policy/v1beta1` has the
+//! same shape) and their `unhealthyPodEvictionPolicy` (honoured by default from 1.27).
 //! The builders take a [`Capabilities`] so that what they emit is decided by a plain value that
 //! unit tests can set both ways; only [`discover`] does I/O.
 
@@ -21,6 +22,10 @@ pub struct Capabilities {
     pub pvc_retention_policy: bool,
     /// PodDisruptionBudgets are served as `policy/v1` (1.21+); otherwise as `policy/v1beta1`.
     pub pdb_v1: bool,
+    /// Emit `PodDisruptionBudget.spec.unhealthyPodEvictionPolicy`: from 1.27, where the
+    /// `PDBUnhealthyPodEvictionPolicy` gate is beta and on by default (alpha and off in 1.26,
+    /// where the field is silently dropped; unknown before), and only with `policy/v1`.
+    pub pdb_unhealthy_pod_eviction_policy: bool,
 }
 
 impl Default for Capabilities {
@@ -33,6 +38,8 @@ impl Default for Capabilities {
 const PDB_V1_SINCE: u32 = 21;
 /// Oldest minor where the StatefulSet PVC retention policy is enforced by default.
 const PVC_RETENTION_SINCE: u32 = 27;
+/// Oldest minor where a PDB's `unhealthyPodEvictionPolicy` is honoured by default.
+const UNHEALTHY_POD_EVICTION_SINCE: u32 = 27;
 /// How long start-up keeps retrying a server that does not answer before giving up (the
 /// Deployment then restarts the pod): a guess made during an API outage would stick for the
 /// operator's whole run.
@@ -47,14 +54,19 @@ pub struct DiscoveryError(String);
 
 impl Capabilities {
     /// A current server: everything the builders can emit is accepted and enforced.
-    pub const RECENT: Capabilities = Capabilities { pvc_retention_policy: true, pdb_v1: true };
+    pub const RECENT: Capabilities =
+        Capabilities { pvc_retention_policy: true, pdb_v1: true, pdb_unhealthy_pod_eviction_policy: true };
 
     /// Capabilities of Kubernetes `1.minor` (another major: a future server, all of them).
     pub fn of_version(major: u32, minor: u32) -> Capabilities {
         if major != 1 {
             return Capabilities::RECENT;
         }
-        Capabilities { pvc_retention_policy: minor >= PVC_RETENTION_SINCE, pdb_v1: minor >= PDB_V1_SINCE }
+        Capabilities {
+            pvc_retention_policy: minor >= PVC_RETENTION_SINCE,
+            pdb_v1: minor >= PDB_V1_SINCE,
+            pdb_unhealthy_pod_eviction_policy: minor >= UNHEALTHY_POD_EVICTION_SINCE,
+        }
     }
 
     /// Capabilities from the server's `/version` answer; None when it names no version (then
@@ -75,6 +87,12 @@ impl Capabilities {
         }
         if !self.pdb_v1 {
             out.push("policy/v1 PodDisruptionBudget is not served (Kubernetes < 1.21): policy/v1beta1 is used");
+        }
+        if !self.pdb_unhealthy_pod_eviction_policy {
+            out.push(
+                "PodDisruptionBudget unhealthyPodEvictionPolicy is not honoured (Kubernetes < 1.27): \
+                 a member pod that is not Ready can be evicted only while the budget allows a disruption",
+            );
         }
         out
     }
@@ -173,6 +191,8 @@ pub async fn discover(client: &kube::Client) -> Result<Capabilities, DiscoveryEr
         Err(e) if is_not_found(&e) => caps.pdb_v1 = false,
         Err(e) => return Err(DiscoveryError(format!("GET /apis/policy/v1: {e}"))),
     }
+    // The field exists only in policy/v1.
+    caps.pdb_unhealthy_pod_eviction_policy &= caps.pdb_v1;
     let limits = caps.limitations();
     if limits.is_empty() {
         tracing::info!(version = %version, "kubernetes server supports every feature the operator uses");
@@ -193,14 +213,17 @@ mod tests {
 
     #[test]
     fn versions_map_to_capabilities() {
-        let old = Capabilities { pvc_retention_policy: false, pdb_v1: false };
+        let old = Capabilities { pvc_retention_policy: false, pdb_v1: false, pdb_unhealthy_pod_eviction_policy: false };
         assert_eq!(Capabilities::from_info(&info("1", "20", "v1.20.2")), Some(old));
         assert_eq!(
             Capabilities::from_info(&info("1", "21+", "v1.21.14-gke.1")),
-            Some(Capabilities { pvc_retention_policy: false, pdb_v1: true })
+            Some(Capabilities { pvc_retention_policy: false, pdb_v1: true, pdb_unhealthy_pod_eviction_policy: false })
         );
         // 1.23–1.26 accept the field but drop it with the gate off: not emitted.
-        assert_eq!(Capabilities::of_version(1, 26), Capabilities { pvc_retention_policy: false, pdb_v1: true });
+        assert_eq!(
+            Capabilities::of_version(1, 26),
+            Capabilities { pvc_retention_policy: false, pdb_v1: true, pdb_unhealthy_pod_eviction_policy: false }
+        );
         assert_eq!(Capabilities::of_version(1, 27), Capabilities::RECENT);
         assert_eq!(Capabilities::of_version(2, 0), Capabilities::RECENT);
         // Empty major/minor: gitVersion decides.
@@ -211,7 +234,7 @@ mod tests {
     #[test]
     fn an_old_server_tells_only_clusters_that_lose_something() {
         let old = Capabilities::of_version(1, 20);
-        assert_eq!(old.limitations().len(), 2);
+        assert_eq!(old.limitations().len(), 3);
         assert!(Capabilities::RECENT.limitations().is_empty());
         let mut spec = ConfmanClusterSpec::minimal(3, "i", "1Gi");
         let note = old.unavailable_note(&spec).unwrap_or_default();

@@ -9,7 +9,9 @@
 use std::collections::BTreeMap;
 
 use confman_tuning::{PayloadClass, Tuning, TuningOverrides};
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint};
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
@@ -28,7 +30,11 @@ fn default_replicas() -> i32 {
     namespaced,
     shortname = "cmc",
     status = "ConfmanClusterStatus",
-    scale(spec_replicas_path = ".spec.replicas", status_replicas_path = ".status.readyReplicas"),
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.readyReplicas",
+        label_selector_path = ".status.selector"
+    ),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(name = "Leader", type_ = "string", json_path = ".status.leader"),
@@ -54,9 +60,17 @@ pub struct ConfmanClusterSpec {
     pub tuning: Option<TuningSpec>,
     /// Persistent storage of each member.
     pub storage: StorageSpec,
-    /// Container resources.
+    /// Container resources. A CPU or memory the user gives neither a request nor a limit for gets
+    /// the payload class's default request (small 100m/256Mi, medium 250m/512Mi, large 500m/1Gi,
+    /// huge 1/2Gi: memory is about four compaction triggers of the class), so members are never
+    /// BestEffort, the first pods evicted under node pressure. No limit is ever defaulted: a
+    /// guessed memory limit would OOM-kill a member in the middle of a snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Pod-level settings: service account, image pull secrets, extra labels and annotations,
+    /// volume group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodOptions>,
     /// Pod affinity; by default members are spread across nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
@@ -66,7 +80,9 @@ pub struct ConfmanClusterSpec {
     /// Node selector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<BTreeMap<String, String>>,
-    /// Topology spread constraints.
+    /// Topology spread constraints. When unset, members are spread (`maxSkew` 1,
+    /// `ScheduleAnyway`) across zones (`topology.kubernetes.io/zone`) and nodes
+    /// (`kubernetes.io/hostname`): losing a zone then costs as few votes as the nodes allow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
     /// Priority class of the pods.
@@ -102,6 +118,7 @@ impl ConfmanClusterSpec {
                 retain_on_scale_down: false,
             },
             resources: None,
+            pod: None,
             affinity: None,
             tolerations: None,
             node_selector: None,
@@ -113,6 +130,38 @@ impl ConfmanClusterSpec {
             paused: false,
         }
     }
+}
+
+/// Pod-level settings beyond placement and resources.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOptions {
+    /// Service account the pods run as (its token is still not mounted: nodes never call the
+    /// Kubernetes API). Useful for image pull secrets attached to it, or for admission
+    /// policies (PodSecurityPolicy, OpenShift SCCs) granted per service account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Secrets for pulling `image` from a private registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    /// Extra labels on the pods (e.g. for network policies or cost allocation). Labels the
+    /// operator sets (`app.kubernetes.io/name`, `app.kubernetes.io/instance`,
+    /// `app.kubernetes.io/component`) keep the operator's value: the StatefulSet, Services and
+    /// budget select the pods by them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Extra annotations on the pods (e.g. for a service mesh or a metrics scraper). The
+    /// operator's `confman.io/*` annotations keep the operator's value: they decide rollouts.
+    /// A change rolls the pods, one at a time like any template change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+    /// Group that owns the data volume (`securityContext.fsGroup`), 10001 (the image's group)
+    /// when unset. On OpenShift's restricted SCC pick one in the namespace's
+    /// `openshift.io/sa.scc.supplemental-groups` range. The pods run as the image's user, or
+    /// the one the platform assigns; they are never given a fixed `runAsUser`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub fs_group: Option<i64>,
 }
 
 /// Payload class as written in the spec.
@@ -290,12 +339,20 @@ pub struct ConfmanClusterStatus {
     /// Tuning derived from the payload class and overrides, as rolled out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effective_tuning: Option<EffectiveTuning>,
-    /// Available, Progressing, Degraded, InvalidSpec.
+    /// Ready, Available, Progressing, Degraded, InvalidSpec: a map list keyed by `type`, so
+    /// server-side apply merges them per condition. `Ready` (what Argo CD, Flux and
+    /// `kubectl wait --for=condition=Ready` look for) is True when `Available` is True and the
+    /// cluster is neither progressing, degraded nor refusing its spec.
     #[serde(default)]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     /// Summary phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    /// Label selector of the pods, as a string (`labelSelectorPath` of the scale subresource:
+    /// what the HorizontalPodAutoscaler and `kubectl scale` tooling read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
 }
 
 /// One Raft member.
@@ -367,7 +424,8 @@ impl From<Tuning> for EffectiveTuning {
     }
 }
 
-/// Properties whose (embedded Kubernetes) schemas keep their structure but lose descriptions.
+/// Properties whose (embedded Kubernetes) schemas keep their structure but lose the descriptions
+/// inside them (the field's own description stays).
 const STRIPPED: [&str; 4] = ["resources", "affinity", "tolerations", "topologySpreadConstraints"];
 
 fn strip_descriptions(v: &mut serde_json::Value) {
@@ -389,7 +447,12 @@ pub fn crd() -> Result<CustomResourceDefinition, serde_json::Error> {
             if let Some(props) = ver.pointer_mut("/schema/openAPIV3Schema/properties/spec/properties") {
                 for name in STRIPPED {
                     if let Some(p) = props.get_mut(name) {
+                        // The field's own description (ours) stays; the embedded type's go.
+                        let own = p.get("description").cloned();
                         strip_descriptions(p);
+                        if let (Some(d), Some(o)) = (own, p.as_object_mut()) {
+                            o.insert("description".into(), d);
+                        }
                     }
                 }
             }

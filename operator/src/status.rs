@@ -1,5 +1,6 @@
-//! Status computation (pure): conditions `Available`, `Progressing`, `Degraded`, `InvalidSpec`
-//! and the phase, from the outcome of a reconcile and the observed StatefulSet. A condition's
+//! Status computation (pure): conditions `Ready`, `Available`, `Progressing`, `Degraded`,
+//! `InvalidSpec`, the phase and the pods' selector, from the outcome of a reconcile and the
+//! observed StatefulSet. A condition's
 //! `lastTransitionTime` moves only when its status changes; [`transitions`] lists the changes so
 //! the reconciler can publish an Event for each. Every condition carries a non-empty message:
 //! kube-apiserver 1.20's server-side apply of a custom resource's status turns an empty
@@ -11,7 +12,11 @@ use kube::Resource;
 
 use crate::crd::{ConfmanCluster, ConfmanClusterStatus, EffectiveTuning};
 
-/// Condition types.
+/// Condition type GitOps tools (Argo CD, Flux) and `kubectl wait --for=condition=Ready` wait
+/// for: True when the cluster serves (`Available`), the latest spec is observed and fully
+/// rolled out (not `Progressing`), every member is Ready (not `Degraded`) and the spec is valid.
+pub const READY: &str = "Ready";
+/// Condition type: a quorum of members is Ready, so the cluster serves reads and writes.
 pub const AVAILABLE: &str = "Available";
 /// Condition types.
 pub const PROGRESSING: &str = "Progressing";
@@ -59,19 +64,65 @@ pub struct Observed {
     pub settled: bool,
 }
 
+/// `status.updateRevision` of a StatefulSet, only once its controller has observed the latest
+/// spec (`status.observedGeneration == metadata.generation`): until then it names the previous
+/// template, and pods still on that template would pass for updated. None when not yet trusted.
+pub fn trusted_update_revision(sts: &StatefulSet) -> Option<&str> {
+    let st = sts.status.as_ref()?;
+    let seen = st.observed_generation.is_some() && st.observed_generation == sts.metadata.generation;
+    if seen { st.update_revision.as_deref() } else { None }
+}
+
+/// Longest Event note the API accepts (events.k8s.io/v1 `note`: 1 KiB).
+pub const MAX_NOTE_BYTES: usize = 1024;
+/// Longest Event reason the API accepts.
+pub const MAX_REASON_CHARS: usize = 128;
+
+/// An Event note the API server accepts: at most [`MAX_NOTE_BYTES`] bytes, cut on a character
+/// boundary and ended with `…` when shortened (an over-long note makes the whole Event be
+/// refused, and cutting inside a UTF-8 character would not be a string).
+pub fn event_note(note: &str) -> String {
+    if note.len() <= MAX_NOTE_BYTES {
+        return note.to_string();
+    }
+    const ELLIPSIS: char = '…';
+    let mut end = MAX_NOTE_BYTES - ELLIPSIS.len_utf8();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ELLIPSIS}", note[..end].trim_end())
+}
+
+/// An Event reason: UpperCamelCase ASCII (`kubectl get events` shows it as a word), at most
+/// [`MAX_REASON_CHARS`] characters; words split at anything else are joined capitalised, and
+/// nothing left gives `Unknown`.
+pub fn event_reason(reason: &str) -> String {
+    let mut out = String::new();
+    for word in reason.split(|ch: char| !ch.is_ascii_alphanumeric()).filter(|w| !w.is_empty()) {
+        let mut chars = word.chars();
+        out.extend(chars.next().map(|f| f.to_ascii_uppercase()));
+        out.extend(chars);
+    }
+    out.truncate(MAX_REASON_CHARS);
+    if out.is_empty() { "Unknown".to_string() } else { out }
+}
+
 impl Observed {
     /// Reads a StatefulSet's status (absent: nothing observed yet). Whether the pods are current
     /// is judged by `updatedReplicas` alone, never by `currentRevision == updateRevision`: with
     /// the `OnDelete` strategy the StatefulSet controller never advances `currentRevision`
     /// (kubernetes/kubernetes#73492), so that comparison would report a rollout forever.
+    /// `updatedReplicas` counts pods at `updateRevision`, which is the latest template's only
+    /// once the controller observed the latest generation: before that no pod counts as updated.
     pub fn of(sts: Option<&StatefulSet>) -> Observed {
         let Some(sts) = sts else { return Observed::default() };
         let st = sts.status.clone().unwrap_or_default();
+        let settled = st.observed_generation.is_some() && st.observed_generation == sts.metadata.generation;
         Observed {
             replicas: st.replicas,
             ready: st.ready_replicas.unwrap_or(0),
-            updated: st.updated_replicas.unwrap_or(0),
-            settled: st.observed_generation.is_some() && st.observed_generation == sts.metadata.generation,
+            updated: if settled { st.updated_replicas.unwrap_or(0) } else { 0 },
+            settled,
         }
     }
 }
@@ -182,6 +233,9 @@ pub fn next_status(c: &ConfmanCluster, outcome: &Outcome, observed: Observed, no
         }
     };
     conditions.extend([progressing, degraded, invalid]);
+    let paused_behind = matches!(outcome, Outcome::Paused) && old.observed_generation != generation;
+    let ready = ready_condition(&conditions, paused_behind, generation, &now);
+    conditions.insert(0, ready);
     carry_transition_times(&old.conditions, &mut conditions);
 
     let (observed_generation, effective_tuning) = match outcome {
@@ -197,6 +251,30 @@ pub fn next_status(c: &ConfmanCluster, outcome: &Outcome, observed: Observed, no
         effective_tuning,
         conditions,
         phase: Some(phase.into()),
+        selector: Some(crate::builders::selector_string(c)),
+    }
+}
+
+/// `Ready`: True only when nothing holds it back; otherwise False naming the first thing that
+/// does (in the order a user would fix them) with that condition's message.
+/// `paused_behind`: paused with a spec generation that was never rolled out.
+fn ready_condition(others: &[Condition], paused_behind: bool, generation: Option<i64>, now: &Time) -> Condition {
+    let get = |t: &str| others.iter().find(|x| x.type_ == t);
+    let holding = |t: &str, status: &str| get(t).filter(|x| x.status == status).map(|x| x.message.clone());
+    let blocked = holding(INVALID_SPEC, "True")
+        .map(|m| ("InvalidSpec", m))
+        .or_else(|| holding(AVAILABLE, "False").map(|m| ("NotAvailable", m)))
+        .or_else(|| {
+            paused_behind.then(|| ("Paused", "spec.paused is true and the latest spec is not rolled out".to_string()))
+        })
+        .or_else(|| holding(DEGRADED, "True").map(|m| ("Degraded", m)))
+        .or_else(|| holding(PROGRESSING, "True").map(|m| ("Progressing", m)));
+    match blocked {
+        Some((reason, message)) => condition(READY, false, reason, message, generation, now),
+        None => {
+            let message = get(AVAILABLE).map(|a| a.message.clone()).unwrap_or_default();
+            condition(READY, true, "Ready", message, generation, now)
+        }
     }
 }
 
@@ -269,14 +347,15 @@ mod tests {
         assert_eq!(get(&s2, AVAILABLE).last_transition_time, at(200));
         assert_eq!(get(&s2, INVALID_SPEC).last_transition_time, at(100), "unchanged status keeps its time");
         let changed: Vec<_> = transitions(Some(&s1), &s2).iter().map(|c| c.type_.clone()).collect();
-        assert_eq!(changed, vec![AVAILABLE, PROGRESSING]);
+        assert_eq!(changed, vec![READY, AVAILABLE, PROGRESSING]);
         c.status = Some(s2);
 
         let s3 = next_status(&c, &applied(), ready(2), at(300));
         assert_eq!((s3.phase.as_deref(), get(&s3, DEGRADED).reason.as_str()), (Some("Degraded"), "MembersUnready"));
         assert_eq!(get(&s3, AVAILABLE).status, "True", "2 of 3 is a quorum");
         assert_eq!(get(&s3, AVAILABLE).last_transition_time, at(200));
-        assert!(transitions(c.status.as_ref(), &s3).iter().all(|c| c.type_ == DEGRADED));
+        let changed: Vec<_> = transitions(c.status.as_ref(), &s3).iter().map(|c| c.type_.clone()).collect();
+        assert_eq!(changed, vec![READY, DEGRADED]);
     }
 
     #[test]
@@ -366,7 +445,7 @@ mod tests {
                     assert_eq!(body["kind"], "ConfmanCluster");
                     let conditions = body["status"]["conditions"].as_array().cloned().unwrap_or_default();
                     let types: Vec<&str> = conditions.iter().filter_map(|c| c["type"].as_str()).collect();
-                    assert_eq!(types, [AVAILABLE, PROGRESSING, DEGRADED, INVALID_SPEC], "{outcome:?}");
+                    assert_eq!(types, [READY, AVAILABLE, PROGRESSING, DEGRADED, INVALID_SPEC], "{outcome:?}");
                     for cond in &conditions {
                         let message = cond["message"].as_str();
                         assert!(
@@ -389,6 +468,106 @@ mod tests {
         let s = next_status(&c, &Outcome::Failed { message: String::new() }, ready(3), at(100));
         assert_eq!(get(&s, DEGRADED).message, "Degraded is True: ApplyFailed");
         assert_eq!(get(&s, INVALID_SPEC).message, SPEC_VALID);
+    }
+
+    #[test]
+    fn status_conventions_ready_condition_beside_available() {
+        let mut c = cluster(3, PayloadClassSpec::Small);
+        let creating = next_status(&c, &applied(), ready(0), at(100));
+        assert_eq!(
+            (get(&creating, READY).status.as_str(), get(&creating, READY).reason.as_str()),
+            ("False", "NotAvailable")
+        );
+        c.status = Some(creating);
+        let running = next_status(&c, &applied(), ready(3), at(200));
+        let r = get(&running, READY);
+        assert_eq!((r.status.as_str(), r.reason.as_str()), ("True", "Ready"));
+        assert_eq!(r.observed_generation, Some(1));
+        c.status = Some(running);
+        // Available but not Ready: a rollout, an unready member, a refused spec.
+        let rolling = next_status(&c, &applied(), Observed { updated: 1, ..ready(3) }, at(300));
+        assert_eq!((get(&rolling, AVAILABLE).status.as_str(), get(&rolling, READY).status.as_str()), ("True", "False"));
+        assert_eq!(get(&rolling, READY).reason, "Progressing");
+        let degraded = next_status(&c, &applied(), ready(2), at(300));
+        assert_eq!(
+            (get(&degraded, AVAILABLE).status.as_str(), get(&degraded, READY).reason.as_str()),
+            ("True", "Degraded")
+        );
+        let invalid = Outcome::InvalidSpec { reason: "InvalidReplicas", message: "spec.replicas is 4".into() };
+        let refused = next_status(&c, &invalid, ready(3), at(300));
+        assert_eq!(
+            (
+                get(&refused, READY).status.as_str(),
+                get(&refused, READY).reason.as_str(),
+                get(&refused, READY).message.as_str()
+            ),
+            ("False", "InvalidSpec", "spec.replicas is 4")
+        );
+        // Paused: Ready while the latest spec is the one running, not once a new one waits.
+        assert_eq!(get(&next_status(&c, &Outcome::Paused, ready(3), at(300)), READY).status, "True");
+        c.metadata.generation = Some(2);
+        let behind = next_status(&c, &Outcome::Paused, ready(3), at(300));
+        assert_eq!((get(&behind, READY).status.as_str(), get(&behind, READY).reason.as_str()), ("False", "Paused"));
+    }
+
+    #[test]
+    fn status_conventions_selector_names_the_pods_for_the_scale_subresource() {
+        let c = cluster(3, PayloadClassSpec::Small);
+        let s = next_status(&c, &applied(), ready(3), at(100));
+        assert_eq!(s.selector.as_deref(), Some("app.kubernetes.io/instance=config,app.kubernetes.io/name=confman"));
+        let body = status_apply_body(&s).unwrap_or_default();
+        assert_eq!(body["status"]["selector"], s.selector.as_deref().unwrap_or_default());
+    }
+
+    #[test]
+    fn status_conventions_event_notes_fit_in_1_kib_and_reasons_are_words() {
+        assert_eq!(event_note("short"), "short");
+        let exact = "a".repeat(MAX_NOTE_BYTES);
+        assert_eq!(event_note(&exact), exact);
+        // Multi-byte characters straddling the limit: cut before them, never inside.
+        for long in ["é".repeat(700), format!("x{}", "日本".repeat(400)), "🦀".repeat(300)] {
+            let note = event_note(&long);
+            assert!(note.len() <= MAX_NOTE_BYTES, "{} bytes", note.len());
+            assert!(note.ends_with('…'), "{note}");
+            let kept = note.trim_end_matches('…');
+            assert!(long.starts_with(kept), "a prefix of the original");
+            assert!(note.len() > MAX_NOTE_BYTES - 8, "not cut shorter than needed: {}", note.len());
+        }
+        assert_eq!(event_reason("QuorumReady"), "QuorumReady");
+        assert_eq!(event_reason("scaling down: config-4"), "ScalingDownConfig4");
+        assert_eq!(event_reason(" - "), "Unknown");
+        assert_eq!(event_reason(&"Long".repeat(100)).len(), MAX_REASON_CHARS);
+    }
+
+    #[test]
+    fn status_conventions_update_revision_is_trusted_only_once_observed() {
+        use k8s_openapi::api::apps::v1::StatefulSetStatus;
+        let sts = |generation: i64, observed: Option<i64>| StatefulSet {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                generation: Some(generation),
+                ..Default::default()
+            },
+            status: Some(StatefulSetStatus {
+                observed_generation: observed,
+                replicas: 3,
+                ready_replicas: Some(3),
+                updated_replicas: Some(3),
+                update_revision: Some("config-6d9f".into()),
+                ..StatefulSetStatus::default()
+            }),
+            ..StatefulSet::default()
+        };
+        assert_eq!(trusted_update_revision(&sts(2, Some(2))), Some("config-6d9f"));
+        // A new template (generation 3) not yet seen: updateRevision still names the old one.
+        for stale in [sts(3, Some(2)), sts(3, None)] {
+            assert_eq!(trusted_update_revision(&stale), None);
+            let o = Observed::of(Some(&stale));
+            assert_eq!((o.settled, o.updated), (false, 0), "updatedReplicas counts the old template");
+        }
+        let mut c = cluster(3, PayloadClassSpec::Small);
+        c.status = Some(next_status(&c, &applied(), ready(3), at(100)));
+        let s = next_status(&c, &applied(), Observed::of(Some(&sts(3, Some(2)))), at(200));
+        assert_eq!((get(&s, PROGRESSING).reason.as_str(), get(&s, READY).status.as_str()), ("RollingOut", "False"));
     }
 
     #[test]

@@ -47,6 +47,12 @@ fn small_three_member_cluster() -> TestResult {
     assert_eq!(pod["automountServiceAccountToken"], json!(false));
     assert_eq!(pod["securityContext"]["runAsNonRoot"], json!(true));
     assert_eq!(pod["securityContext"]["seccompProfile"]["type"], json!("RuntimeDefault"));
+    // No fixed user (OpenShift assigns one); the volume is chowned only when its root differs.
+    assert_eq!(pod["securityContext"]["runAsUser"], Value::Null);
+    assert_eq!(pod["securityContext"]["fsGroupChangePolicy"], json!("OnRootMismatch"));
+    let spread: Vec<&Value> =
+        pod["topologySpreadConstraints"].as_array().into_iter().flatten().map(|s| &s["topologyKey"]).collect();
+    assert_eq!(spread, [&json!("topology.kubernetes.io/zone"), &json!("kubernetes.io/hostname")]);
     // Grace outlasts a client request plus a snapshot transfer, with 30 s to spare.
     let t = PayloadClassSpec::Small.into_tuning();
     let grace = pod["terminationGracePeriodSeconds"].as_u64().ok_or("no grace period")?;
@@ -55,6 +61,8 @@ fn small_three_member_cluster() -> TestResult {
     assert_eq!(anti["podAffinityTerm"]["topologyKey"], json!("kubernetes.io/hostname"));
     let c = &pod["containers"][0];
     assert_eq!(c["image"], json!("confman-node:0.1.0"));
+    // No resources in the example: the small class's requests, never BestEffort, no limits.
+    assert_eq!(c["resources"], json!({"requests": {"cpu": "100m", "memory": "256Mi"}}));
     assert_eq!(c["args"], json!(["--config", "/etc/confman/config/node.toml"]));
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], json!("/health/ready"));
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], json!("/health"));
@@ -81,6 +89,7 @@ fn small_three_member_cluster() -> TestResult {
 
     let pdb = find(&docs, "PodDisruptionBudget", "config")?;
     assert_eq!(pdb["spec"]["minAvailable"], json!(2));
+    assert_eq!(pdb["spec"]["unhealthyPodEvictionPolicy"], json!("AlwaysAllow"));
     let peers = find(&docs, "Service", "config-peers")?;
     assert_eq!(
         (&peers["spec"]["clusterIP"], &peers["spec"]["publishNotReadyAddresses"]),
@@ -109,6 +118,7 @@ fn large_five_member_cluster() -> TestResult {
     assert_eq!(pod["tolerations"][0]["key"], json!("dedicated"));
     let c = &pod["containers"][0];
     assert_eq!(c["resources"]["limits"]["memory"], json!("2Gi"));
+    assert_eq!(c["resources"]["requests"], json!({"cpu": "1", "memory": "1Gi"}), "the user's requests are kept");
     let mounts: Vec<&str> =
         c["volumeMounts"].as_array().into_iter().flatten().filter_map(|m| m["mountPath"].as_str()).collect();
     assert!(mounts.contains(&"/etc/confman/keys"), "{mounts:?}");

@@ -57,6 +57,39 @@ fn schema_is_structural_and_small() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+#[test]
+fn status_conventions_conditions_are_a_map_list_and_scale_names_the_selector() -> Result<(), Box<dyn std::error::Error>>
+{
+    let v = serde_json::to_value(crd()?)?;
+    let version = &v["spec"]["versions"][0];
+    let status = &version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
+    let conditions = &status["conditions"];
+    assert_eq!(conditions["x-kubernetes-list-type"], json!("map"), "{conditions}");
+    assert_eq!(conditions["x-kubernetes-list-map-keys"], json!(["type"]));
+    // A map key must be required in every item.
+    let required = conditions["items"]["required"].as_array().cloned().unwrap_or_default();
+    assert!(required.contains(&json!("type")), "{required:?}");
+    assert!(conditions["description"].as_str().is_some_and(|d| d.contains("Ready")));
+    assert_eq!(status["selector"]["type"], json!("string"));
+    let scale = &version["subresources"]["scale"];
+    assert_eq!(scale["labelSelectorPath"], json!(".status.selector"));
+    assert_eq!(scale["specReplicasPath"], json!(".spec.replicas"));
+    Ok(())
+}
+
+#[test]
+fn pod_spec_gaps_are_documented_spec_fields() -> Result<(), Box<dyn std::error::Error>> {
+    let v = serde_json::to_value(crd()?)?;
+    let spec = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    let pod = &spec["pod"]["properties"];
+    for field in ["serviceAccountName", "imagePullSecrets", "labels", "annotations", "fsGroup"] {
+        assert!(pod[field]["description"].as_str().is_some_and(|d| d.len() > 20), "spec.pod.{field}: {}", pod[field]);
+    }
+    assert_eq!(pod["fsGroup"]["minimum"].as_f64(), Some(1.0), "{}", pod["fsGroup"]);
+    assert!(spec["resources"]["description"].as_str().is_some_and(|d| d.contains("BestEffort")));
+    Ok(())
+}
+
 fn spec(replicas: i64) -> Value {
     json!({ "replicas": replicas, "image": "confman:1", "storage": { "size": "1Gi" } })
 }

@@ -16,12 +16,12 @@ use kube::{Resource, ResourceExt};
 use crate::crd::ConfmanCluster;
 
 pub use config::{CONFIG_DIR, CONFIG_FILE, config_hash, config_map, node_config};
-pub use pdb::{Pdb, pdb_v1beta1_resource, pod_disruption_budget};
+pub use pdb::{Budget, Pdb, budget, pdb_v1beta1_resource, pod_disruption_budget};
 pub use secret::{TOKEN_KEY, generate_token, token_secret};
 pub use services::{client_service, headless_service};
 pub use statefulset::{
-    CA_HASH_ANNOTATION, CONFIG_HASH_ANNOTATION, DATA_DIR, MEMBERS_DIR, MEMBERS_FILE, UPDATE_STRATEGY, statefulset,
-    termination_grace_seconds, with_trusted_ca,
+    CA_HASH_ANNOTATION, CONFIG_HASH_ANNOTATION, DATA_DIR, DEFAULT_FS_GROUP, HOST_KEY, MEMBERS_DIR, MEMBERS_FILE,
+    UPDATE_STRATEGY, ZONE_KEY, default_requests, statefulset, termination_grace_seconds, with_trusted_ca,
 };
 
 /// Port of the node's HTTP listener (client API and Raft RPC).
@@ -90,6 +90,12 @@ pub fn selector_labels(c: &ConfmanCluster) -> BTreeMap<String, String> {
         ("app.kubernetes.io/name".to_string(), "confman".to_string()),
         ("app.kubernetes.io/instance".to_string(), c.name_any()),
     ])
+}
+
+/// [`selector_labels`] as a label selector string (`k=v,k=v`), for `status.selector` (the scale
+/// subresource's `labelSelectorPath`) and pod list queries.
+pub fn selector_string(c: &ConfmanCluster) -> String {
+    selector_labels(c).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 fn labels(c: &ConfmanCluster) -> BTreeMap<String, String> {

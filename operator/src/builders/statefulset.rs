@@ -13,8 +13,8 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities as LinuxCapabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
-    WeightedPodAffinityTerm,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, TopologySpreadConstraint, Volume,
+    VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -25,7 +25,7 @@ use super::{
     meta, selector_labels, token_name,
 };
 use crate::capabilities::Capabilities;
-use crate::crd::ConfmanCluster;
+use crate::crd::{ConfmanCluster, PayloadClassSpec};
 
 /// Where each member's volume is mounted (the node's data dir).
 pub const DATA_DIR: &str = "/var/lib/confman";
@@ -38,8 +38,14 @@ pub const CONFIG_HASH_ANNOTATION: &str = "confman.io/config-hash";
 /// Pod-template annotation carrying the hash of the trusted CA (`ca.crt` of the TLS Secret):
 /// nodes read it at start, so a new CA bundle rolls the pods (followers first, leader last).
 pub const CA_HASH_ANNOTATION: &str = "confman.io/ca-hash";
-/// UID/GID the node runs as (matches the image's user).
-const NODE_UID: i64 = 10001;
+/// Default group owning the data volume: the image's group (`USER 10001:10001`). The user
+/// itself is not fixed in the pod: the image's applies, or the one the platform assigns
+/// (OpenShift's restricted SCC), and `runAsNonRoot` refuses root either way.
+pub const DEFAULT_FS_GROUP: i64 = 10001;
+/// Zone label the default spread uses (well-known since Kubernetes 1.17).
+pub const ZONE_KEY: &str = "topology.kubernetes.io/zone";
+/// Node label the default spread and anti-affinity use.
+pub const HOST_KEY: &str = "kubernetes.io/hostname";
 
 /// Seconds a pod gets to stop: longer than a client request plus a snapshot transfer/install, so
 /// a member is never killed halfway through either (at least a minute).
@@ -112,7 +118,7 @@ fn default_affinity(c: &ConfmanCluster) -> Affinity {
                         match_labels: Some(selector_labels(c)),
                         ..LabelSelector::default()
                     }),
-                    topology_key: "kubernetes.io/hostname".into(),
+                    topology_key: HOST_KEY.into(),
                     ..PodAffinityTerm::default()
                 },
             }]),
@@ -120,6 +126,51 @@ fn default_affinity(c: &ConfmanCluster) -> Affinity {
         }),
         ..Affinity::default()
     }
+}
+
+/// Default spread when the spec gives none: at most one member of skew per zone and per node.
+/// `ScheduleAnyway` for both, as a preference: a cluster with fewer zones (or nodes) than members,
+/// or nodes without a zone label, must still schedule every member; and before 1.26 the
+/// scheduler counts tainted nodes as domains, where `DoNotSchedule` could strand a pod.
+fn default_spread(c: &ConfmanCluster) -> Vec<TopologySpreadConstraint> {
+    [ZONE_KEY, HOST_KEY]
+        .into_iter()
+        .map(|key| TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: key.into(),
+            when_unsatisfiable: "ScheduleAnyway".into(),
+            label_selector: Some(LabelSelector { match_labels: Some(selector_labels(c)), ..LabelSelector::default() }),
+            ..TopologySpreadConstraint::default()
+        })
+        .collect()
+}
+
+/// Default CPU and memory requests of a payload class: memory is about four compaction triggers
+/// of the class (the log kept until compaction, a snapshot being built and one in flight, the
+/// store's caches); CPU grows with the bytes each entry costs to hash, write and send.
+pub fn default_requests(class: PayloadClassSpec) -> (&'static str, &'static str) {
+    match class {
+        PayloadClassSpec::Small => ("100m", "256Mi"),
+        PayloadClassSpec::Medium => ("250m", "512Mi"),
+        PayloadClassSpec::Large => ("500m", "1Gi"),
+        PayloadClassSpec::Huge => ("1", "2Gi"),
+    }
+}
+
+/// The user's resources, plus the class's default request for every CPU or memory the user
+/// left without a request and without a limit (with a limit, Kubernetes takes the limit as the
+/// request; a default request above the user's limit would be refused). Limits are never added.
+fn resources(c: &ConfmanCluster) -> ResourceRequirements {
+    let mut r = c.spec.resources.clone().unwrap_or_default();
+    let (cpu, memory) = default_requests(c.spec.payload_class);
+    for (name, default) in [("cpu", cpu), ("memory", memory)] {
+        let limited = r.limits.as_ref().is_some_and(|l| l.contains_key(name));
+        let requests = r.requests.get_or_insert_default();
+        if !limited && !requests.contains_key(name) {
+            requests.insert(name.to_string(), Quantity(default.to_string()));
+        }
+    }
+    r
 }
 
 fn container(c: &ConfmanCluster) -> Container {
@@ -160,7 +211,7 @@ fn container(c: &ConfmanCluster) -> Container {
         }]),
         readiness_probe: Some(http_probe(c, "/health/ready", 5, 2)),
         liveness_probe: Some(http_probe(c, "/health", 10, 6)),
-        resources: c.spec.resources.clone(),
+        resources: Some(resources(c)),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -232,8 +283,14 @@ pub fn statefulset(
     if let Some(tls) = &c.spec.tls {
         volumes.push(secret_volume("tls", tls.client_secret.clone(), &super::TLS_KEYS));
     }
-    let mut pod_labels = selector_labels(c);
+    let pod = c.spec.pod.clone().unwrap_or_default();
+    // The user's labels and annotations first, the operator's over them: the selector labels
+    // must match the StatefulSet's selector, and the hash annotations drive the rollouts.
+    let mut pod_labels = pod.labels.unwrap_or_default();
+    pod_labels.extend(selector_labels(c));
     pod_labels.insert("app.kubernetes.io/component".into(), "node".into());
+    let mut annotations = pod.annotations.unwrap_or_default();
+    annotations.insert(CONFIG_HASH_ANNOTATION.to_string(), config_hash.to_string());
     let mut startup = http_probe(c, "/health", 5, 0);
     // A restarted member may finish a snapshot install before it listens: allow for it.
     startup.failure_threshold = Some(i32::try_from(grace / 5 + 1).unwrap_or(i32::MAX));
@@ -260,25 +317,30 @@ pub fn statefulset(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
-                    annotations: Some(BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), config_hash.to_string())])),
+                    annotations: Some(annotations),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
+                    service_account_name: pod.service_account_name,
+                    image_pull_secrets: pod.image_pull_secrets,
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     termination_grace_period_seconds: Some(grace),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
-                        run_as_user: Some(NODE_UID),
-                        run_as_group: Some(NODE_UID),
-                        fs_group: Some(NODE_UID),
+                        fs_group: Some(pod.fs_group.unwrap_or(DEFAULT_FS_GROUP)),
+                        // The kubelet walks the volume to chown it only when its root does not
+                        // already carry the group, not on every start (large volumes took minutes).
+                        fs_group_change_policy: Some("OnRootMismatch".into()),
                         seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
                         ..PodSecurityContext::default()
                     }),
                     affinity: Some(c.spec.affinity.clone().unwrap_or_else(|| default_affinity(c))),
                     tolerations: c.spec.tolerations.clone(),
                     node_selector: c.spec.node_selector.clone(),
-                    topology_spread_constraints: c.spec.topology_spread_constraints.clone(),
+                    topology_spread_constraints: Some(
+                        c.spec.topology_spread_constraints.clone().unwrap_or_else(|| default_spread(c)),
+                    ),
                     priority_class_name: c.spec.priority_class_name.clone(),
                     containers: vec![main],
                     volumes: Some(volumes),
@@ -325,6 +387,121 @@ mod tests {
             assert_eq!(strategy.type_.as_deref(), Some("OnDelete"), "{caps:?}");
             assert_eq!(strategy.rolling_update, None);
         }
+        Ok(())
+    }
+
+    fn pod_spec(sts: &StatefulSet) -> PodSpec {
+        sts.spec.template.spec.clone().unwrap_or_default()
+    }
+
+    #[test]
+    fn pod_spec_gaps_pull_secrets_service_account_labels_and_annotations_reach_the_pods() -> Result<(), BuildError> {
+        use crate::crd::PodOptions;
+        use k8s_openapi::api::core::v1::LocalObjectReference;
+        let mut c = cluster(3, PayloadClassSpec::Small);
+        c.spec.pod = Some(PodOptions {
+            service_account_name: Some("confman-nodes".into()),
+            image_pull_secrets: Some(vec![LocalObjectReference { name: "registry".into() }]),
+            labels: Some(BTreeMap::from([
+                ("team".to_string(), "platform".to_string()),
+                ("app.kubernetes.io/instance".to_string(), "hijack".to_string()),
+                ("app.kubernetes.io/component".to_string(), "hijack".to_string()),
+            ])),
+            annotations: Some(BTreeMap::from([
+                ("sidecar.istio.io/inject".to_string(), "false".to_string()),
+                (CONFIG_HASH_ANNOTATION.to_string(), "user".to_string()),
+            ])),
+            fs_group: None,
+        });
+        let t = PayloadClassSpec::Small.into_tuning();
+        let sts = statefulset(&c, &t, "h", &Capabilities::RECENT)?;
+        let pod = pod_spec(&sts);
+        assert_eq!(pod.service_account_name.as_deref(), Some("confman-nodes"));
+        assert_eq!(pod.image_pull_secrets, Some(vec![LocalObjectReference { name: "registry".into() }]));
+        assert_eq!(pod.automount_service_account_token, Some(false), "nodes never call the API");
+        let meta = sts.spec.template.metadata.clone().unwrap_or_default();
+        let labels = meta.labels.unwrap_or_default();
+        assert_eq!(labels.get("team").map(String::as_str), Some("platform"));
+        assert_eq!(labels.get("app.kubernetes.io/instance").map(String::as_str), Some("config"));
+        assert_eq!(labels.get("app.kubernetes.io/component").map(String::as_str), Some("node"));
+        let selector = sts.spec.selector.match_labels.clone().unwrap_or_default();
+        assert!(selector.iter().all(|(k, v)| labels.get(k) == Some(v)), "the selector still matches the pods");
+        let annotations = meta.annotations.unwrap_or_default();
+        assert_eq!(annotations.get("sidecar.istio.io/inject").map(String::as_str), Some("false"));
+        assert_eq!(annotations.get(CONFIG_HASH_ANNOTATION).map(String::as_str), Some("h"));
+        Ok(())
+    }
+
+    #[test]
+    fn pod_spec_gaps_members_are_never_best_effort() -> Result<(), BuildError> {
+        let quantity = |r: &ResourceRequirements, kind: &str, name: &str| {
+            let map = if kind == "requests" { &r.requests } else { &r.limits };
+            map.as_ref().and_then(|m| m.get(name)).map(|q| q.0.clone())
+        };
+        for class in
+            [PayloadClassSpec::Small, PayloadClassSpec::Medium, PayloadClassSpec::Large, PayloadClassSpec::Huge]
+        {
+            let c = cluster(3, class);
+            let sts = statefulset(&c, &class.into_tuning(), "h", &Capabilities::RECENT)?;
+            let r = pod_spec(&sts).containers[0].resources.clone().unwrap_or_default();
+            let (cpu, memory) = default_requests(class);
+            assert_eq!(quantity(&r, "requests", "cpu").as_deref(), Some(cpu), "{class:?}");
+            assert_eq!(quantity(&r, "requests", "memory").as_deref(), Some(memory), "{class:?}");
+            assert_eq!(r.limits, None, "no limit is guessed");
+        }
+        // The user's values win; a resource with only a limit keeps Kubernetes' request = limit.
+        let mut c = cluster(3, PayloadClassSpec::Large);
+        c.spec.resources = Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([("cpu".to_string(), Quantity("2".into()))])),
+            limits: Some(BTreeMap::from([("memory".to_string(), Quantity("512Mi".into()))])),
+            ..ResourceRequirements::default()
+        });
+        let sts = statefulset(&c, &PayloadClassSpec::Large.into_tuning(), "h", &Capabilities::RECENT)?;
+        let r = pod_spec(&sts).containers[0].resources.clone().unwrap_or_default();
+        assert_eq!(quantity(&r, "requests", "cpu").as_deref(), Some("2"));
+        assert_eq!(quantity(&r, "requests", "memory"), None, "a default above the user's limit would be refused");
+        assert_eq!(quantity(&r, "limits", "memory").as_deref(), Some("512Mi"));
+        Ok(())
+    }
+
+    #[test]
+    fn pod_spec_gaps_no_fixed_user_and_volume_ownership_fixed_only_on_mismatch() -> Result<(), BuildError> {
+        let mut c = cluster(3, PayloadClassSpec::Small);
+        let t = PayloadClassSpec::Small.into_tuning();
+        let sc = pod_spec(&statefulset(&c, &t, "h", &Capabilities::RECENT)?).security_context.unwrap_or_default();
+        assert_eq!((sc.run_as_user, sc.run_as_group), (None, None), "OpenShift assigns the user");
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.fs_group, Some(DEFAULT_FS_GROUP));
+        assert_eq!(sc.fs_group_change_policy.as_deref(), Some("OnRootMismatch"));
+        c.spec.pod = Some(crate::crd::PodOptions { fs_group: Some(1_000_680_000), ..Default::default() });
+        let sc = pod_spec(&statefulset(&c, &t, "h", &Capabilities::RECENT)?).security_context.unwrap_or_default();
+        assert_eq!(sc.fs_group, Some(1_000_680_000));
+        Ok(())
+    }
+
+    #[test]
+    fn pod_spec_gaps_members_spread_across_zones_and_hosts() -> Result<(), BuildError> {
+        let mut c = cluster(3, PayloadClassSpec::Small);
+        let t = PayloadClassSpec::Small.into_tuning();
+        let spread = pod_spec(&statefulset(&c, &t, "h", &Capabilities::RECENT)?).topology_spread_constraints;
+        let spread = spread.unwrap_or_default();
+        let keys: Vec<(&str, &str, i32)> =
+            spread.iter().map(|s| (s.topology_key.as_str(), s.when_unsatisfiable.as_str(), s.max_skew)).collect();
+        assert_eq!(keys, [(ZONE_KEY, "ScheduleAnyway", 1), (HOST_KEY, "ScheduleAnyway", 1)]);
+        for s in &spread {
+            let selector = s.label_selector.clone().unwrap_or_default().match_labels;
+            assert_eq!(selector, Some(selector_labels(&c)));
+        }
+        // The user's constraints replace the defaults.
+        let own = TopologySpreadConstraint {
+            max_skew: 2,
+            topology_key: ZONE_KEY.into(),
+            when_unsatisfiable: "DoNotSchedule".into(),
+            ..TopologySpreadConstraint::default()
+        };
+        c.spec.topology_spread_constraints = Some(vec![own.clone()]);
+        let spread = pod_spec(&statefulset(&c, &t, "h", &Capabilities::RECENT)?).topology_spread_constraints;
+        assert_eq!(spread, Some(vec![own]));
         Ok(())
     }
 
