@@ -205,7 +205,13 @@ async fn apply_pdb(client: &kube::Client, pdb: &Pdb) -> Result<(), Error> {
 }
 
 async fn publish(ctx: &Context, c: &ConfmanCluster, type_: EventType, reason: &str, note: String, action: &str) {
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+    let event = Event {
+        type_,
+        reason: status::event_reason(reason),
+        note: Some(status::event_note(&note)),
+        action: action.into(),
+        secondary: None,
+    };
     if let Err(e) = ctx.recorder.publish(&event, &c.object_ref(&())).await {
         tracing::warn!(cluster = %key(c), error = %e, "cannot publish event");
     }
@@ -297,7 +303,9 @@ async fn observe(
     let ns = c.namespace().unwrap_or_default();
     let selector = builders::selector_labels(c).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns).list(&ListParams::default().labels(&selector)).await?;
-    let update_revision = sts.and_then(|s| s.status.as_ref()?.update_revision.clone());
+    // Until the StatefulSet controller has seen the latest template, its updateRevision is the
+    // previous one: no pod is judged outdated (none is replaced) before then.
+    let update_revision = sts.and_then(status::trusted_update_revision).map(str::to_string);
     Ok(nodes::observe(c, node_client, current.max(desired), &pods.items, update_revision.as_deref()).await)
 }
 
@@ -543,7 +551,8 @@ async fn apply_children(
     }
     let group = raft.as_ref().map(|r| {
         let voters = r.members.values().filter(|v| **v).count();
-        (i32::try_from(voters).unwrap_or(0), i32::try_from(plan.replicas).unwrap_or(0))
+        // The pod being removed still runs between its removal from the group and the shrink.
+        (i32::try_from(voters).unwrap_or(0), i32::try_from(plan.replicas.max(current)).unwrap_or(0))
     });
     apply_pdb(client, &builders::pod_disruption_budget(c, group, &ctx.capabilities)?).await?;
 
