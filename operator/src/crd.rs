@@ -268,8 +268,11 @@ impl From<TuningSpec> for TuningOverrides {
     }
 }
 
-/// Storage of each member.
+/// Storage of each member. `size` and `storageClassName` are fixed at creation: they are the
+/// StatefulSet's volume claim template, which Kubernetes does not let change (volume growth is
+/// not supported).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(cel, validation = Rule::new("self.size == oldSelf.size && has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)").message("storage size and storageClassName cannot be changed after creation: they are the StatefulSet's volume claim template, which Kubernetes keeps immutable (volume growth is not supported)"))]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
     /// Volume size (a Kubernetes quantity, e.g. `10Gi`).

@@ -27,7 +27,7 @@ use crate::membership::{Observation, PodView, RaftView, Step, next_step};
 use crate::metrics::Metrics;
 use crate::nodes;
 use crate::status::{self, Observed, Outcome};
-use crate::validate::{Applied, validate};
+use crate::validate::{self, Applied, AppliedStorage, validate};
 
 /// Field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "confman-operator";
@@ -464,15 +464,36 @@ async fn clear_stale_claims(
     Ok(pending)
 }
 
-/// Builds and applies every child, then takes one membership step; returns what the
-/// StatefulSet reports, the progress, and the members for the status.
+/// What applying the children came to, for the status.
+struct ChildrenApplied {
+    /// What the StatefulSet reports.
+    observed: Observed,
+    /// The membership step under way (Progressing), None when settled.
+    progress: Option<(&'static str, String)>,
+    /// Members for `status.members` (empty: keep the last ones).
+    members: Vec<MemberStatus>,
+    /// The leader's pod.
+    leader: Option<String>,
+    /// A part of the spec held back (Degraded).
+    held: Option<(&'static str, String)>,
+}
+
+/// The storage the running StatefulSet's volume claim template asks for.
+fn applied_storage(sts: &StatefulSet) -> Option<AppliedStorage> {
+    let claim = sts.spec.volume_claim_templates.as_ref()?.first()?;
+    let spec = claim.spec.as_ref()?;
+    let size = spec.resources.as_ref()?.requests.as_ref()?.get("storage")?.0.clone();
+    Some(AppliedStorage { size, storage_class_name: spec.storage_class_name.clone() })
+}
+
+/// Builds and applies every child, then takes one membership step.
 async fn apply_children(
     ctx: &Context,
     c: &ConfmanCluster,
     tuning: &confman_tuning::Tuning,
     sts: Option<&StatefulSet>,
     stored: Option<ConfigMap>,
-) -> Result<(Observed, Option<(&'static str, String)>, Vec<MemberStatus>, Option<String>), Error> {
+) -> Result<ChildrenApplied, Error> {
     let client = &ctx.client;
     let sts_replicas = sts.and_then(|s| s.spec.replicas).and_then(|r| u32::try_from(r).ok());
     let token = ensure_token(ctx, c, sts.is_some() || stored.is_some()).await?;
@@ -527,7 +548,14 @@ async fn apply_children(
     let pending = clear_stale_claims(ctx, c, starting).await?;
     if !pending.is_empty() {
         let note = format!("waiting for {} to be deleted before a member starts on its ordinal", pending.join(", "));
-        return Ok((Observed::of(sts), Some(("WaitingForVolumes", note)), Vec::new(), None));
+        let progress = Some(("WaitingForVolumes", note));
+        return Ok(ChildrenApplied {
+            observed: Observed::of(sts),
+            progress,
+            members: Vec::new(),
+            leader: None,
+            held: None,
+        });
     }
     let mut desired = builders::statefulset(c, tuning, &hash, &ctx.capabilities)?;
     desired.spec.replicas = Some(i32::try_from(plan.replicas).unwrap_or(i32::MAX));
@@ -536,6 +564,19 @@ async fn apply_children(
         sts.and_then(|s| s.spec.template.metadata.as_ref()?.annotations.as_ref()?.get(annotation).cloned())
     };
     let (old_hash, old_ca_hash) = (old(builders::CONFIG_HASH_ANNOTATION), old(builders::CA_HASH_ANNOTATION));
+    // The volume claim template cannot change (the API server refuses the whole StatefulSet):
+    // a changed size or class is held back — the running template is kept — and reported, while
+    // everything else (image, config, scaling, lost-member replacement) goes on.
+    let was = Applied { tls: None, storage: sts.and_then(applied_storage) };
+    let held = match validate::storage_unchanged(&c.spec, &was) {
+        Ok(()) => None,
+        Err(refused) => {
+            if let Some(running) = sts {
+                desired.spec.volume_claim_templates = running.spec.volume_claim_templates.clone();
+            }
+            Some((refused.reason, refused.message))
+        }
+    };
     let applied = apply(client, &desired).await?;
     if old_hash.is_some_and(|h| h != hash) {
         let note = format!("node config changed (hash {hash}); members are replaced one at a time, leader last");
@@ -580,7 +621,7 @@ async fn apply_children(
         .as_ref()
         .and_then(|r| r.leader)
         .and_then(|l| ledger.ids.iter().find(|(_, i)| **i == l).map(|(p, _)| p.clone()));
-    Ok((Observed::of(Some(&applied)), progress, members, leader))
+    Ok(ChildrenApplied { observed: Observed::of(Some(&applied)), progress, members, leader, held })
 }
 
 /// Reconciles one ConfmanCluster.
@@ -614,7 +655,10 @@ async fn reconcile_inner(c: &ConfmanCluster, ctx: &Context) -> Result<Action, Er
     // `oldSelf` in the "tls cannot be added or removed" rule (not enforced before 1.25). An
     // unreadable ledger tells nothing here; apply_children reports it.
     let stored = get_opt::<ConfigMap>(&ctx.client, &ns, &builders::members_name(c)).await?;
-    let applied = Applied { tls: stored.as_ref().and_then(|cm| Ledger::parse(cm).ok()).and_then(|l| l.tls()) };
+    // The storage rule's twin is applied later, against the running StatefulSet (held back,
+    // not refused: see `apply_children`).
+    let tls = stored.as_ref().and_then(|cm| Ledger::parse(cm).ok()).and_then(|l| l.tls());
+    let applied = Applied { tls, storage: None };
     let tuning = match validate(&c.spec, &applied) {
         Ok(t) => t,
         Err(invalid) => {
@@ -627,14 +671,16 @@ async fn reconcile_inner(c: &ConfmanCluster, ctx: &Context) -> Result<Action, Er
     };
     tell_unavailable(ctx, c).await;
     match apply_children(ctx, c, &tuning, sts.as_ref(), stored).await {
-        Ok((observed, progress, members, leader)) => {
-            let outcome = Outcome::Applied { tuning: tuning.into(), progress: progress.clone() };
+        Ok(ChildrenApplied { observed, progress, members, leader, held }) => {
+            // A held-back change waits for the person, not for the cluster: no fast requeue.
+            let holding = held.is_some();
+            let outcome = Outcome::Applied { tuning: tuning.into(), progress: progress.clone(), held };
             let mut new = status::next_status(c, &outcome, observed, now);
             if !members.is_empty() {
                 new.members = members;
                 new.leader = leader;
             }
-            let settled = new.phase.as_deref() == Some("Running") && progress.is_none();
+            let settled = progress.is_none() && (holding || new.phase.as_deref() == Some("Running"));
             write_status(ctx, c, new).await?;
             let resync = if c.spec.tls.is_some() { TLS_RESYNC } else { RESYNC };
             Ok(Action::requeue(if settled { resync } else { ctx.converging }))

@@ -34,6 +34,9 @@ pub enum Outcome {
         tuning: EffectiveTuning,
         /// Progressing reason and message of the membership step, None when settled.
         progress: Option<(&'static str, String)>,
+        /// A part of the spec held back (Degraded reason and message) while the rest was
+        /// applied: a change Kubernetes refuses, such as the volume claim template.
+        held: Option<(&'static str, String)>,
     },
     /// The spec was refused; nothing was changed.
     InvalidSpec {
@@ -199,7 +202,7 @@ pub fn next_status(c: &ConfmanCluster, outcome: &Outcome, observed: Observed, no
             condition(DEGRADED, true, "ApplyFailed", message.clone(), generation, &now),
             "Degraded",
         ),
-        Outcome::Applied { progress, .. } => {
+        Outcome::Applied { progress, held, .. } => {
             let (prog, reason, msg) = if !was_available && !available {
                 (true, "Bootstrapping", ready_msg.clone())
             } else if let Some((reason, message)) = progress {
@@ -211,10 +214,9 @@ pub fn next_status(c: &ConfmanCluster, outcome: &Outcome, observed: Observed, no
             };
             let bootstrapping = reason == "Bootstrapping";
             let unready = observed.ready < desired && !bootstrapping;
-            (
-                condition(INVALID_SPEC, false, "Valid", SPEC_VALID.into(), generation, &now),
-                condition(PROGRESSING, prog, reason, msg, generation, &now),
-                condition(
+            let degraded = match held {
+                Some((reason, message)) => condition(DEGRADED, true, reason, message.clone(), generation, &now),
+                None => condition(
                     DEGRADED,
                     unready,
                     if unready { "MembersUnready" } else { "AllMembersReady" },
@@ -222,9 +224,14 @@ pub fn next_status(c: &ConfmanCluster, outcome: &Outcome, observed: Observed, no
                     generation,
                     &now,
                 ),
+            };
+            (
+                condition(INVALID_SPEC, false, "Valid", SPEC_VALID.into(), generation, &now),
+                condition(PROGRESSING, prog, reason, msg, generation, &now),
+                degraded,
                 if bootstrapping {
                     "Creating"
-                } else if unready {
+                } else if unready || held.is_some() {
                     "Degraded"
                 } else {
                     "Running"
@@ -322,7 +329,7 @@ mod tests {
     }
 
     fn applied() -> Outcome {
-        Outcome::Applied { tuning: PayloadClassSpec::Small.into_tuning().into(), progress: None }
+        Outcome::Applied { tuning: PayloadClassSpec::Small.into_tuning().into(), progress: None, held: None }
     }
 
     fn ready(n: i32) -> Observed {
@@ -396,6 +403,7 @@ mod tests {
         let step = Outcome::Applied {
             tuning: PayloadClassSpec::Small.into_tuning().into(),
             progress: Some(("ScalingDown", "removed config-4".into())),
+            held: None,
         };
         let s = next_status(&c, &step, ready(3), at(200));
         let p = get(&s, PROGRESSING);
@@ -410,9 +418,13 @@ mod tests {
     fn every_outcome() -> Vec<Outcome> {
         let tuning: EffectiveTuning = PayloadClassSpec::Small.into_tuning().into();
         let all = vec![
-            Outcome::Applied { tuning, progress: None },
-            Outcome::Applied { tuning, progress: Some(("ScalingUp", "added config-3 as a learner".into())) },
-            Outcome::Applied { tuning, progress: Some(("WaitingForMembers", String::new())) },
+            Outcome::Applied { tuning, progress: None, held: None },
+            Outcome::Applied {
+                tuning,
+                progress: Some(("ScalingUp", "added config-3 as a learner".into())),
+                held: None,
+            },
+            Outcome::Applied { tuning, progress: Some(("WaitingForMembers", String::new())), held: None },
             Outcome::InvalidSpec { reason: "InvalidReplicas", message: "spec.replicas is 4".into() },
             Outcome::InvalidSpec { reason: "InvalidReplicas", message: " ".into() },
             Outcome::Paused,

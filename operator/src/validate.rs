@@ -26,12 +26,25 @@ fn invalid(reason: &'static str, message: String) -> Invalid {
 /// What the operator already rolled out, standing in for CEL's `oldSelf` in transition rules:
 /// the operator sees only the current spec, but the children it applied record what the
 /// previous one was.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
     /// Whether the Raft group was created with TLS, read from the scheme of the bootstrap
     /// members' URLs in the member ledger (those addresses are in the Raft log, which is why the
     /// rule exists); None before the ledger exists (a new cluster: nothing to compare with).
     pub tls: Option<bool>,
+    /// The volume claim template of the running StatefulSet; None before it exists, and at
+    /// validation: a storage change is not refused as an invalid spec (which would stop every
+    /// other change too) but held back at apply and reported `Degraded`.
+    pub storage: Option<AppliedStorage>,
+}
+
+/// What the members' volumes were created with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppliedStorage {
+    /// The claim template's storage request.
+    pub size: String,
+    /// The claim template's storage class.
+    pub storage_class_name: Option<String>,
 }
 
 /// Messages of the CRD's CEL rules (the twins' refusals include them).
@@ -47,6 +60,7 @@ mod msg {
     pub const MAX_VALUE: &str = "maxValueBytes must be 1 KiB..256 MiB";
     pub const SERVICE_TYPE: &str = "type must be ClusterIP, NodePort or LoadBalancer";
     pub const SERVICE_PORT: &str = "port must be 1..65535";
+    pub const STORAGE_FIXED: &str = "storage size and storageClassName cannot be changed after creation: they are the StatefulSet's volume claim template, which Kubernetes keeps immutable (volume growth is not supported)";
 }
 
 /// A CEL rule of the CRD and the operator-side check that refuses the same specs.
@@ -62,7 +76,7 @@ pub struct CelTwin {
 
 /// Every CEL rule of `crd.rs`, with its twin; a test asserts the rules equal those in the
 /// generated CRD, so a rule added there without a twin fails the build's tests.
-pub const CEL_TWINS: [CelTwin; 10] = [
+pub const CEL_TWINS: [CelTwin; 11] = [
     CelTwin { rule: "has(self.tls) == has(oldSelf.tls)", message: msg::TLS_FIXED, check: tls_fixed_at_creation },
     CelTwin { rule: "self >= 1 && self <= 9 && self % 2 == 1", message: msg::REPLICAS, check: replicas_odd_up_to_nine },
     CelTwin { rule: "self != ''", message: msg::IMAGE, check: image_not_empty },
@@ -81,7 +95,62 @@ pub const CEL_TWINS: [CelTwin; 10] = [
         check: service_type,
     },
     CelTwin { rule: "self >= 1 && self <= 65535", message: msg::SERVICE_PORT, check: service_port },
+    CelTwin { rule: STORAGE_RULE, message: msg::STORAGE_FIXED, check: storage_unchanged },
 ];
+
+const STORAGE_RULE: &str = "self.size == oldSelf.size && has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)";
+
+/// The storage rule, against the running StatefulSet's claim template ([`Applied::storage`]).
+/// Sizes are compared as quantities (the API server stores `1024Mi` as `1Gi`).
+pub fn storage_unchanged(spec: &ConfmanClusterSpec, applied: &Applied) -> Result<(), Invalid> {
+    let Some(was) = &applied.storage else { return Ok(()) };
+    let size_same = spec.storage.size == was.size
+        || quantity_value(&spec.storage.size).is_some_and(|a| Some(a) == quantity_value(&was.size));
+    if !size_same {
+        return Err(invalid(
+            "StorageImmutable",
+            format!(
+                "spec.storage.size is {} but the members' volumes were created with {}: {}; restore it",
+                spec.storage.size,
+                was.size,
+                msg::STORAGE_FIXED
+            ),
+        ));
+    }
+    if spec.storage.storage_class_name != was.storage_class_name {
+        let show = |c: &Option<String>| c.clone().unwrap_or_else(|| "the cluster default".into());
+        return Err(invalid(
+            "StorageImmutable",
+            format!(
+                "spec.storage.storageClassName is {} but the members' volumes were created with {}: {}; restore it",
+                show(&spec.storage.storage_class_name),
+                show(&was.storage_class_name),
+                msg::STORAGE_FIXED
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A quantity's value (`10Gi`, `1e3`, `500M`), for comparing two spellings of one size.
+fn quantity_value(s: &str) -> Option<f64> {
+    const SUFFIXES: [(&str, f64); 12] = [
+        ("Ki", 1024.0),
+        ("Mi", 1048576.0),
+        ("Gi", 1073741824.0),
+        ("Ti", 1099511627776.0),
+        ("Pi", 1125899906842624.0),
+        ("Ei", 1152921504606846976.0),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    let (number, scale) = SUFFIXES.iter().find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m))).unwrap_or((s, 1.0));
+    number.parse::<f64>().ok().filter(|v| v.is_finite()).map(|v| v * scale)
+}
 
 /// `has(self.tls) == has(oldSelf.tls)`: checked against the scheme the group was created with
 /// ([`Applied::tls`]), the simplest sound stand-in for `oldSelf` — it is exactly the fact the rule
@@ -297,6 +366,11 @@ mod tests {
                 (service(ServiceSpec { type_: Some("ExternalName".into()), port: None }), None)
             }
             "self >= 1 && self <= 65535" => (service(ServiceSpec { type_: None, port: Some(70_000) }), None),
+            STORAGE_RULE => {
+                let mut grown = base.clone();
+                grown.storage.size = "20Gi".into();
+                (grown, Some(base))
+            }
             other => panic!("no breaking example for CEL rule {other:?}: add one"),
         }
     }
@@ -309,7 +383,35 @@ mod tests {
 
     /// What the operator reads back for a previous spec (see [`Applied`]).
     fn applied_from(old: Option<&ConfmanClusterSpec>) -> Applied {
-        Applied { tls: old.map(|o| o.tls.is_some()) }
+        Applied {
+            tls: old.map(|o| o.tls.is_some()),
+            storage: old.map(|o| AppliedStorage {
+                size: o.storage.size.clone(),
+                storage_class_name: o.storage.storage_class_name.clone(),
+            }),
+        }
+    }
+
+    /// Issue 19, defect 2: a changed `spec.storage.size` or `storageClassName` made every
+    /// StatefulSet apply fail (422). The twin names the field; another spelling of the same
+    /// size is no change.
+    #[test]
+    fn immutable_storage_fields_are_named_and_equal_quantities_are_no_change() {
+        let spec = cluster(3, PayloadClassSpec::Small).spec;
+        let was = |size: &str, class: Option<&str>| Applied {
+            tls: None,
+            storage: Some(AppliedStorage { size: size.into(), storage_class_name: class.map(str::to_string) }),
+        };
+        assert_eq!(storage_unchanged(&spec, &was("10Gi", None)), Ok(()));
+        assert_eq!(storage_unchanged(&spec, &was("10240Mi", None)), Ok(()), "the API server's canonical spelling");
+        let grown = storage_unchanged(&spec, &was("5Gi", None)).err().map(|e| (e.reason, e.message));
+        assert!(
+            grown.as_ref().is_some_and(|(r, m)| *r == "StorageImmutable"
+                && m.contains("spec.storage.size is 10Gi but the members' volumes were created with 5Gi")),
+            "{grown:?}"
+        );
+        let moved = storage_unchanged(&spec, &was("10Gi", Some("fast"))).err().map(|e| e.message).unwrap_or_default();
+        assert!(moved.contains("spec.storage.storageClassName is the cluster default"), "{moved}");
     }
 
     #[test]
@@ -347,14 +449,15 @@ mod tests {
             tls: Some(TlsSpec { client_secret: "tls".into(), peer_secret: None }),
             ..plain.clone()
         };
-        assert!(validate(&tls, &Applied { tls: None }).is_ok(), "a new cluster may use TLS");
-        assert!(validate(&tls, &Applied { tls: Some(true) }).is_ok());
-        let added = validate(&tls, &Applied { tls: Some(false) }).err().map(|e| (e.reason, e.message));
+        assert!(validate(&tls, &Applied { tls: None, storage: None }).is_ok(), "a new cluster may use TLS");
+        assert!(validate(&tls, &Applied { tls: Some(true), storage: None }).is_ok());
+        let added = validate(&tls, &Applied { tls: Some(false), storage: None }).err().map(|e| (e.reason, e.message));
         assert!(
             added.as_ref().is_some_and(|(r, m)| *r == "InvalidTLS" && m.contains("unset at creation")),
             "{added:?}"
         );
-        let removed = validate(&plain, &Applied { tls: Some(true) }).err().map(|e| e.message).unwrap_or_default();
+        let removed =
+            validate(&plain, &Applied { tls: Some(true), storage: None }).err().map(|e| e.message).unwrap_or_default();
         assert!(removed.contains("was set at creation"), "{removed}");
     }
 

@@ -1069,3 +1069,42 @@ async fn a_lost_token_secret_is_not_regenerated_for_a_cluster_with_members() -> 
     })
     .await
 }
+
+/// Issue 19, defect 2: on a server without CEL (1.20) a changed `spec.storage.size` reached the
+/// operator, every StatefulSet apply failed (422) and nothing else was reconciled any more. The
+/// size is held back with `Degraded` naming the field, while a scale-up in the same change goes
+/// ahead; restoring the size clears it.
+#[tokio::test]
+#[ignore = "needs the real cluster: ./scripts/k8s-e2e"]
+async fn a_storage_change_is_held_back_and_scaling_goes_on() -> TestResult {
+    let (image, _) = images()?;
+    Scenario::run("storage", async |s: &Scenario| {
+        let c = s.create_from_example(3, &image).await?;
+        s.settled("config", 3).await?;
+        let size = c.spec.storage.size.clone();
+        s.patch_spec("config", serde_json::json!({ "storage": { "size": "7Gi" }, "replicas": 5 })).await?;
+        condition_where(s, "Degraded names spec.storage.size", "Degraded", |st, reason, msg| {
+            st == "True" && reason == "StorageImmutable" && msg.contains("spec.storage.size is 7Gi")
+        })
+        .await?;
+        let grown = deadline(*SLOW, "five voters while the size is held back", async {
+            await_condition(s.clusters(), "config", |c: Option<&ConfmanCluster>| {
+                c.and_then(|c| c.status.as_ref())
+                    .is_some_and(|st| st.members.len() == 5 && st.members.iter().all(|m| m.role == "voter"))
+            })
+            .await
+        })
+        .await??;
+        assert!(grown.is_some(), "cluster deleted");
+        let sts = s.api::<StatefulSet>().get("config").await?;
+        let template = sts.spec.volume_claim_templates.as_ref().and_then(|t| t.first()).and_then(|t| t.spec.as_ref());
+        let requested = template.and_then(|t| t.resources.as_ref()?.requests.as_ref()?.get("storage").cloned());
+        assert_eq!(requested.map(|q| q.0), Some(size.clone()), "the running claim template is kept");
+
+        s.patch_spec("config", serde_json::json!({ "storage": { "size": size } })).await?;
+        let c = s.settled("config", 5).await?;
+        assert!(!condition_true(&c, "Degraded"), "{:?}", c.status);
+        Ok(())
+    })
+    .await
+}

@@ -385,3 +385,32 @@ async fn a_lost_ledger_that_the_nodes_cannot_account_for_is_not_guessed() -> Tes
     assert!(degraded.message.contains("config-members"), "{}", degraded.message);
     Ok(())
 }
+
+/// Issue 19, defect 2: a changed `spec.storage.size` made every StatefulSet apply fail (422,
+/// immutable volume claim template) before the budget and the membership step. The running
+/// template is kept, the rest is applied, and Degraded names the field.
+#[tokio::test]
+async fn a_changed_storage_size_is_held_back_and_everything_else_applied() -> TestResult {
+    let mut c = cluster(3);
+    c.spec.image = "confman:2".into();
+    let (ctx, fake) = setup(&c)?;
+    let mut sts = ready_statefulset(3, 3);
+    sts["spec"]["volumeClaimTemplates"] = json!([{"metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}}}}]);
+    fake.seed(STS, sts);
+    seed_running(&fake, &c, 3)?;
+    reconcile(Arc::new(c), ctx).await?;
+    let applied = fake.get(STS).ok_or("no sts")?;
+    assert_eq!(applied["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"], json!("5Gi"));
+    assert_eq!(applied["spec"]["template"]["spec"]["containers"][0]["image"], json!("confman:2"), "the rest applied");
+    let after = stored(&fake)?;
+    let d = condition(&after, "Degraded").ok_or("no Degraded")?;
+    assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", "StorageImmutable"));
+    assert!(
+        d.message.contains("spec.storage.size is 10Gi but the members' volumes were created with 5Gi"),
+        "{}",
+        d.message
+    );
+    assert!(child_patches(&fake).iter().any(|p| p.contains("poddisruptionbudgets")), "the budget is applied too");
+    Ok(())
+}
