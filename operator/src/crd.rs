@@ -370,7 +370,9 @@ pub struct MemberStatus {
     pub role: String,
     /// Whether the member is healthy (its pod is Ready).
     pub healthy: bool,
-    /// The member's applied log index, when it answered.
+    /// The member's applied log index while it lags the leader's commit index by more than
+    /// the promotion allowance (64 entries); absent when it is caught up, so the status does not
+    /// change with every write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_index: Option<u64>,
 }

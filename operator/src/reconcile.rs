@@ -611,7 +611,12 @@ async fn apply_children(
                         pod,
                         role: if *voter { "voter" } else { "learner" }.into(),
                         healthy: view.is_some_and(|v| v.ready),
-                        applied_index: view.and_then(|v| v.applied),
+                        // Only while it lags: a caught-up member's index moves with every
+                        // write, and a status that changes with every write re-triggers the
+                        // reconcile for ever.
+                        applied_index: view
+                            .and_then(|v| v.applied)
+                            .filter(|a| a + ctx.max_learner_lag < r.commit_index),
                     }
                 })
                 .collect()
