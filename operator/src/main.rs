@@ -20,7 +20,7 @@ enum Command {
         /// Watch only this namespace (default: all namespaces).
         #[arg(long, env = "WATCH_NAMESPACE")]
         namespace: Option<String>,
-        /// Address of the /health and /metrics listener.
+        /// Address of the /health, /readyz, /livez and /metrics listener.
         #[arg(long, env = "CONFMAN_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
         listen: SocketAddr,
         /// Reconcile only while holding the leader Lease (required with more than one replica).

@@ -4,7 +4,9 @@
 //! `/status`), create, delete — for any namespaced kind, with resourceVersion, generation
 //! (bumped on spec changes), uid and creationTimestamp, and field managers: an apply that would
 //! change another manager's field without `force` gets 409 Conflict (what Lease-based leader
-//! election relies on). Not a validator: it trusts its callers.
+//! election relies on). A test can also make it misbehave ([`Fault`]: answer matching requests
+//! with an error, or hold them unanswered) and read which requests arrived
+//! ([`Store::requests`]). Not a validator: it trusts its callers.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -52,6 +54,52 @@ pub struct Change {
     pub object: Value,
 }
 
+/// What the stand-in does with the requests a [`Fault`] matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultAction {
+    /// Answer with this status code (and a Status body), as an overloaded or broken server does.
+    Fail(u16),
+    /// Give no answer while the fault is in place (a request in flight); then serve it.
+    Hold,
+}
+
+/// A rule for misbehaving: requests that match every field that is set get `action`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    /// HTTP method (`GET`, `PATCH`, …); any when None.
+    pub method: Option<String>,
+    /// Resource plural (`leases`, `statefulsets`, …); any when None.
+    pub plural: Option<String>,
+    /// Only list calls (GET of a collection, not a watch).
+    pub lists_only: bool,
+    /// What to do.
+    pub action: FaultAction,
+}
+
+impl Fault {
+    /// Every request gets `action`.
+    pub fn all(action: FaultAction) -> Fault {
+        Fault { method: None, plural: None, lists_only: false, action }
+    }
+
+    fn matches(&self, method: &Method, plural: &str, list: bool) -> bool {
+        self.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(method.as_str()))
+            && self.plural.as_deref().is_none_or(|p| p == plural)
+            && (!self.lists_only || list)
+    }
+}
+
+/// One request the stand-in received.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// HTTP method.
+    pub method: String,
+    /// URL path.
+    pub path: String,
+    /// Whether a [`FaultAction::Hold`] is keeping it unanswered (cleared once it is served).
+    pub held: bool,
+}
+
 #[derive(Default)]
 struct Inner {
     objects: BTreeMap<ObjectKey, Value>,
@@ -59,6 +107,8 @@ struct Inner {
     rv: u64,
     /// Field managers: who set each leaf field of each object (see `managed`).
     owners: BTreeMap<ObjectKey, super::managed::Owners>,
+    faults: Vec<Fault>,
+    requests: Vec<Request>,
 }
 
 /// The object store behind the fake API server; also used directly by tests (reads, waits,
@@ -67,11 +117,13 @@ struct Inner {
 pub struct Store {
     inner: Arc<Mutex<Inner>>,
     changed: watch::Sender<u64>,
+    /// Bumped whenever the faults change: held requests re-check them, open watches end.
+    faults_changed: watch::Sender<u64>,
 }
 
 impl Default for Store {
     fn default() -> Self {
-        Store { inner: Arc::default(), changed: watch::channel(0).0 }
+        Store { inner: Arc::default(), changed: watch::channel(0).0, faults_changed: watch::channel(0).0 }
     }
 }
 
@@ -317,6 +369,33 @@ impl Store {
         (out, inner.rv)
     }
 
+    /// Replaces the faults in place. Open watches end (as when an API server restarts), so
+    /// watching clients come back and meet the new rules.
+    pub fn set_faults(&self, faults: Vec<Fault>) {
+        self.lock().faults = faults;
+        self.faults_changed.send_modify(|n| *n += 1);
+    }
+
+    /// The requests received so far, in order of arrival.
+    pub fn requests(&self) -> Vec<Request> {
+        self.lock().requests.clone()
+    }
+
+    /// Records a request; returns its index in [`Store::requests`].
+    fn record(&self, method: &Method, path: &str, held: bool) -> usize {
+        let mut inner = self.lock();
+        inner.requests.push(Request { method: method.to_string(), path: path.to_string(), held });
+        let index = inner.requests.len() - 1;
+        drop(inner);
+        // Wakes `wait_for` callers waiting on requests (watch streams re-check and find nothing).
+        self.changed.send_modify(|_| {});
+        index
+    }
+
+    fn fault_for(&self, method: &Method, plural: &str, list: bool) -> Option<FaultAction> {
+        self.lock().faults.iter().find(|f| f.matches(method, plural, list)).map(|f| f.action)
+    }
+
     /// Waits until `check` holds (re-evaluated on every change), at most `within`.
     pub async fn wait_for<T>(
         &self,
@@ -382,6 +461,38 @@ async fn handle(
     let Some(t) = parse(uri.path()) else {
         return status_body(StatusCode::NOT_FOUND, "NotFound", format!("no route {}", uri.path()));
     };
+    let watching = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let list = method == Method::GET && t.name.is_none() && !watching;
+    let mut faults = store.faults_changed.subscribe();
+    let mut held = None;
+    loop {
+        match store.fault_for(&method, &t.plural, list) {
+            Some(FaultAction::Fail(code)) => {
+                store.record(&method, uri.path(), false);
+                let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return status_body(code, "InternalError", format!("fault injected for {}", uri.path()));
+            }
+            Some(FaultAction::Hold) => {
+                if held.is_none() {
+                    held = Some(store.record(&method, uri.path(), true));
+                }
+                if faults.changed().await.is_err() {
+                    return status_body(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "shutting down".into());
+                }
+            }
+            None => break,
+        }
+    }
+    match held {
+        Some(i) => {
+            if let Some(r) = store.lock().requests.get_mut(i) {
+                r.held = false;
+            }
+        }
+        None => {
+            store.record(&method, uri.path(), false);
+        }
+    }
     let selector = q.get("labelSelector").map(String::as_str);
     let key = |name: &str| ObjectKey {
         prefix: t.prefix.clone(),
@@ -392,7 +503,7 @@ async fn handle(
     let body_json: Value =
         if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap_or(Value::Null) };
     match (method, t.name.as_deref()) {
-        (Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
+        (Method::GET, None) if watching => {
             let from: u64 = q.get("resourceVersion").and_then(|r| r.parse().ok()).unwrap_or(0);
             let timeout = q.get("timeoutSeconds").and_then(|s| s.parse().ok()).unwrap_or(290u64);
             watch_stream(store, t, selector.map(str::to_string), from, Duration::from_secs(timeout.min(290)))
@@ -456,8 +567,11 @@ async fn handle(
 fn watch_stream(store: Store, t: Target, selector: Option<String>, from: u64, timeout: Duration) -> Response {
     let deadline = tokio::time::Instant::now() + timeout;
     let rx = store.subscribe();
+    let mut faults = store.faults_changed.subscribe();
+    faults.mark_unchanged();
     let state = (store, rx, from, std::collections::VecDeque::<Change>::new());
     let stream = futures::stream::unfold(state, move |(store, mut rx, mut cursor, mut pending)| {
+        let mut faults = faults.clone();
         let (prefix, plural, ns, sel) = (t.prefix.clone(), t.plural.clone(), t.namespace.clone(), selector.clone());
         async move {
             loop {
@@ -471,9 +585,12 @@ fn watch_stream(store: Store, t: Target, selector: Option<String>, from: u64, ti
                     pending.extend(changes);
                     continue;
                 }
-                match tokio::time::timeout_at(deadline, rx.changed()).await {
-                    Ok(Ok(())) => {}
-                    _ => return None,
+                tokio::select! {
+                    r = tokio::time::timeout_at(deadline, rx.changed()) => match r {
+                        Ok(Ok(())) => {}
+                        _ => return None,
+                    },
+                    _ = faults.changed() => return None,
                 }
             }
         }
