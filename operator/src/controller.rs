@@ -24,7 +24,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, watcher};
-use kube::runtime::{PredicateConfig, predicates};
+use kube::runtime::{Predicate, PredicateConfig, predicates};
 use kube_lease_manager::LeaseManagerBuilder;
 
 use crate::builders::pdb_v1beta1_resource;
@@ -225,16 +225,16 @@ pub async fn run_controller(
     health.require_lists(WATCHED);
     health.set_role(Role::Leading);
     let in_flight = health.clone();
-    // Only a new generation (a spec change, or deletion) of a cluster triggers a reconcile from
-    // the cluster watch: the operator's own status writes (and labels or annotations) do not,
-    // so a status that moves can never set off the next reconcile at once. Children, pods and
-    // explicit requeues drive everything else.
+    // Only a new generation (a spec change, or deletion) or changed annotations (a person's
+    // nudge: `kubectl annotate cmc <name> confman.io/reconcile=$(date +%s)`) trigger a reconcile
+    // from the cluster watch; status writes do not, so a status that moves can never set off
+    // the next reconcile at once. Children, pods and explicit requeues drive everything else.
     let (clusters, writer) = reflector::store::<ConfmanCluster>();
     let changed = watcher(api::<ConfmanCluster>(&client, ns), watcher::Config::default())
         .default_backoff()
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(predicates::generation, PredicateConfig::default());
+        .predicate_filter(predicates::generation.combine(predicates::annotations), PredicateConfig::default());
     let controller = Controller::for_stream(changed, clusters)
         .owns(api::<StatefulSet>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned.clone())

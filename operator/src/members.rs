@@ -9,6 +9,11 @@ use k8s_openapi::api::core::v1::ConfigMap;
 
 use crate::builders::{BuildError, MEMBERS_FILE, members_name, meta, pod_name, pod_url};
 use crate::crd::ConfmanCluster;
+use crate::membership::RaftView;
+
+/// StatefulSet annotation keeping the ledger's `next-node-id` high-water mark, so a lost ledger
+/// is rebuilt without handing out the ids of members removed before the loss.
+pub const NEXT_ID_ANNOTATION: &str = "confman.io/next-node-id";
 
 /// ConfigMap key holding the next id to allocate.
 pub const NEXT_ID_KEY: &str = "next-node-id";
@@ -60,41 +65,40 @@ impl Ledger {
         Ledger { ids, bootstrap_peers, next_id: u64::from(replicas) + 1, admitted: BTreeSet::new() }
     }
 
-    /// Rebuilds a lost ledger (the ConfigMap was deleted while the StatefulSet runs) from what
-    /// the nodes report, or says why it cannot: every ordinal below `replicas` must report the
-    /// node id it runs as a member, and every member of the group (`group`: id → voter, as the
-    /// leader reports it) must be one of them. Nothing is guessed: handing out ids 1..n again
-    /// would make live voters look stray (and be removed) and give learners wrong ids.
+    /// Rebuilds a lost ledger (the ConfigMap was deleted while the StatefulSet runs) from the
+    /// group as its leader reports it: each member's advertised URL names its pod, so the
+    /// members of ordinals `0..replicas` get their ids back and are admitted. Ordinals with no
+    /// member (a pod not added yet) get fresh ids later, like any new ordinal. Nothing is
+    /// guessed: without a leader, or with a member whose address is no pod of this cluster, the
+    /// reason is returned. Handing out ids 1..n again would make live voters look stray (and be
+    /// removed) and give learners wrong ids.
     ///
-    /// Every id is admitted (each node reported itself a member), and `next_id` is one above
-    /// the largest id seen — ids of members removed before the loss are not known to anyone
-    /// any more, and cannot collide with a running member.
+    /// `next_id` is above every member id and at least `next_floor` — the high-water mark the
+    /// operator also keeps on the StatefulSet, so ids of members removed before the loss are
+    /// not handed out again.
     pub fn rebuild(
         c: &ConfmanCluster,
         replicas: u32,
-        reports: &[(String, Option<u64>)],
-        group: Option<&BTreeMap<u64, bool>>,
+        group: Option<&RaftView>,
+        next_floor: Option<u64>,
     ) -> Result<Ledger, String> {
         let group = group.ok_or("no Raft leader answers, so the group's members are unknown")?;
+        let (members, addresses) = (&group.members, &group.addresses);
+        let pods: BTreeMap<String, String> =
+            (0..replicas).map(|o| pod_name(c, o)).map(|pod| (pod_url(c, &pod), pod)).collect();
         let mut ids = BTreeMap::new();
-        for o in 0..replicas {
-            let pod = pod_name(c, o);
-            let id = reports
-                .iter()
-                .find(|(name, _)| *name == pod)
-                .and_then(|(_, id)| *id)
-                .ok_or_else(|| format!("{pod} does not report a node id it is a member under"))?;
-            if let Some((other, _)) = ids.iter().find(|(_, i)| **i == id) {
-                return Err(format!("{pod} and {other} both report node id {id}"));
+        for id in members.keys() {
+            let address = addresses.get(id).map(String::as_str).unwrap_or_default();
+            let pod = pods.get(address).ok_or_else(|| {
+                format!("member node {id} advertises {address:?}, which is no pod of ordinals 0..{replicas}")
+            })?;
+            if let Some(other) = ids.insert(pod.clone(), *id) {
+                return Err(format!("{pod} is the address of both node {other} and node {id}"));
             }
-            ids.insert(pod, id);
-        }
-        if let Some(unknown) = group.keys().find(|id| !ids.values().any(|i| i == *id)) {
-            return Err(format!("member node {unknown} of the group runs in no pod of ordinals 0..{replicas}"));
         }
         let bootstrap_peers =
             ids.iter().map(|(pod, id)| format!("{id}={}", pod_url(c, pod))).collect::<Vec<_>>().join(",");
-        let next_id = ids.values().chain(group.keys()).max().map_or(1, |m| m + 1);
+        let next_id = members.keys().max().map_or(1, |m| m + 1).max(next_floor.unwrap_or(1));
         let admitted = ids.values().copied().collect();
         Ok(Ledger { ids, bootstrap_peers, next_id, admitted })
     }
@@ -233,31 +237,43 @@ mod tests {
     }
 
     /// The ledger ConfigMap deleted while the StatefulSet runs: `bootstrap` handed out ids 1..n
-    /// again. It is rebuilt from the nodes' reports only when they account for every ordinal and
-    /// every member; otherwise the reason is returned (the reconcile stops with Degraded).
+    /// again. It is rebuilt from the leader's view of the group (member addresses name the
+    /// pods), with the high-water mark kept on the StatefulSet; never guessed.
     #[test]
-    fn a_lost_member_ledger_is_rebuilt_from_the_nodes_never_guessed() -> Result<(), String> {
+    fn a_lost_member_ledger_is_rebuilt_from_the_group_never_guessed() -> Result<(), String> {
         let c = cluster(3, PayloadClassSpec::Small);
-        // After a lost volume and a scale-up, ordinals run ids 1, 4 and 5.
-        let reports =
-            vec![("config-0".to_string(), Some(1)), ("config-1".into(), Some(4)), ("config-2".into(), Some(5))];
-        let group = BTreeMap::from([(1, true), (4, true), (5, true)]);
-        let l = Ledger::rebuild(&c, 3, &reports, Some(&group))?;
+        let url = |o: u32| pod_url(&c, &pod_name(&c, o));
+        // After a lost volume and a scale-up, ordinals run ids 1, 4 and 5; config-2 (id 5) is
+        // still a learner; id 6 was used by a member removed since.
+        let members = BTreeMap::from([(1, true), (4, true), (5, false)]);
+        let addresses = BTreeMap::from([(1, url(0)), (4, url(1)), (5, url(2))]);
+        let view = |members: &BTreeMap<u64, bool>, addresses: &BTreeMap<u64, String>| RaftView {
+            leader: Some(1),
+            members: members.clone(),
+            commit_index: 10,
+            addresses: addresses.clone(),
+        };
+        let l = Ledger::rebuild(&c, 3, Some(&view(&members, &addresses)), Some(7))?;
         assert_eq!(l.ids.get("config-1"), Some(&4));
-        assert_eq!(l.next_id, 6, "above every id seen");
+        assert_eq!(l.ids.get("config-2"), Some(&5));
+        assert_eq!(l.next_id, 7, "the high-water mark: id 6 is never handed out again");
         assert_eq!(l.admitted, BTreeSet::from([1, 4, 5]));
         assert_eq!(l.tls(), Some(false));
+        assert_eq!(Ledger::rebuild(&c, 3, Some(&view(&members, &addresses)), None)?.next_id, 6);
 
-        let silent = vec![("config-0".to_string(), Some(1)), ("config-1".into(), None), ("config-2".into(), Some(5))];
-        let e = Ledger::rebuild(&c, 3, &silent, Some(&group)).err().unwrap_or_default();
-        assert!(e.contains("config-1 does not report"), "{e}");
-        let e = Ledger::rebuild(&c, 3, &reports, None).err().unwrap_or_default();
+        // A pod not added yet has no id: it gets a fresh one like any new ordinal.
+        let two = BTreeMap::from([(1, true), (4, true)]);
+        let mut partial = Ledger::rebuild(&c, 3, Some(&view(&two, &addresses)), Some(7))?;
+        assert_eq!(partial.allocate(&c, 3), vec!["config-2"]);
+        assert_eq!(partial.ids.get("config-2"), Some(&7));
+
+        let e = Ledger::rebuild(&c, 3, None, None).err().unwrap_or_default();
         assert!(e.contains("no Raft leader"), "{e}");
-        let more = BTreeMap::from([(1, true), (4, true), (5, true), (7, false)]);
-        let e = Ledger::rebuild(&c, 3, &reports, Some(&more)).err().unwrap_or_default();
-        assert!(e.contains("member node 7"), "{e}");
-        let twice = vec![("config-0".to_string(), Some(1)), ("config-1".into(), Some(1)), ("config-2".into(), Some(5))];
-        assert!(Ledger::rebuild(&c, 3, &twice, Some(&group)).is_err());
+        let foreign = BTreeMap::from([(1, url(0)), (4, "http://elsewhere:8080".to_string()), (5, url(2))]);
+        let e = Ledger::rebuild(&c, 3, Some(&view(&members, &foreign)), None).err().unwrap_or_default();
+        assert!(e.contains("member node 4 advertises"), "{e}");
+        let twice = BTreeMap::from([(1, url(0)), (4, url(0)), (5, url(2))]);
+        assert!(Ledger::rebuild(&c, 3, Some(&view(&members, &twice)), None).is_err());
         Ok(())
     }
 

@@ -50,6 +50,8 @@ pub struct RaftView {
     pub members: BTreeMap<u64, bool>,
     /// The leader's commit index.
     pub commit_index: u64,
+    /// Each member's advertised URL (a pod's peer address), as the leader reports it.
+    pub addresses: BTreeMap<u64, String>,
 }
 
 /// Everything the decision needs.
@@ -254,29 +256,53 @@ pub fn next_step(o: &Observation<'_>) -> Step {
     Step::Settled
 }
 
-/// Why removing voter `leaving` must wait, if it must: every voter that stays has to be Ready
-/// and caught up. A removal goes through a joint configuration that needs a majority of the
-/// new group as well as of the old one; with a staying voter down, that majority may not exist
-/// (3 → 2 with one of the two staying members down), so the change — and every write behind
-/// it — would stall until the dead member came back. Strays (voters of no pod) are not
-/// counted: they are being removed themselves.
+/// Why removing member `leaving` must wait, if it must. A voter's removal goes through a joint
+/// configuration that needs a majority of the new group as well as of the old one; a majority
+/// that is not there stalls the change and every write behind it until dead members come back
+/// (3 → 1 with config-1 down: removing config-2 leaves {config-0, config-1}, which needs both).
+/// So: every voter that stays for good (ordinals below `spec.replicas`) must be Ready and caught
+/// up, and the healthy voters must be a majority of the group after the removal. Voters that
+/// leave later in the same scale-down may be down as long as that majority holds (5 → 3 with
+/// config-3 dead: removing config-4 leaves 3 healthy of 4). A learner's removal needs no joint
+/// configuration and never waits.
 fn removal_blocker(o: &Observation<'_>, raft: &RaftView, leaving: u64) -> Option<String> {
-    let staying = raft.members.iter().filter(|(id, voter)| **voter && **id != leaving).map(|(id, _)| *id);
-    for id in staying {
-        let Some(name) = o.ids.iter().find(|(_, i)| **i == id).map(|(name, _)| name) else { continue };
-        let Some(p) = o.pods.iter().find(|p| &p.name == name) else {
-            return Some(format!("{name} (node {id}), which stays, is not listed"));
-        };
+    if raft.members.get(&leaving) != Some(&true) {
+        return None;
+    }
+    let pod_of = |id: u64| {
+        let name = o.ids.iter().find(|(_, i)| **i == id).map(|(name, _)| name)?;
+        o.pods.iter().find(|p| &p.name == name)
+    };
+    // Why voter `id` cannot be counted on, if it cannot.
+    let unhealthy = |id: u64| -> Option<String> {
+        let Some(p) = pod_of(id) else { return Some(format!("node {id} runs in no listed pod")) };
+        let name = &p.name;
         if !(p.exists && p.ready) {
-            return Some(format!("{name} (node {id}), which stays, is not ready"));
+            return Some(format!("{name} (node {id}) is not ready"));
         }
         if p.applied.is_none_or(|a| a + o.max_lag < raft.commit_index) {
             let applied = p.applied.map_or_else(|| "unknown".to_string(), |a| a.to_string());
-            return Some(format!(
-                "{name} (node {id}), which stays, is behind (applied {applied}, commit {})",
-                raft.commit_index
-            ));
+            return Some(format!("{name} (node {id}) is behind (applied {applied}, commit {})", raft.commit_index));
         }
+        None
+    };
+    let after: Vec<u64> =
+        raft.members.iter().filter(|(id, voter)| **voter && **id != leaving).map(|(id, _)| *id).collect();
+    for ordinal in 0..o.desired {
+        let Some(p) = o.pods.iter().find(|p| p.ordinal == ordinal) else { continue };
+        let Some(id) = o.ids.get(&p.name).copied().filter(|id| after.contains(id)) else { continue };
+        if let Some(why) = unhealthy(id) {
+            return Some(format!("{why}, and it stays"));
+        }
+    }
+    let down: Vec<String> = after.iter().filter_map(|id| unhealthy(*id)).collect();
+    let healthy = after.len() - down.len();
+    if healthy * 2 <= after.len() {
+        return Some(format!(
+            "the group after it needs a majority of {} healthy voters, and only {healthy} are: {}",
+            after.len(),
+            down.join("; ")
+        ));
     }
     None
 }
@@ -308,7 +334,7 @@ mod tests {
     fn raft(voters: &[u64], learners: &[u64], leader: u64) -> RaftView {
         let mut members: BTreeMap<u64, bool> = voters.iter().map(|v| (*v, true)).collect();
         members.extend(learners.iter().map(|l| (*l, false)));
-        RaftView { leader: Some(leader), members, commit_index: 100 }
+        RaftView { leader: Some(leader), members, commit_index: 100, addresses: BTreeMap::new() }
     }
 
     fn step(desired: u32, sts: u32, ids: &BTreeMap<String, u64>, pods: &[PodView], r: &RaftView) -> Step {
@@ -408,12 +434,18 @@ mod tests {
         let mut p = pods(3);
         p[1].ready = false;
         let s = step(1, 3, &ids(3), &p, &r3);
-        assert!(matches!(&s, Step::Wait(w) if w.contains("c-1 (node 2), which stays, is not ready")), "{s:?}");
+        assert!(matches!(&s, Step::Wait(w) if w.contains("only 1 are: c-1 (node 2) is not ready")), "{s:?}");
         // Behind instead of down: still waits.
         p[1].ready = true;
         p[1].applied = Some(10);
         let s = step(1, 3, &ids(3), &p, &r3);
         assert!(matches!(&s, Step::Wait(w) if w.contains("is behind")), "{s:?}");
+        // 5 → 3 with config-1 (which stays for good) down: waits even with a majority left.
+        let r5 = raft(&[1, 2, 3, 4, 5], &[], 1);
+        let mut p5 = pods(5);
+        p5[1].ready = false;
+        let s = step(3, 5, &ids(5), &p5, &r5);
+        assert!(matches!(&s, Step::Wait(w) if w.contains("c-1 (node 2) is not ready, and it stays")), "{s:?}");
         // The leader leaving is not handed over either while a staying voter is down.
         p[1].applied = Some(100);
         p[1].ready = false;
@@ -426,6 +458,20 @@ mod tests {
         // The member being removed may itself be down.
         p[2].ready = false;
         assert_eq!(step(1, 3, &ids(3), &p, &r3), Step::Remove { pod: "c-2".into(), id: 3 });
+    }
+
+    /// 5 → 3 with config-3 (leaving too) dead: removing config-4 is safe (0, 1, 2 are a
+    /// majority of both groups) and must not wait for config-3; a learner is removed at once.
+    #[test]
+    fn members_that_leave_anyway_do_not_block_a_scale_down() {
+        let r5 = raft(&[1, 2, 3, 4, 5], &[], 1);
+        let mut p = pods(5);
+        p[3].ready = false;
+        p[3].alive = false;
+        assert_eq!(step(3, 5, &ids(5), &p, &r5), Step::Remove { pod: "c-4".into(), id: 5 });
+        let r = raft(&[1, 2, 3, 4], &[5], 1);
+        p[1].ready = false;
+        assert_eq!(step(3, 5, &ids(5), &p, &r), Step::Remove { pod: "c-4".into(), id: 5 }, "a learner leaves at once");
     }
 
     #[test]

@@ -117,6 +117,7 @@ pub async fn observe(
         leader: Some(s.node_id),
         members: s.members.iter().map(|m| (m.id, m.role == "voter")).collect(),
         commit_index: s.commit_index.unwrap_or(0),
+        addresses: s.members.iter().map(|m| (m.id, m.address.clone())).collect(),
     });
     (views, raft)
 }

@@ -22,7 +22,7 @@ use tokio::sync::Mutex;
 use crate::builders::{self, BuildError, Pdb};
 use crate::capabilities::Capabilities;
 use crate::crd::{ConfmanCluster, ConfmanClusterStatus, MemberStatus};
-use crate::members::{Ledger, LedgerError};
+use crate::members::{Ledger, LedgerError, NEXT_ID_ANNOTATION};
 use crate::membership::{Observation, PodView, RaftView, Step, next_step};
 use crate::metrics::Metrics;
 use crate::nodes;
@@ -57,26 +57,26 @@ pub enum Error {
     /// The status could not be serialised.
     #[error("status: {0}")]
     Json(#[from] serde_json::Error),
-    /// The member ledger ConfigMap is gone while the StatefulSet runs and the nodes' reports do
-    /// not account for every member, so it cannot be rebuilt without guessing.
+    /// The member ledger ConfigMap is gone while the StatefulSet runs and the group as its
+    /// leader reports it does not account for every member, so it cannot be rebuilt without
+    /// guessing.
     #[error(
         "member ledger ConfigMap {name} is missing and cannot be rebuilt from the nodes: {reason}; \
          membership changes wait until every member reports its id"
     )]
     LedgerLost {
-        /// ConfigMap name.
+        #[allow(missing_docs)]
         name: String,
-        /// Why the reports do not suffice.
+        /// Why the group as reported does not suffice.
         reason: String,
     },
     /// A same-named object exists that this cluster does not own.
     #[error("{kind} {name} exists and is not owned by this ConfmanCluster; refusing to take it over ({conflict})")]
+    #[allow(missing_docs)]
     NotOurs {
-        /// Kind.
         kind: String,
-        /// Name.
         name: String,
-        /// The API server's conflict message.
+        /// Who it belongs to instead.
         conflict: String,
     },
     /// The cluster token Secret is gone while the cluster has members.
@@ -85,10 +85,8 @@ pub enum Error {
          them (running members keep the old one, restarted ones would get the new one); restore the \
          Secret with the token the members use (confman-node reads it from its --cluster-token-file)"
     )]
-    TokenLost {
-        /// Secret name.
-        name: String,
-    },
+    #[allow(missing_docs)]
+    TokenLost { name: String },
     /// The TLS Secret named by `spec.tls.clientSecret` is missing or incomplete.
     #[error("TLS Secret {secret} (spec.tls.clientSecret): {reason}")]
     TlsSecret {
@@ -150,10 +148,10 @@ where
     Ok(Api::<K>::namespaced(client.clone(), ns).get_opt(name).await?)
 }
 
-/// Server-side apply of a child. Without `force` first: a conflict means another field
-/// manager set one of our fields. If the object is ours (its controller reference is the
-/// cluster's), the apply is forced — drift is corrected, as the owner should. If it is not, a
-/// same-named object someone else created would be taken over: refused instead.
+/// Server-side apply of a child (forced: the operator owns every field it sets, and drift is
+/// corrected). An existing object of that name is applied over only when it is ours — its
+/// controller reference is this cluster, or only this operator ever managed it (an orphaned
+/// child, adopted) — never a same-named object someone else created.
 async fn apply<K>(client: &kube::Client, obj: &K) -> Result<K, Error>
 where
     K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + Debug,
@@ -162,37 +160,53 @@ where
     let ns = obj.meta().namespace.clone().unwrap_or_default();
     let name = obj.meta().name.clone().unwrap_or_default();
     let api = Api::<K>::namespaced(client.clone(), &ns);
-    match api.patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(obj)).await {
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            let existing = api.get(&name).await?;
-            if !same_controller(existing.meta(), obj.meta()) {
-                return Err(Error::NotOurs {
-                    kind: K::kind(&K::DynamicType::default()).into_owned(),
-                    name,
-                    conflict: e.message,
-                });
-            }
-            let params = PatchParams::apply(FIELD_MANAGER).force();
-            Ok(api.patch(&name, &params, &Patch::Apply(obj)).await?)
-        }
-        other => Ok(other?),
+    if let Some(existing) = api.get_opt(&name).await? {
+        refuse_unless_ours(existing.meta(), obj.meta(), &K::kind(&K::DynamicType::default()))?;
     }
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    Ok(api.patch(&name, &params, &Patch::Apply(obj)).await?)
 }
 
-/// Whether `existing` has the controller reference `desired` carries (same owner uid).
-fn same_controller(existing: &kube::api::ObjectMeta, desired: &kube::api::ObjectMeta) -> bool {
+/// [`Error::NotOurs`] unless `existing` is this cluster's (see [`apply`]).
+fn refuse_unless_ours(
+    existing: &kube::api::ObjectMeta,
+    desired: &kube::api::ObjectMeta,
+    kind: &str,
+) -> Result<(), Error> {
     let controller = |m: &kube::api::ObjectMeta| {
         m.owner_references.as_ref()?.iter().find(|r| r.controller == Some(true)).map(|r| r.uid.clone())
     };
-    controller(desired).is_some_and(|uid| controller(existing) == Some(uid))
+    if controller(desired).is_some_and(|uid| controller(existing) == Some(uid)) {
+        return Ok(());
+    }
+    let managers: Vec<String> = existing.managed_fields.iter().flatten().filter_map(|f| f.manager.clone()).collect();
+    let owner = controller(existing);
+    if owner.is_none() && !managers.is_empty() && managers.iter().all(|m| m == FIELD_MANAGER) {
+        return Ok(());
+    }
+    Err(Error::NotOurs {
+        kind: kind.to_string(),
+        name: existing.name.clone().unwrap_or_default(),
+        conflict: match owner {
+            Some(uid) => format!("its controller is another object (uid {uid})"),
+            None => format!(
+                "it was created by {}",
+                if managers.is_empty() { "someone else".into() } else { managers.join(", ") }
+            ),
+        },
+    })
 }
 
 /// [`apply`] for a type k8s-openapi does not have (an older API version of a kind).
 async fn apply_dynamic(client: &kube::Client, obj: &DynamicObject, ar: &ApiResource) -> Result<(), Error> {
     let ns = obj.metadata.namespace.clone().unwrap_or_default();
     let name = obj.metadata.name.clone().unwrap_or_default();
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), &ns, ar);
+    if let Some(existing) = api.get_opt(&name).await? {
+        refuse_unless_ours(&existing.metadata, &obj.metadata, &ar.kind)?;
+    }
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    Api::<DynamicObject>::namespaced_with(client.clone(), &ns, ar).patch(&name, &params, &Patch::Apply(obj)).await?;
+    api.patch(&name, &params, &Patch::Apply(obj)).await?;
     Ok(())
 }
 
@@ -341,18 +355,18 @@ async fn ledger(
     ctx: &Context,
     c: &ConfmanCluster,
     stored: Option<&ConfigMap>,
-    sts_replicas: Option<u32>,
-    views: &[PodView],
+    sts: Option<&StatefulSet>,
     raft: Option<&RaftView>,
 ) -> Result<Ledger, Error> {
     if let Some(cm) = stored {
         return Ok(Ledger::parse(cm)?);
     }
-    let Some(replicas) = sts_replicas else {
+    let Some(sts) = sts else {
         return Ok(Ledger::bootstrap(c, u32::try_from(c.spec.replicas).unwrap_or(0)));
     };
-    let reports: Vec<(String, Option<u64>)> = views.iter().map(|v| (v.name.clone(), v.member_id)).collect();
-    let rebuilt = Ledger::rebuild(c, replicas, &reports, raft.map(|r| &r.members))
+    let replicas = sts.spec.replicas.and_then(|r| u32::try_from(r).ok()).unwrap_or(0);
+    let floor = sts.metadata.annotations.as_ref().and_then(|a| a.get(NEXT_ID_ANNOTATION)?.parse().ok());
+    let rebuilt = Ledger::rebuild(c, replicas, raft, floor)
         .map_err(|reason| Error::LedgerLost { name: builders::members_name(c), reason })?;
     let ids = rebuilt.ids.iter().map(|(pod, id)| format!("{pod}={id}")).collect::<Vec<_>>().join(", ");
     let note =
@@ -433,7 +447,7 @@ async fn execute(
 async fn clear_stale_claims(
     ctx: &Context,
     c: &ConfmanCluster,
-    ordinals: std::ops::Range<u32>,
+    ordinals: impl Iterator<Item = u32>,
 ) -> Result<Vec<String>, Error> {
     let ns = c.namespace().unwrap_or_default();
     let api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns);
@@ -504,7 +518,7 @@ async fn apply_children(
     let node_client =
         nodes::client(c, ordinals, &token, &ctx.resolve, ca.as_deref()).map_err(|e| Error::Node(e.to_string()))?;
     let (views, raft) = observe(ctx, c, sts, &node_client).await?;
-    let mut ledger = ledger(ctx, c, stored.as_ref(), sts_replicas, &views, raft.as_ref()).await?;
+    let mut ledger = ledger(ctx, c, stored.as_ref(), sts, raft.as_ref()).await?;
     let plan = plan(ctx, c, sts, &ledger, &views, raft.as_ref());
 
     // Ledger: ids for every ordinal the StatefulSet will run; a removed ordinal is forgotten, and
@@ -540,12 +554,19 @@ async fn apply_children(
     // deleted, and the start waits until the claim is really gone (the pvc-protection finalizer
     // keeps a deleted claim while a pod still uses it; the StatefulSet would otherwise bind the
     // new pod to the old volume).
-    let starting = match &plan.step {
-        Step::Bootstrap { replicas } => 0..*replicas,
-        Step::Grow { replicas } => replicas.saturating_sub(1)..*replicas,
-        _ => 0..0,
+    // Only ordinals under an id no node ever ran as a member: a bootstrap with the ledger kept
+    // (the StatefulSet deleted, orphaned or not) must find its members' volumes intact.
+    let starting: Vec<u32> = match &plan.step {
+        Step::Bootstrap { replicas } => (0..*replicas).collect(),
+        Step::Grow { replicas } => vec![replicas.saturating_sub(1)],
+        _ => Vec::new(),
     };
-    let pending = clear_stale_claims(ctx, c, starting).await?;
+    let fresh = starting.into_iter().filter(|o| {
+        let pod = builders::pod_name(c, *o);
+        let live = views.iter().any(|v| v.name == pod && v.exists);
+        !live && ledger.ids.get(&pod).is_some_and(|id| !ledger.admitted.contains(id))
+    });
+    let pending = clear_stale_claims(ctx, c, fresh).await?;
     if !pending.is_empty() {
         let note = format!("waiting for {} to be deleted before a member starts on its ordinal", pending.join(", "));
         let progress = Some(("WaitingForVolumes", note));
@@ -559,6 +580,7 @@ async fn apply_children(
     }
     let mut desired = builders::statefulset(c, tuning, &hash, &ctx.capabilities)?;
     desired.spec.replicas = Some(i32::try_from(plan.replicas).unwrap_or(i32::MAX));
+    desired.metadata.annotations.get_or_insert_default().insert(NEXT_ID_ANNOTATION.into(), ledger.next_id.to_string());
     let ca_hash = ca.as_deref().map(|ca| builders::with_trusted_ca(&mut desired, ca));
     let old = |annotation: &str| {
         sts.and_then(|s| s.spec.template.metadata.as_ref()?.annotations.as_ref()?.get(annotation).cloned())

@@ -88,12 +88,10 @@ async fn a_new_cluster_gets_every_child_applied_owned_and_by_the_field_manager()
     );
     for p in fake.patches() {
         assert!(p.query.contains(&format!("fieldManager={FIELD_MANAGER}")), "{} {}", p.path, p.query);
+        assert!(p.query.contains("force=true"), "{} {}", p.path, p.query);
         if p.path.starts_with(CMC) {
-            assert!(p.query.contains("force=true"), "the status is ours alone: {} {}", p.path, p.query);
             continue;
         }
-        // Children are applied without force: a conflict is examined (take-over refused).
-        assert!(!p.query.contains("force=true"), "{} {}", p.path, p.query);
         let owner = &p.body["metadata"]["ownerReferences"][0];
         assert_eq!(
             (&owner["kind"], &owner["name"], &owner["uid"], &owner["controller"]),
@@ -136,7 +134,8 @@ async fn an_existing_token_and_ledger_are_kept() -> TestResult {
         "data": {"token": "c2VjcmV0"}}),
     );
     // A ledger where config-2 was removed earlier and ids went up to 6.
-    fake.seed(MEMBERS, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "config-members", "namespace": NS},
+    fake.seed(MEMBERS, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "config-members", "namespace": NS,
+        "ownerReferences": owned_by_config()},
         "data": {"members.toml": "bootstrap_peers = \"1=http://a:1\"\n[ids]\nconfig-0 = 1\nconfig-1 = 2\n", "next-node-id": "7"}}));
     reconcile(Arc::new(c), ctx).await?;
     assert!(!child_patches(&fake).contains(&TOKEN.to_string()), "the token Secret must not be rewritten");
@@ -194,9 +193,15 @@ fn seed_running(fake: &FakeApi, c: &ConfmanCluster, replicas: u32) -> TestResult
     Ok(())
 }
 
+/// The controller reference the operator puts on every child of the cluster `config`.
+fn owned_by_config() -> Value {
+    json!([{"apiVersion": "confman.io/v1alpha1", "kind": "ConfmanCluster", "name": "config", "uid": "cmc-uid",
+        "controller": true, "blockOwnerDeletion": true}])
+}
+
 fn ready_statefulset(replicas: i32, ready: i32) -> Value {
     json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
-        "metadata": {"name": "config", "namespace": NS, "generation": 1, "uid": "sts-uid"},
+        "metadata": {"name": "config", "namespace": NS, "generation": 1, "uid": "sts-uid", "ownerReferences": owned_by_config()},
         "spec": {"replicas": replicas, "serviceName": "config-peers", "selector": {}, "template": {}},
         "status": {"replicas": replicas, "readyReplicas": ready, "updatedReplicas": replicas,
             "currentRevision": "r1", "updateRevision": "r1", "observedGeneration": 1}})
@@ -286,9 +291,11 @@ async fn an_api_failure_is_reported_as_degraded_and_retried_with_backoff() -> Te
 
 const CLIENT_SVC: &str = "/api/v1/namespaces/platform/services/config";
 
-fn service(owner_uid: Option<&str>) -> Value {
+fn service(owner_uid: Option<&str>, manager: &str) -> Value {
     let mut svc = json!({"apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "config", "namespace": NS, "uid": "svc-uid"}, "spec": {"ports": [{"port": 80}]}});
+        "metadata": {"name": "config", "namespace": NS, "uid": "svc-uid",
+            "managedFields": [{"manager": manager, "operation": "Update", "apiVersion": "v1"}]},
+        "spec": {"ports": [{"port": 80}]}});
     if let Some(uid) = owner_uid {
         svc["metadata"]["ownerReferences"] = json!([{"apiVersion": "confman.io/v1alpha1", "kind": "ConfmanCluster",
             "name": "config", "uid": uid, "controller": true}]);
@@ -297,38 +304,45 @@ fn service(owner_uid: Option<&str>) -> Value {
 }
 
 /// Issue 19, defect 7: forced server-side apply took over a same-named object someone else
-/// created. A conflict on an object the cluster does not own is refused (Degraded) and the
-/// object is never force-applied.
+/// created. Such an object is refused (Degraded) and never applied over.
 #[tokio::test]
 async fn a_same_named_object_of_someone_else_is_not_taken_over() -> TestResult {
     let c = cluster(3);
     let (ctx, fake) = setup(&c)?;
-    fake.seed(CLIENT_SVC, service(None));
-    fake.conflict(CLIENT_SVC);
+    fake.seed(CLIENT_SVC, service(None, "kubectl-create"));
     let err = reconcile(Arc::new(c), ctx).await.err().ok_or("the take-over must be refused")?;
     assert!(err.to_string().contains("Service config exists and is not owned by this ConfmanCluster"), "{err}");
-    let forced: Vec<_> =
-        fake.patches().into_iter().filter(|p| p.path == CLIENT_SVC && p.query.contains("force=true")).collect();
-    assert!(forced.is_empty(), "never forced onto someone else's object");
+    assert!(err.to_string().contains("created by kubectl-create"), "{err}");
+    assert!(!child_patches(&fake).contains(&CLIENT_SVC.to_string()), "never applied over someone else's object");
     assert!(fake.get(CLIENT_SVC).is_some_and(|s| s["metadata"].get("ownerReferences").is_none()), "left as it was");
     let degraded = stored(&fake)?;
     let d = condition(&degraded, "Degraded").ok_or("no Degraded")?;
     assert_eq!(d.status, "True");
     assert!(d.message.contains("not owned"), "{}", d.message);
+
+    // Another controller's object is refused too.
+    let c = cluster(3);
+    let (ctx, fake) = setup(&c)?;
+    fake.seed(CLIENT_SVC, service(Some("someone-elses-uid"), "confman-operator"));
+    let err = reconcile(Arc::new(c), ctx).await.err().ok_or("another owner's object must be refused")?;
+    assert!(err.to_string().contains("its controller is another object"), "{err}");
     Ok(())
 }
 
-/// Drift on a child the cluster owns (another manager changed a field) is corrected: the
-/// conflicting apply is repeated with force.
+/// Children of this cluster are applied over (forced: drift corrected), and so is an orphaned
+/// child that only this operator ever managed (adopted, e.g. after `--cascade=orphan`).
 #[tokio::test]
-async fn drift_on_an_owned_child_is_corrected_by_a_forced_apply() -> TestResult {
-    let c = cluster(3);
-    let (ctx, fake) = setup(&c)?;
-    fake.seed(CLIENT_SVC, service(Some("cmc-uid")));
-    fake.conflict(CLIENT_SVC);
-    reconcile(Arc::new(c), ctx).await?;
-    let forced = fake.patches().into_iter().any(|p| p.path == CLIENT_SVC && p.query.contains("force=true"));
-    assert!(forced, "the owned child was force-applied");
+async fn owned_and_orphaned_children_of_ours_are_applied() -> TestResult {
+    for seeded in [service(Some("cmc-uid"), "kubectl-edit"), service(None, "confman-operator")] {
+        let c = cluster(3);
+        let (ctx, fake) = setup(&c)?;
+        fake.seed(CLIENT_SVC, seeded);
+        reconcile(Arc::new(c), ctx).await?;
+        let forced = fake.patches().into_iter().any(|p| p.path == CLIENT_SVC && p.query.contains("force=true"));
+        assert!(forced, "the child was applied");
+        let owner = fake.get(CLIENT_SVC).map(|s| s["metadata"]["ownerReferences"][0]["uid"].clone());
+        assert_eq!(owner, Some(json!("cmc-uid")));
+    }
     Ok(())
 }
 
@@ -412,5 +426,31 @@ async fn a_changed_storage_size_is_held_back_and_everything_else_applied() -> Te
         d.message
     );
     assert!(child_patches(&fake).iter().any(|p| p.contains("poddisruptionbudgets")), "the budget is applied too");
+    Ok(())
+}
+
+/// Review of issue 19: with the StatefulSet gone (deleted, or orphaned) but the ledger kept, the
+/// bootstrap must not delete the members' claims — only claims on ordinals under ids no node
+/// ever ran as a member are stale.
+#[tokio::test]
+async fn a_bootstrap_with_the_ledger_kept_deletes_no_claim() -> TestResult {
+    let c = cluster(3);
+    let (ctx, fake) = setup(&c)?;
+    seed_running(&fake, &c, 3)?;
+    let mut ledger = confman_operator::members::Ledger::bootstrap(&c, 3);
+    ledger.admit((0..3u32).map(|o| (format!("config-{o}"), u64::from(o) + 1)));
+    fake.seed(MEMBERS, serde_json::to_value(ledger.config_map(&c)?)?);
+    for o in 0..3 {
+        fake.seed(
+            &format!("/api/v1/namespaces/platform/persistentvolumeclaims/data-config-{o}"),
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": format!("data-config-{o}"), "namespace": NS,
+                    "labels": {"app.kubernetes.io/name": "confman", "app.kubernetes.io/instance": "config"}}}),
+        );
+    }
+    reconcile(Arc::new(c), ctx).await?;
+    let deletes: Vec<String> = fake.requests().into_iter().filter(|r| r.method == "DELETE").map(|r| r.path).collect();
+    assert!(deletes.is_empty(), "no member's claim is deleted: {deletes:?}");
+    assert!(fake.get(STS).is_some(), "the StatefulSet is created again");
     Ok(())
 }

@@ -495,7 +495,16 @@ impl Cluster {
 
     /// Triggers a snapshot on node `id` and waits for it.
     pub async fn snapshot(&self, id: u64) -> Result<()> {
-        let (st, v) = self.call(id, Method::POST, "/api/v1/cluster/snapshot", &self.keys.admin, None).await?;
+        // A build of a few GiB on a loaded machine outlasts the harness's 30 s request timeout;
+        // the node bounds the wait itself (its snapshot timeout) and answers a problem past it.
+        let resp = self
+            .request(id, Method::POST, "/api/v1/cluster/snapshot")?
+            .bearer_auth(&self.keys.admin)
+            .timeout(Duration::from_secs(600))
+            .send()
+            .await?;
+        let st = resp.status();
+        let v: Value = serde_json::from_slice(&resp.bytes().await?).unwrap_or(Value::Null);
         if !st.is_success() {
             return Err(HarnessError::Unexpected(format!("snapshot on node {id}: {st} {v}")));
         }

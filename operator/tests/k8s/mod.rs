@@ -171,11 +171,18 @@ impl Scenario {
     /// Available and not Progressing (see [`is_settled`]).
     pub async fn settled(&self, name: &str, replicas: usize) -> Result<ConfmanCluster, BoxError> {
         let what = format!("{}/{name} settled with {replicas} healthy voters", self.ns);
-        let found = deadline(*SLOW, &what, async {
-            await_condition(self.clusters(), name, move |c: Option<&ConfmanCluster>| {
-                c.is_some_and(|c| is_settled(c, replicas))
-            })
-            .await
+        self.cluster_where(name, &what, move |c| is_settled(c, replicas)).await
+    }
+
+    /// Waits (a watch on it, bounded by `SLOW`) until the cluster `name` satisfies `cond`.
+    pub async fn cluster_where(
+        &self,
+        name: &str,
+        what: &str,
+        cond: impl Fn(&ConfmanCluster) -> bool + Send + 'static,
+    ) -> Result<ConfmanCluster, BoxError> {
+        let found = deadline(*SLOW, what, async {
+            await_condition(self.clusters(), name, move |c: Option<&ConfmanCluster>| c.is_some_and(&cond)).await
         })
         .await??;
         found.ok_or_else(|| format!("{what}: the cluster was deleted").into())

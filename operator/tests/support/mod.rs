@@ -31,9 +31,7 @@ pub struct State {
     pub requests: Vec<Recorded>,
     /// Paths whose PATCH answers 500 (to exercise the failure path).
     pub failing: Vec<String>,
-    /// Paths whose PATCH without `force=true` answers 409, as a server-side apply does when
-    /// another field manager owns a field the apply sets.
-    pub conflicting: Vec<String>,
+
     next_version: u64,
 }
 
@@ -83,11 +81,6 @@ impl FakeApi {
         self.lock().objects.get(path).cloned()
     }
 
-    /// Makes unforced PATCHes of `path` conflict (409).
-    pub fn conflict(&self, path: &str) {
-        self.lock().conflicting.push(path.to_string());
-    }
-
     /// Makes PATCHes of `path` fail with 500.
     pub fn fail(&self, path: &str) {
         self.lock().failing.push(path.to_string());
@@ -128,7 +121,6 @@ impl FakeApi {
         let body: Value =
             if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
         let mut st = self.lock();
-        let forced = query.split('&').any(|kv| kv == "force=true");
         st.requests.push(Recorded { method: method.clone(), path: path.clone(), query, body: body.clone() });
         match method.as_str() {
             "GET" => match st.objects.get(&path) {
@@ -151,11 +143,6 @@ impl FakeApi {
             "PATCH" if st.failing.contains(&path) => {
                 status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "injected failure".into())
             }
-            "PATCH" if !forced && st.conflicting.contains(&path) => status(
-                StatusCode::CONFLICT,
-                "Conflict",
-                "Apply failed with 1 conflict: conflict with \"kubectl-create\": .spec.ports".into(),
-            ),
             "PATCH" => {
                 st.next_version += 1;
                 let version = st.next_version.to_string();
