@@ -5,6 +5,8 @@
 use std::path::Path;
 
 use serde::Deserialize;
+
+use crate::cluster_token::ClusterToken;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -158,13 +160,16 @@ impl KeyRing {
         }
     }
 
-    /// Adds the cluster token as an unscoped admin credential named `cluster-token`: whoever
-    /// holds it can already act as a member, and the operator manages membership with it.
-    pub fn with_cluster_token(mut self, token: &str) -> KeyRing {
-        self.keys.push(StoredKey {
-            digest: digest(token.as_bytes()),
-            principal: Principal { name: "cluster-token".into(), role: Role::Admin, namespaces: vec!["*".into()] },
-        });
+    /// Adds every accepted cluster token as an unscoped admin credential named `cluster-token`:
+    /// whoever holds one can already act as a member, and the operator manages membership with
+    /// it (during a rotation the operator may present either).
+    pub fn with_cluster_token(mut self, token: &ClusterToken) -> KeyRing {
+        for d in token.accepted_digests() {
+            self.keys.push(StoredKey {
+                digest: *d,
+                principal: Principal { name: "cluster-token".into(), role: Role::Admin, namespaces: vec!["*".into()] },
+            });
+        }
         self
     }
 

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod changes;
+pub mod cluster_token;
 pub mod command;
 pub mod config;
 pub mod files;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::api::{self, AppContext};
 use crate::auth::{KeyRing, KeysFileError};
+use crate::cluster_token::{ClusterToken, TokenFileError};
 use crate::config::Settings;
 use crate::files;
 use crate::listener;
@@ -39,9 +40,9 @@ pub enum ServerError {
         /// Cause.
         source: std::io::Error,
     },
-    /// The cluster token file is empty.
-    #[error("cluster-token-file {0} is empty")]
-    EmptyToken(String),
+    /// The cluster token file is empty or malformed.
+    #[error(transparent)]
+    Token(#[from] TokenFileError),
     /// The listener could not be bound.
     #[error("listen on {addr}: {source}")]
     Bind {
@@ -96,7 +97,7 @@ pub struct Running {
     listener: Bound,
     router: axum::Router,
     /// The cluster token: it identifies peer connections to the listener's connection pools.
-    token: Arc<str>,
+    token: Arc<ClusterToken>,
     drain_timeout: Duration,
     /// Tells long-lived responses (watch streams) to end when shutdown begins.
     shutdown_tx: tokio::sync::watch::Sender<bool>,
@@ -106,15 +107,20 @@ fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
     move |source| ServerError::File { path: path.display().to_string(), source }
 }
 
-/// Reads a secret from `path`, or creates `fallback` in the data dir with a random value.
-fn secret(path: Option<&Path>, fallback: &Path) -> Result<(String, bool), ServerError> {
-    if let Some(p) = path {
-        let s = std::fs::read_to_string(p).map_err(file_err(p))?.trim().to_string();
-        if s.is_empty() {
-            return Err(ServerError::EmptyToken(p.display().to_string()));
+/// The cluster token from `--cluster-token-file` (one token per line, see `cluster_token`), or
+/// a generated one kept in the data directory (a single node, or a local trial).
+fn cluster_token(path: Option<&Path>, dir: &Path) -> Result<ClusterToken, ServerError> {
+    match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(file_err(p))?;
+            Ok(ClusterToken::parse(&text, &p.display().to_string())?)
         }
-        return Ok((s, false));
+        None => Ok(ClusterToken::single(&secret(&dir.join("cluster.token"))?.0)),
     }
+}
+
+/// Reads the secret kept in `fallback` (in the data dir), creating it with a random value.
+fn secret(fallback: &Path) -> Result<(String, bool), ServerError> {
     if let Ok(s) = std::fs::read_to_string(fallback) {
         let s = s.trim().to_string();
         if !s.is_empty() {
@@ -171,11 +177,11 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
     let (keys, dev_admin_key) = match &settings.api_keys_file {
         Some(p) => (KeyRing::load(p)?, None),
         None => {
-            let (key, _) = secret(None, &dir.join("dev-admin.key"))?;
+            let (key, _) = secret(&dir.join("dev-admin.key"))?;
             (KeyRing::single_admin("dev-admin", &key), Some(key))
         }
     };
-    let (token, _) = secret(settings.cluster_token_file.as_deref(), &dir.join("cluster.token"))?;
+    let token = Arc::new(cluster_token(settings.cluster_token_file.as_deref(), &dir)?);
     let keys = keys.with_cluster_token(&token);
 
     // Everything that can fail happens before Raft starts: a started Raft must be shut down,
@@ -188,8 +194,13 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
     // An empty directory for an id the leader holds acknowledged entries of: a lost volume
     // whose loss the members file does not show yet (see `lost_member`).
     if fresh
-        && let Some((leader, index)) =
-            crate::lost_member::acknowledged_elsewhere(&forward_client, &token, settings.node_id, &raft.peers).await
+        && let Some((leader, index)) = crate::lost_member::acknowledged_elsewhere(
+            &forward_client,
+            token.presented(),
+            settings.node_id,
+            &raft.peers,
+        )
+        .await
     {
         tracing::error!(leader, index, node_id = settings.node_id, "the leader holds entries this node acknowledged");
         return Err(ServerError::DataLost { node_id: settings.node_id, dir: dir.display().to_string() });
@@ -200,7 +211,6 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
         store::blocking(move || store::open(&dir)).await?
     };
     let (listener, local_addr) = bind(settings)?;
-    let token: Arc<str> = Arc::from(token.as_str());
     let node = RaftNode::start(&raft, db, &dir, token.clone()).await?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let ctx = Arc::new(AppContext {
@@ -254,7 +264,7 @@ fn bind(settings: &Settings) -> Result<(Bound, SocketAddr), ServerError> {
 fn spawn_server<F>(
     bound: Bound,
     router: axum::Router,
-    peer_token: Option<Arc<str>>,
+    peer_token: Option<Arc<ClusterToken>>,
     stop: F,
 ) -> tokio::task::JoinHandle<std::io::Result<()>>
 where

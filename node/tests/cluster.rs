@@ -104,3 +104,68 @@ async fn writes_survive_leader_crash_and_the_crashed_node_catches_up() -> Result
 fn field(info: &Value, name: &str) -> Result<u64> {
     info[name].as_u64().ok_or_else(|| HarnessError::Unexpected(format!("no {name} in cluster status: {info}")))
 }
+
+/// Defect: a token rotation split the members (issue 19, 8b). The token is rotated in the three
+/// steps README gives — add the new token as accepted, present it, drop the old one — with the
+/// members restarted one at a time after each step, as the operator's rollout does. In every
+/// mixed state a restarted member leads (so its appends, presenting what it now presents, must
+/// be accepted by members not yet restarted), writes are acknowledged and every member converges.
+/// At the end the old token is refused on `/raft/*` and as an admin key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_rotation_keeps_the_members_together() -> Result<()> {
+    let mut c = Cluster::start(Path::new(BIN), 3, &[]).await?;
+    let all = [1, 2, 3];
+    let old = c.keys.token.clone();
+    let new = format!("rotated-{old}");
+    let leader = c.wait_leader(&all, &all).await?;
+    c.create_namespace(leader, "app").await?;
+    let mut writes = 0;
+    for (step, file) in [
+        ("accept the new token", format!("{old}\n{new}\n")),
+        ("present the new token", format!("{new}\n{old}\n")),
+        ("drop the old token", format!("{new}\n")),
+    ] {
+        c.write_token_file(&file)?;
+        for id in all {
+            c.open_failover_window(&format!("{step}: node {id} restarts"));
+            c.terminate(id, std::time::Duration::from_secs(30)).await?;
+            c.spawn(id)?;
+            c.wait_all_ready(&[id]).await?;
+            // The restarted member takes the lead: the others must accept what it presents.
+            let (st, body) = c
+                .call(
+                    id,
+                    reqwest::Method::POST,
+                    "/api/v1/cluster/leader",
+                    &c.keys.admin,
+                    Some(serde_json::json!({"to": id})),
+                )
+                .await?;
+            assert!(st.is_success(), "{step}: leadership to node {id}: {st} {body}");
+            let now = c.wait_leader(&all, &[id]).await?;
+            assert_eq!(now, id, "{step}");
+            let (st, body) = c.put_text(id, "app", &format!("k{writes}"), step).await?;
+            assert_eq!(st.as_u16(), 201, "{step}: write through node {id}: {body}");
+            writes += 1;
+            c.wait_converged(&all, std::time::Duration::from_secs(30)).await?;
+            c.close_failover_window();
+        }
+    }
+    // Only the new token is accepted now, on the Raft routes and as the operator's admin key.
+    for id in all {
+        let raft = |token: &str| {
+            c.request(id, reqwest::Method::GET, &format!("/raft/member-progress/{id}")).map(|r| r.bearer_auth(token))
+        };
+        assert_eq!(raft(&old)?.send().await?.status().as_u16(), 401, "node {id}: the old token on /raft/*");
+        assert_eq!(raft(&new)?.send().await?.status().as_u16(), 200, "node {id}: the new token on /raft/*");
+        let (st, _) = c.call(id, reqwest::Method::GET, "/api/v1/cluster", &old, None).await?;
+        assert_eq!(st.as_u16(), 401, "node {id}: the old token as an admin key");
+        let (st, body) = c.call(id, reqwest::Method::GET, "/api/v1/cluster", &new, None).await?;
+        assert!(st.is_success(), "node {id}: the new token as an admin key: {st} {body}");
+    }
+    for i in 0..writes {
+        let got = c.get(1, "app", &format!("k{i}"), false).await?;
+        assert!(got.is_some(), "acknowledged write k{i} survived the rotation");
+    }
+    Ok(())
+}

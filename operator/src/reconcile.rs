@@ -87,6 +87,20 @@ pub enum Error {
     )]
     #[allow(missing_docs)]
     TokenLost { name: String },
+    /// The cluster token Secret holds no token (a blank value): members could not start.
+    #[error(
+        "cluster token Secret {name} holds no token (its value lists tokens one per line, the presented one first)"
+    )]
+    #[allow(missing_docs)]
+    TokenEmpty { name: String },
+    /// The API keys Secret named by `spec.auth.apiKeysSecret` is missing or incomplete.
+    #[error("API keys Secret {secret} (spec.auth.apiKeysSecret): {reason}")]
+    ApiKeysSecret {
+        /// Secret name.
+        secret: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The TLS Secret named by `spec.tls.clientSecret` is missing or incomplete.
     #[error("TLS Secret {secret} (spec.tls.clientSecret): {reason}")]
     TlsSecret {
@@ -272,6 +286,38 @@ async fn ensure_token(ctx: &Context, c: &ConfmanCluster, has_members: bool) -> R
     apply(&ctx.client, &builders::token_secret(c, &token)?).await?;
     publish(ctx, c, EventType::Normal, "TokenCreated", "generated the cluster token Secret".into(), "Create").await;
     Ok(token)
+}
+
+/// What the members authenticate with, as far as the operator needs it.
+struct Credentials {
+    /// The token the operator presents to the members (the first of the Secret's lines).
+    presented: String,
+    /// [`builders::credentials_hash`] of the token Secret's value and the API keys file.
+    hash: String,
+}
+
+/// Reads (or, for a new cluster, creates) the token and reads the API keys file.
+async fn credentials(ctx: &Context, c: &ConfmanCluster, has_members: bool) -> Result<Credentials, Error> {
+    let value = ensure_token(ctx, c, has_members).await?;
+    let presented = builders::presented_token(&value)
+        .ok_or_else(|| Error::TokenEmpty { name: builders::token_name(c) })?
+        .to_string();
+    let keys = api_keys(ctx, c).await?;
+    Ok(Credentials { presented, hash: builders::credentials_hash(value.as_bytes(), keys.as_deref()) })
+}
+
+/// The API keys file of `spec.auth` (only its hash reaches the pod template); None without
+/// `spec.auth`. A missing Secret or key is an error: the pods could not start either.
+async fn api_keys(ctx: &Context, c: &ConfmanCluster) -> Result<Option<Vec<u8>>, Error> {
+    let Some(auth) = &c.spec.auth else { return Ok(None) };
+    let ns = c.namespace().unwrap_or_default();
+    let fail = |reason: String| Error::ApiKeysSecret { secret: auth.api_keys_secret.clone(), reason };
+    let secret = get_opt::<Secret>(&ctx.client, &ns, &auth.api_keys_secret)
+        .await?
+        .ok_or_else(|| fail(format!("does not exist in namespace {ns}")))?;
+    let mut data = secret.data.unwrap_or_default();
+    let keys = data.remove(builders::KEYS_FILE).ok_or_else(|| fail(format!("has no {} key", builders::KEYS_FILE)))?;
+    Ok(Some(keys.0))
 }
 
 /// The CA the members' certificates are signed by (`ca.crt` of the TLS Secret), so the
@@ -510,13 +556,13 @@ async fn apply_children(
 ) -> Result<ChildrenApplied, Error> {
     let client = &ctx.client;
     let sts_replicas = sts.and_then(|s| s.spec.replicas).and_then(|r| u32::try_from(r).ok());
-    let token = ensure_token(ctx, c, sts.is_some() || stored.is_some()).await?;
+    let credentials = credentials(ctx, c, sts.is_some() || stored.is_some()).await?;
 
     let current = sts_replicas.unwrap_or(0);
     let ca = tls_ca(ctx, c).await?;
     let ordinals = current.max(u32::try_from(c.spec.replicas).unwrap_or(0));
-    let node_client =
-        nodes::client(c, ordinals, &token, &ctx.resolve, ca.as_deref()).map_err(|e| Error::Node(e.to_string()))?;
+    let node_client = nodes::client(c, ordinals, &credentials.presented, &ctx.resolve, ca.as_deref())
+        .map_err(|e| Error::Node(e.to_string()))?;
     let (views, raft) = observe(ctx, c, sts, &node_client).await?;
     let mut ledger = ledger(ctx, c, stored.as_ref(), sts, raft.as_ref()).await?;
     let plan = plan(ctx, c, sts, &ledger, &views, raft.as_ref());
@@ -582,10 +628,12 @@ async fn apply_children(
     desired.spec.replicas = Some(i32::try_from(plan.replicas).unwrap_or(i32::MAX));
     desired.metadata.annotations.get_or_insert_default().insert(NEXT_ID_ANNOTATION.into(), ledger.next_id.to_string());
     let ca_hash = ca.as_deref().map(|ca| builders::with_trusted_ca(&mut desired, ca));
+    builders::with_credentials_hash(&mut desired, &credentials.hash);
     let old = |annotation: &str| {
         sts.and_then(|s| s.spec.template.metadata.as_ref()?.annotations.as_ref()?.get(annotation).cloned())
     };
     let (old_hash, old_ca_hash) = (old(builders::CONFIG_HASH_ANNOTATION), old(builders::CA_HASH_ANNOTATION));
+    let old_credentials = old(builders::CREDENTIALS_HASH_ANNOTATION);
     // The volume claim template cannot change (the API server refuses the whole StatefulSet):
     // a changed size or class is held back — the running template is kept — and reported, while
     // everything else (image, config, scaling, lost-member replacement) goes on.
@@ -611,6 +659,12 @@ async fn apply_children(
                     (keep the old CA in the bundle until every certificate is reissued)"
             .to_string();
         publish(ctx, c, EventType::Normal, "TrustChanged", note, "Update").await;
+    }
+    if old_credentials.is_some_and(|h| h != credentials.hash) {
+        let note = "the cluster token or API keys Secret changed; members restart one at a time, leader last, \
+                    to read it (while rotating the token keep the old one on the second line until every member restarted)"
+            .to_string();
+        publish(ctx, c, EventType::Normal, "CredentialsChanged", note, "Update").await;
     }
     let group = raft.as_ref().map(|r| {
         let voters = r.members.values().filter(|v| **v).count();

@@ -454,3 +454,87 @@ async fn a_bootstrap_with_the_ledger_kept_deletes_no_claim() -> TestResult {
     assert!(fake.get(STS).is_some(), "the StatefulSet is created again");
     Ok(())
 }
+
+/// The credentials hash of the StatefulSet's pod template as the fake holds it.
+fn credentials_hash(fake: &FakeApi) -> Result<String, Box<dyn std::error::Error>> {
+    let sts = fake.get(STS).ok_or("no sts")?;
+    let hash = &sts["spec"]["template"]["metadata"]["annotations"]["confman.io/credentials-hash"];
+    Ok(hash.as_str().ok_or("no credentials hash in the pod template")?.to_string())
+}
+
+fn secret(name: &str, key: &str, value: &str) -> Value {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    let mut s = Secret::default();
+    s.metadata.name = Some(name.into());
+    s.metadata.namespace = Some(NS.into());
+    s.data = Some([(key.to_string(), ByteString(value.as_bytes().to_vec()))].into());
+    let mut v = serde_json::to_value(&s).unwrap_or_default();
+    v["apiVersion"] = json!("v1");
+    v["kind"] = json!("Secret");
+    v
+}
+
+/// Issue 19, defect 8b: the token and the API keys were not in the pod template hash, so a
+/// deliberate rotation reached only the pods that happened to restart. Each edit of either
+/// Secret now changes the template (the members are replaced one at a time through the safe
+/// path) and says so in an Event; the operator never rewrites the token Secret itself.
+#[tokio::test]
+async fn a_token_or_api_keys_rotation_rolls_the_members() -> TestResult {
+    const KEYS: &str = "/api/v1/namespaces/platform/secrets/confman-keys";
+    let mut c = cluster(3);
+    c.spec.auth = Some(confman_operator::crd::AuthSpec { api_keys_secret: "confman-keys".into() });
+    let (ctx, fake) = setup(&c)?;
+    fake.seed(STS, ready_statefulset(3, 3));
+    seed_running(&fake, &c, 3)?;
+    fake.seed(KEYS, secret("confman-keys", "keys.yaml", "keys: []\n"));
+    let c = Arc::new(c);
+    reconcile(c.clone(), ctx.clone()).await?;
+    let first = credentials_hash(&fake)?;
+    reconcile(c.clone(), ctx.clone()).await?;
+    assert_eq!(credentials_hash(&fake)?, first, "unchanged Secrets keep the template");
+    assert!(!fake.event_reasons().contains(&"CredentialsChanged".to_string()), "{:?}", fake.event_reasons());
+
+    // Step one of a token rotation: the new token is added as accepted.
+    fake.seed(TOKEN, secret("config-token", "token", "secret\nnew-secret\n"));
+    reconcile(c.clone(), ctx.clone()).await?;
+    let second = credentials_hash(&fake)?;
+    assert_ne!(second, first, "a token edit changes the pod template");
+    assert!(fake.event_reasons().contains(&"CredentialsChanged".to_string()), "{:?}", fake.event_reasons());
+    assert!(!child_patches(&fake).contains(&TOKEN.to_string()), "the token Secret is never rewritten");
+
+    // New API keys.
+    fake.seed(KEYS, secret("confman-keys", "keys.yaml", "keys: [other]\n"));
+    reconcile(c.clone(), ctx.clone()).await?;
+    assert!(![first.as_str(), second.as_str()].contains(&credentials_hash(&fake)?.as_str()), "an API keys edit too");
+    Ok(())
+}
+
+/// A blank token value or a missing API keys Secret would keep every member from starting:
+/// Degraded names the Secret, and nothing is applied.
+#[tokio::test]
+async fn a_blank_token_or_a_missing_keys_secret_is_reported() -> TestResult {
+    let mut c = cluster(3);
+    let (ctx, fake) = setup(&c)?;
+    fake.seed(STS, ready_statefulset(3, 3));
+    seed_running(&fake, &c, 3)?;
+    fake.seed(TOKEN, secret("config-token", "token", " \n"));
+    let err = reconcile(Arc::new(c.clone()), ctx).await.err().ok_or("a blank token must be reported")?;
+    assert!(err.to_string().contains("config-token holds no token"), "{err}");
+    assert!(child_patches(&fake).is_empty(), "nothing applied: {:?}", child_patches(&fake));
+
+    c.spec.auth = Some(confman_operator::crd::AuthSpec { api_keys_secret: "confman-keys".into() });
+    let (ctx, fake) = setup(&c)?;
+    fake.seed(STS, ready_statefulset(3, 3));
+    seed_running(&fake, &c, 3)?;
+    let err = reconcile(Arc::new(c), ctx).await.err().ok_or("a missing keys Secret must be reported")?;
+    assert!(
+        err.to_string().contains("API keys Secret confman-keys (spec.auth.apiKeysSecret): does not exist"),
+        "{err}"
+    );
+    let degraded = stored(&fake)?;
+    let d = condition(&degraded, "Degraded").ok_or("no Degraded")?;
+    assert!(d.message.contains("confman-keys"), "{}", d.message);
+    assert!(child_patches(&fake).is_empty(), "nothing applied: {:?}", child_patches(&fake));
+    Ok(())
+}

@@ -430,6 +430,12 @@ impl Cluster {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
+    /// Rewrites the cluster token file every node reads at its next start (one token per
+    /// line: the first is presented, all are accepted).
+    pub fn write_token_file(&self, text: &str) -> Result<()> {
+        Ok(std::fs::write(self.root.join("cluster.token"), text)?)
+    }
+
     /// Data directory of node `id`.
     pub fn data_dir(&self, id: u64) -> Result<PathBuf> {
         Ok(self.node(id)?.data_dir.clone())

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 use super::conn::{ConnHandle, RequestGuard};
 use crate::api::problem::Problem;
-use crate::auth::constant_time_eq;
+use crate::cluster_token::ClusterToken;
 
 /// Paths a health probe may use on a probation connection (kubelet probes must not fail just
 /// because clients fill the node).
@@ -132,7 +132,7 @@ impl Pools {
 /// RPC is served) and the listener's pools.
 #[derive(Debug, Clone)]
 pub(crate) struct Gate {
-    pub(crate) token: Option<Arc<str>>,
+    pub(crate) token: Option<Arc<ClusterToken>>,
     pub(crate) pools: Arc<Pools>,
 }
 
@@ -154,7 +154,7 @@ enum Verdict {
     Refuse,
 }
 
-fn classify(req: &Request, token: Option<&str>) -> Kind {
+fn classify(req: &Request, token: Option<&ClusterToken>) -> Kind {
     let path = req.uri().path();
     if path.starts_with("/raft/")
         && let Some(token) = token
@@ -163,7 +163,7 @@ fn classify(req: &Request, token: Option<&str>) -> Kind {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-        && constant_time_eq(presented.as_bytes(), token.as_bytes())
+        && token.accepts(presented)
     {
         return Kind::Peer;
     }
@@ -279,7 +279,8 @@ mod tests {
 
     #[test]
     fn peers_are_known_by_the_cluster_token_on_raft_paths_only() -> Result<(), axum::http::Error> {
-        let t = Some("tok");
+        let token = ClusterToken::single("tok");
+        let t = Some(&token);
         assert_eq!(classify(&request(Method::POST, "/raft/append", Some("tok"))?, t), Kind::Peer);
         assert_eq!(classify(&request(Method::POST, "/raft/append", Some("nope"))?, t), Kind::Client);
         assert_eq!(classify(&request(Method::POST, "/raft/append", None)?, t), Kind::Client);

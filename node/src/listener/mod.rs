@@ -38,6 +38,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
+use crate::cluster_token::ClusterToken;
 pub use conn::{Conn, ConnHandle};
 use conn::{ConnState, Timeouts, Transport};
 
@@ -106,7 +107,7 @@ impl Listener {
     pub fn make_service(
         &self,
         router: Router,
-        peer_token: Option<Arc<str>>,
+        peer_token: Option<Arc<ClusterToken>>,
     ) -> IntoMakeServiceWithConnectInfo<Router, ConnHandle> {
         let gate = Arc::new(admission::Gate { token: peer_token, pools: self.pools.clone() });
         router

@@ -32,6 +32,7 @@ use self::snapshot::SnapshotStore;
 use self::state_machine::StateMachine;
 pub use self::types::NodeId;
 use self::types::{Raft, TypeConfig};
+use crate::cluster_token::ClusterToken;
 use crate::command::{Command, CommandOutcome};
 use crate::store::{RocksDb, StoreError, blocking};
 
@@ -267,7 +268,7 @@ pub struct RaftNode {
     id: NodeId,
     db: Arc<RocksDb>,
     snapshots: Arc<SnapshotStore>,
-    token: Arc<str>,
+    token: Arc<ClusterToken>,
     http: reqwest::Client,
     applied_rx: watch::Receiver<u64>,
     changes: Arc<crate::changes::ChangeFeed>,
@@ -338,7 +339,7 @@ struct Parts {
     raft: Raft,
     db: Arc<RocksDb>,
     snapshots: Arc<SnapshotStore>,
-    token: Arc<str>,
+    token: Arc<ClusterToken>,
     http: reqwest::Client,
     applied_rx: watch::Receiver<u64>,
     changes: Arc<crate::changes::ChangeFeed>,
@@ -353,7 +354,7 @@ impl RaftNode {
         settings: &RaftSettings,
         db: Arc<RocksDb>,
         data_dir: &Path,
-        token: Arc<str>,
+        token: Arc<ClusterToken>,
     ) -> Result<Arc<Self>, RaftNodeError> {
         let config = openraft::Config {
             cluster_name: "confman".into(),
@@ -385,8 +386,9 @@ impl RaftNode {
         // log store (inside Raft) is gone.
         let http = network::http_client(&settings.outgoing).map_err(|e| RaftNodeError::Network(e.to_string()))?;
         let timeouts = NetworkTimeouts { append: settings.append_timeout, snapshot_idle: settings.snapshot_timeout };
-        let network = NetworkFactory::new(token.clone(), timeouts, snapshots.stats(), &settings.outgoing)
-            .map_err(|e| RaftNodeError::Network(e.to_string()))?;
+        let network =
+            NetworkFactory::new(Arc::from(token.presented()), timeouts, snapshots.stats(), &settings.outgoing)
+                .map_err(|e| RaftNodeError::Network(e.to_string()))?;
         let (applied_tx, applied_rx) = watch::channel(0u64);
         let changes = Arc::new(crate::changes::ChangeFeed::default());
         let sm =
@@ -691,7 +693,7 @@ impl RaftNode {
         let resp = self
             .http
             .post(format!("{}{}", addr.trim_end_matches('/'), wire::PATH_READ_INDEX))
-            .bearer_auth(&*self.token)
+            .bearer_auth(self.token.presented())
             .timeout(self.request_timeout)
             .send()
             .await

@@ -24,13 +24,13 @@ use tokio::sync::Semaphore;
 use super::snapshot::{Manifest, SnapshotFile, SnapshotStats, SnapshotStore};
 use super::types::{Raft, Vote};
 use super::wire;
-use crate::auth::constant_time_eq;
+use crate::cluster_token::ClusterToken;
 
 /// State shared by the Raft RPC handlers.
 #[derive(Clone)]
 pub struct RpcState {
     raft: Raft,
-    token: Arc<str>,
+    token: Arc<ClusterToken>,
     snapshots: Arc<SnapshotStore>,
     stats: Arc<SnapshotStats>,
     inbound_snapshot: Arc<Semaphore>,
@@ -43,7 +43,7 @@ pub struct RpcState {
 /// stall before it is abandoned.
 pub fn router(
     raft: Raft,
-    token: Arc<str>,
+    token: Arc<ClusterToken>,
     snapshots: Arc<SnapshotStore>,
     snapshot_idle: Duration,
     contact: Arc<super::LeaderContact>,
@@ -82,7 +82,7 @@ async fn require_cluster_token(State(s): State<RpcState>, req: Request, next: Ne
     let presented =
         req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        Some(t) if constant_time_eq(t.as_bytes(), s.token.as_bytes()) => next.run(req).await,
+        Some(t) if s.token.accepts(t) => next.run(req).await,
         _ => crate::api::problem::Problem::unauthorized("a valid cluster token is required on /raft/*").into_response(),
     }
 }

@@ -17,11 +17,14 @@ use crate::crd::ConfmanCluster;
 
 pub use config::{CONFIG_DIR, CONFIG_FILE, config_hash, config_map, node_config};
 pub use pdb::{Budget, Pdb, budget, pdb_v1beta1_resource, pod_disruption_budget};
-pub use secret::{TOKEN_KEY, generate_token, token_secret};
+pub use secret::{
+    CREDENTIALS_HASH_ANNOTATION, TOKEN_KEY, credentials_hash, generate_token, presented_token, token_secret,
+};
 pub use services::{client_service, headless_service};
 pub use statefulset::{
     CA_HASH_ANNOTATION, CONFIG_HASH_ANNOTATION, DATA_DIR, DEFAULT_FS_GROUP, HOST_KEY, MEMBERS_DIR, MEMBERS_FILE,
-    UPDATE_STRATEGY, ZONE_KEY, default_requests, statefulset, termination_grace_seconds, with_trusted_ca,
+    UPDATE_STRATEGY, ZONE_KEY, default_requests, statefulset, termination_grace_seconds, with_credentials_hash,
+    with_trusted_ca,
 };
 
 /// Port of the node's HTTP listener (client API and Raft RPC).
@@ -67,6 +70,10 @@ pub fn token_name(c: &ConfmanCluster) -> String {
 pub fn pod_name(c: &ConfmanCluster, ordinal: u32) -> String {
     format!("{}-{ordinal}", c.name_any())
 }
+
+/// Key of the API keys file in the Secret `spec.auth.apiKeysSecret` names (and its file name in
+/// the pods).
+pub const KEYS_FILE: &str = "keys.yaml";
 
 /// Where the TLS Secret (`spec.tls.clientSecret`) is mounted in the pods.
 pub const TLS_DIR: &str = "/etc/confman/tls";

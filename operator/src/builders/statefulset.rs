@@ -21,8 +21,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    BuildError, CONFIG_DIR, CONFIG_FILE, NODE_PORT, TOKEN_KEY, client_name, config_name, headless_name, members_name,
-    meta, selector_labels, token_name,
+    BuildError, CONFIG_DIR, CONFIG_FILE, CREDENTIALS_HASH_ANNOTATION, KEYS_FILE, NODE_PORT, TOKEN_KEY, client_name,
+    config_name, headless_name, members_name, meta, selector_labels, token_name,
 };
 use crate::capabilities::Capabilities;
 use crate::crd::{ConfmanCluster, PayloadClassSpec};
@@ -240,6 +240,12 @@ fn volume_claim(c: &ConfmanCluster) -> PersistentVolumeClaim {
     }
 }
 
+/// Records the credentials hash (see [`CREDENTIALS_HASH_ANNOTATION`]) in the pod template.
+pub fn with_credentials_hash(sts: &mut StatefulSet, hash: &str) {
+    let meta = sts.spec.template.metadata.get_or_insert_default();
+    meta.annotations.get_or_insert_default().insert(CREDENTIALS_HASH_ANNOTATION.to_string(), hash.to_string());
+}
+
 /// Records the hash of the CA bundle the pods trust in the pod template (see
 /// [`CA_HASH_ANNOTATION`]); returns the hash.
 pub fn with_trusted_ca(sts: &mut StatefulSet, ca_pem: &str) -> String {
@@ -278,7 +284,7 @@ pub fn statefulset(
         Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() },
     ];
     if let Some(auth) = &c.spec.auth {
-        volumes.push(secret_volume("keys", auth.api_keys_secret.clone(), &["keys.yaml"]));
+        volumes.push(secret_volume("keys", auth.api_keys_secret.clone(), &[KEYS_FILE]));
     }
     if let Some(tls) = &c.spec.tls {
         volumes.push(secret_volume("tls", tls.client_secret.clone(), &super::TLS_KEYS));
