@@ -22,9 +22,9 @@ pub enum TlsError {
     File {
         /// The setting that named the file.
         setting: &'static str,
-        /// Path.
+        /// The file as configured.
         path: PathBuf,
-        /// Why.
+        /// What is wrong with it: unreadable, not PEM, or no certificate or key in it.
         reason: String,
     },
     /// rustls refused the certificate or key.
