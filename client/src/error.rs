@@ -3,7 +3,7 @@
 /// An RFC 7807 problem returned by a node.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 pub struct Problem {
-    /// HTTP status.
+    /// HTTP status as the problem body states it (0 when the body has none).
     #[serde(default)]
     pub status: u16,
     /// Problem type (a short machine-readable name).

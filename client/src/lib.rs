@@ -120,7 +120,7 @@ impl ClientBuilder {
         self
     }
 
-    /// Builds the client.
+    /// Builds the client; fails without endpoints or when a trusted CA is not valid PEM.
     pub fn build(self) -> Result<Client, Error> {
         if self.endpoints.is_empty() {
             return Err(Error::NoEndpoints);
@@ -183,7 +183,7 @@ pub struct RetryStats {
 }
 
 impl RetryStats {
-    /// All repeated attempts.
+    /// All repeated attempts, whatever the reason (tests expect 0 in steady phases).
     pub fn total(&self) -> u64 {
         self.unavailable + self.unreachable + self.unanswered
     }

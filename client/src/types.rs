@@ -28,20 +28,20 @@ pub struct WriteResult {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EntryMeta {
-    /// Key.
+    /// The key, without its namespace.
     pub key: String,
-    /// Version.
+    /// The entry's per-key version (1 on create, +1 per write).
     pub version: u64,
-    /// Size in bytes.
+    /// Size of the value in bytes (listings carry no values unless asked).
     pub size: u64,
 }
 
 /// One page of a listing.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Page {
-    /// Entries.
+    /// The entries of this page, in key order.
     pub items: Vec<EntryMeta>,
-    /// Token for the next page.
+    /// Pass to the next `list` call to continue after this page; `None` on the last page.
     #[serde(rename = "continue")]
     pub continue_token: Option<String>,
 }
@@ -49,9 +49,9 @@ pub struct Page {
 /// A member of the Raft group.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct Member {
-    /// Node id.
+    /// Raft node id (never reused for another member).
     pub id: u64,
-    /// URL.
+    /// The member's advertised base URL, where it serves the API.
     pub address: String,
     /// `voter` or `learner`.
     pub role: String,
@@ -61,19 +61,20 @@ pub struct Member {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterStatus {
-    /// The answering node.
+    /// Id of the node that answered (each node reports its own view).
     pub node_id: u64,
     /// Its role: leader, follower, candidate, learner.
     pub role: String,
-    /// Current leader.
+    /// The leader this node knows of; `None` during an election.
     pub leader_id: Option<u64>,
-    /// Current term.
+    /// Raft term; a rising term means elections.
     pub term: u64,
-    /// Last log index.
+    /// Last log index this node holds.
     pub last_log_index: Option<u64>,
-    /// Committed index.
+    /// Highest index this node knows to be committed.
     pub commit_index: Option<u64>,
-    /// Applied index.
+    /// Highest index this node has applied: a member has caught up when it reaches the
+    /// leader's commit index.
     pub applied_index: Option<u64>,
     /// Members of the current configuration.
     pub members: Vec<Member>,

@@ -18,7 +18,7 @@ pub struct WatchEvent {
     pub action: String,
     /// Who made the change.
     pub actor: String,
-    /// Namespace.
+    /// Namespace of the change (a watch covers one namespace).
     pub namespace: String,
     /// Key, for config changes.
     pub key: Option<String>,

@@ -1,4 +1,4 @@
-//! API-key authentication and role/namespace authorisation (SPEC §2.2). Keys are stored as
+//! API-key authentication and role/namespace authorisation. Keys are stored as
 //! SHA-256 digests and compared in constant time; roles nest admin ⊃ editor ⊃ viewer; a key may
 //! be limited to namespace glob patterns.
 
@@ -62,9 +62,9 @@ pub enum KeysFileError {
     /// Read or parse failure.
     #[error("api keys file {path}: {reason}")]
     Invalid {
-        /// File path.
+        /// The keys file as configured (`--api-keys-file`).
         path: String,
-        /// Why.
+        /// What is wrong with it: the read error, the parse error, or the rule it breaks.
         reason: String,
     },
 }

@@ -15,7 +15,7 @@ pub struct Command {
     pub actor: String,
     /// Proposal time (proposer's clock), milliseconds since the epoch.
     pub at_ms: u64,
-    /// The change.
+    /// What the command changes; applied by `store::apply` at the same index on every replica.
     pub op: Operation,
 }
 
@@ -26,25 +26,25 @@ pub enum Operation {
     PutNamespace {
         /// Namespace name (validated before proposing).
         name: String,
-        /// Description.
+        /// Free text shown with the namespace; replaces the previous description.
         description: String,
-        /// Owner.
+        /// Who owns the namespace (free text: a team, a person); replaces the previous owner.
         owner: String,
     },
     /// Delete a namespace and every entry in it.
     DeleteNamespace {
-        /// Namespace name.
+        /// The namespace to delete with its entries and their history (each deletion is audited).
         name: String,
     },
     /// Write a new version of a key.
     PutEntry {
         /// Namespace (must exist).
         namespace: String,
-        /// Key.
+        /// Key within the namespace (validated before proposing).
         key: String,
-        /// Declared content type.
+        /// Content type the writer declared, returned with the value on reads.
         content_type: String,
-        /// Value bytes.
+        /// The value, carried in the log as raw bytes (never JSON numbers).
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// Compare-and-set condition checked at apply time.
@@ -52,9 +52,9 @@ pub enum Operation {
     },
     /// Delete a key and its history.
     DeleteEntry {
-        /// Namespace.
+        /// Namespace of the key.
         namespace: String,
-        /// Key.
+        /// The key to delete (its history goes with it).
         key: String,
         /// Compare-and-set condition checked at apply time.
         precondition: Precondition,
@@ -81,7 +81,7 @@ pub enum Operation {
     Keyed {
         /// The client-generated key (validated before proposing).
         idempotency_key: String,
-        /// The write.
+        /// The entry write (`PutEntry` or `DeleteEntry`) the key stands for.
         op: Box<Operation>,
     },
 }
@@ -90,7 +90,7 @@ pub enum Operation {
 /// compare-and-set is linearizable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Precondition {
-    /// No condition.
+    /// No condition: the write applies whatever the key's state.
     None,
     /// The key must not exist (`If-None-Match: *`).
     Absent,

@@ -1,9 +1,13 @@
 //! Confman node: a Raft-replicated configuration store on openraft and RocksDB with an HTTP
 //! API. Modules by job: `model` (data types and name rules), `command` (replicated
 //! operations), `store` (RocksDB layout, reads, apply), `raft` (everything openraft-facing),
-//! `api` (HTTP), `auth`, `config` and `tuning` (settings and their invariants), `metrics`,
-//! `server` (startup and ordered shutdown), `listener` (the accept loop, connection limits and
-//! timeouts), `tls` (rustls for the listener and peer calls).
+//! `changes` (which namespaces changed, for watches), `api` (HTTP), `auth` (API keys and
+//! roles), `cluster_token` (the shared peer token, several during a rotation), `config`
+//! (flags, environment and files; the timing rules come from `tuning`),
+//! `metrics`, `server` (startup and ordered shutdown), `listener` (the accept loop, connection
+//! limits and timeouts), `tls` (rustls for the listener and peer calls), `lost_member` (a
+//! member that lost its data does not rejoin under its id), `files` (durable private files).
+//! The design is described in the repository's `docs/`.
 
 pub mod api;
 pub mod auth;

@@ -1,5 +1,5 @@
 //! The data model of a Confman node: namespaces, config entries, history and audit events,
-//! plus the validation rules for names and keys (SPEC §2.1). Pure types, no I/O.
+//! plus the validation rules for names and keys. Pure types, no I/O.
 
 use serde::{Deserialize, Serialize};
 
@@ -141,11 +141,11 @@ impl AuditAction {
 /// An audit event, written in the same batch as the change it records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
-    /// What happened.
+    /// The kind of change (created, updated, deleted; of a namespace or an entry).
     pub action: AuditAction,
     /// API key name that caused it.
     pub actor: String,
-    /// Namespace concerned.
+    /// Namespace the change happened in (the audit log is per namespace).
     pub namespace: String,
     /// Key concerned, for config actions.
     pub key: Option<String>,

@@ -1,7 +1,8 @@
-//! Node startup and ordered shutdown (seed lesson 9). Startup: data dir → RocksDB → keys and
-//! cluster token → HTTP clients and the bound listener → Raft (nothing fallible after it). Shutdown: stop accepting, drain in-flight requests
-//! (they still need Raft to commit), hand leadership away, stop Raft (pending applies finish),
-//! fsync, close RocksDB.
+//! Node startup and ordered shutdown (storage is never closed under a pending apply:
+//! `docs/large-values.md`, lesson 9). Startup: data dir → RocksDB → keys and cluster token →
+//! HTTP clients and the bound listener → Raft (nothing fallible after it). Shutdown: stop
+//! accepting, drain in-flight requests (they still need Raft to commit), hand leadership away,
+//! stop Raft (pending applies finish), fsync, close RocksDB.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,9 +36,9 @@ pub enum ServerError {
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     File {
-        /// Path.
+        /// The file, so the message names what to fix.
         path: String,
-        /// Cause.
+        /// The I/O error.
         source: std::io::Error,
     },
     /// The cluster token file is empty or malformed.
@@ -46,12 +47,12 @@ pub enum ServerError {
     /// The listener could not be bound.
     #[error("listen on {addr}: {source}")]
     Bind {
-        /// Address.
+        /// The `--listen` address that could not be bound.
         addr: SocketAddr,
-        /// Cause.
+        /// The bind error (typically the port is taken, or not allowed).
         source: std::io::Error,
     },
-    /// Serving failed.
+    /// The serve loop ended with an error, or its task failed.
     #[error("serve: {0}")]
     Serve(std::io::Error),
     /// The data directory belongs to another Raft node id (ids are never reused, so old data
@@ -60,7 +61,7 @@ pub enum ServerError {
         "data-dir {dir} holds the data of node {stored}, not node-id {configured}; a member's data never rejoins under another id (empty the directory to join afresh)"
     )]
     ForeignData {
-        /// Data directory.
+        /// The data directory (`--data-dir`).
         dir: String,
         /// Id recorded in the directory.
         stored: u64,
@@ -74,9 +75,9 @@ pub enum ServerError {
         "node {node_id} was a member of the cluster but data-dir {dir} is empty: its volume was lost. It must not rejoin under the same id (it would forget its vote and log); the operator replaces it with a fresh id. Outside Kubernetes: remove node {node_id} from the cluster and start this node with a new --node-id"
     )]
     DataLost {
-        /// Node id.
+        /// The id that lost its data; it must not rejoin under it.
         node_id: u64,
-        /// Data directory.
+        /// The empty data directory (`--data-dir`).
         dir: String,
     },
     /// The TLS files are unusable.
@@ -89,7 +90,7 @@ pub enum ServerError {
 
 /// A started node, ready to serve.
 pub struct Running {
-    /// The bound address.
+    /// The address actually bound (with `--listen` port 0, the port the OS chose).
     pub local_addr: SocketAddr,
     /// The generated development admin key, when no keys file was configured.
     pub dev_admin_key: Option<String>,

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::entries::read_json_body;
 use super::problem::Problem;
@@ -15,8 +15,9 @@ use super::{AppContext, Ctx};
 use crate::auth::{Principal, Role};
 use crate::command::{Command, CommandOutcome, Operation};
 use crate::model::now_ms;
-use crate::raft::NodeId;
+use crate::raft::{ClusterStatus, NodeId};
 use crate::store::{apply, audit_retention, request_blocking};
+use crate::tuning::Tuning;
 
 /// The highest history depth an admin may set (every key may then keep this many versions).
 pub const MAX_HISTORY_DEPTH: u64 = 1000;
@@ -42,16 +43,26 @@ fn parse_id(raw: &str) -> Result<NodeId, Problem> {
         .map_err(|_| Problem::bad_request("invalid-parameter", format!("node id must be an integer, got {raw:?}")))
 }
 
+/// The body of `GET /api/v1/cluster`: the node's view of the Raft group, plus the settings
+/// it runs with, so an operator or a dashboard gets both in one call.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterInfo {
+    /// Members, leader, term, indexes and snapshot figures (the fields sit at the top level).
+    #[serde(flatten)]
+    pub status: ClusterStatus,
+    /// The tuning this node runs with (limits and timeouts).
+    pub tuning: Tuning,
+    /// The history depth this node applies writes with.
+    pub history_depth: u64,
+}
+
 /// `GET /api/v1/cluster`.
 pub async fn info(ctx: Ctx, headers: HeaderMap) -> Result<Response, Problem> {
     ctx.authorize(&headers, Role::Viewer, None)?;
     let status = ctx.node.status();
-    let mut body = serde_json::to_value(&status).map_err(Problem::internal)?;
-    if let serde_json::Value::Object(m) = &mut body {
-        m.insert("tuning".into(), serde_json::to_value(ctx.tuning).map_err(Problem::internal)?);
-        m.insert("historyDepth".into(), cluster_history_depth(&ctx).await?.into());
-    }
-    Ok(Json(body).into_response())
+    let history_depth = cluster_history_depth(&ctx).await?;
+    Ok(Json(ClusterInfo { status, tuning: ctx.tuning, history_depth }).into_response())
 }
 
 /// The history depth this node applies writes with (the cluster's, as applied here).

@@ -1,5 +1,6 @@
 //! Transparent forwarding: a write that reaches a follower is proxied, body streamed, to the
-//! leader, and the leader's answer is streamed back (SPEC §2.2). A hop header prevents loops.
+//! leader, and the leader's answer is streamed back, so clients can talk to any member (a
+//! Service that load-balances across pods). A hop header prevents loops.
 
 use axum::body::Body;
 use axum::extract::{Request, State};

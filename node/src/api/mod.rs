@@ -1,4 +1,4 @@
-//! The HTTP API (SPEC §2.2): client routes under `/api/v1`, health, metrics, and the internal
+//! The HTTP API: client routes under `/api/v1`, health, metrics, and the internal
 //! `/raft/*` routes from the raft module. Cross-cutting concerns are middleware: request
 //! metrics, the `X-Confman-Revision` header, and transparent forwarding of writes to the
 //! leader.
@@ -39,11 +39,11 @@ pub const HEADER_VERSION: &str = "x-confman-version";
 pub struct AppContext {
     /// The Raft node and its storage.
     pub node: Arc<RaftNode>,
-    /// Accepted API keys.
+    /// The API keys and the cluster token every request is authenticated against.
     pub keys: KeyRing,
     /// Effective tuning (limits come from here).
     pub tuning: Tuning,
-    /// Request metrics.
+    /// Request counters and latencies for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// HTTP client used to forward writes to the leader.
     pub forward_client: reqwest::Client,
@@ -51,7 +51,7 @@ pub struct AppContext {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
-/// Shared handler state.
+/// How handlers receive the `AppContext` (axum state).
 pub type Ctx = State<Arc<AppContext>>;
 
 impl AppContext {

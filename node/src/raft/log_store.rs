@@ -2,7 +2,7 @@
 //! and durable once their `IOFlushed` callback fires. Durability comes from one syncer thread:
 //! it takes every callback queued since its last fsync and covers them with a single
 //! `flush_wal(true)`: a lone writer waits for exactly one fsync, concurrent writers share one,
-//! and there is no timer (seed lesson 5).
+//! and there is no timer, which would make a lone writer wait for its tick.
 
 use std::fmt::Debug;
 use std::io;
@@ -25,12 +25,13 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
 
-/// Decides when to compact the log (seed lessons 4 and 7). A snapshot rewrites the whole
-/// state, so the trigger is: the log since the last snapshot holds at least `entries` entries
-/// or `bytes` bytes, **and** at least half as many bytes as the last snapshot. The log stays
-/// bounded by bytes (never more than max(`bytes`, state / 2) plus one batch), while the cost of
-/// snapshots stays proportional to what is written rather than to the state size times the
-/// number of triggers. The watcher task waits on `wait_due` and asks openraft for a snapshot.
+/// Decides when to compact the log (`docs/large-values.md`, lessons 4 and 7). A snapshot
+/// rewrites the whole state, so the trigger is: the log since the last snapshot holds at least
+/// `entries` entries or `bytes` bytes, **and** at least half as many bytes as the last
+/// snapshot. The log stays bounded by bytes (never more than max(`bytes`, state / 2) plus one
+/// batch), while the cost of snapshots stays proportional to what is written rather than to the
+/// state size times the number of triggers. `compaction::trigger_snapshots` waits on
+/// `wait_due` and asks openraft for a snapshot.
 #[derive(Debug)]
 pub struct LogBytes {
     since_snapshot: AtomicU64,

@@ -1,6 +1,7 @@
 //! The client half of the Raft network (`RaftNetworkV2`) over HTTP. Heartbeats, appends and
 //! snapshots each use their own `reqwest::Client` (own connection pool), so a multi-MB append
-//! or a snapshot body never delays a heartbeat behind it (seed lesson 6).
+//! or a snapshot body never delays a heartbeat behind it (a starved heartbeat means a spurious
+//! election; `docs/large-values.md`, lesson 6).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,7 +33,8 @@ pub struct NetworkTimeouts {
     /// Deadline of one AppendEntries carrying entries (replication connection).
     pub append: Duration,
     /// A snapshot transfer fails when no body byte moves for this long, and the receiver's
-    /// install (after the last byte) may take this long (no total deadline: seed lesson 6/7).
+    /// install (after the last byte) may take this long. No total deadline: a snapshot grows
+    /// with the data, and a deadline that fits today's would abort tomorrow's.
     pub snapshot_idle: Duration,
 }
 
@@ -69,7 +71,7 @@ pub struct PeerClient {
 /// trusted for https:// peers (`--tls-ca-file`; none: the system's roots).
 #[derive(Debug, Clone, Default)]
 pub struct Outgoing {
-    /// Host name overrides.
+    /// Fixed addresses for host names, used instead of DNS (`--resolve`, like curl's).
     pub resolve: Vec<(String, std::net::IpAddr)>,
     /// Extra trusted CA certificates.
     pub trusted_cas: Vec<reqwest::Certificate>,
@@ -78,13 +80,13 @@ pub struct Outgoing {
 /// Builds an HTTP client for intra-cluster traffic (no proxies, TCP_NODELAY) as `out` says.
 pub fn http_client(out: &Outgoing) -> Result<reqwest::Client, reqwest::Error> {
     let base = || {
-        let mut b = confman_client::http_builder();
+        let mut b = crate::tls::http_builder();
         for (host, ip) in &out.resolve {
             b = b.resolve(host, std::net::SocketAddr::new(*ip, 0));
         }
         b.tcp_nodelay(true).connect_timeout(Duration::from_secs(2)).pool_idle_timeout(Duration::from_secs(60))
     };
-    confman_client::build_http(base, &out.trusted_cas)
+    crate::tls::build_http(base, &out.trusted_cas)
 }
 
 impl NetworkFactory {

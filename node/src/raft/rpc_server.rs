@@ -1,7 +1,8 @@
 //! The server half of the Raft network: axum routes under `/raft/*`. They require the cluster
-//! token (constant-time compare), never accept a client API key, and have no body-size limit
-//! (seed lesson 3). Snapshot bodies stream to a staging file, are verified, and only then
-//! handed to openraft.
+//! token (constant-time compare), never accept a client API key, and have no body-size limit:
+//! a snapshot or a large append must never meet a limit meant for clients
+//! (`docs/large-values.md`). Snapshot bodies stream to a staging file, are verified, and only
+//! then handed to openraft.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,8 +84,20 @@ async fn require_cluster_token(State(s): State<RpcState>, req: Request, next: Ne
         req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     match presented {
         Some(t) if s.token.accepts(t) => next.run(req).await,
-        _ => crate::api::problem::Problem::unauthorized("a valid cluster token is required on /raft/*").into_response(),
+        _ => unauthorized(),
     }
+}
+
+/// The 401 of `/raft/*`, shaped like the client API's problem responses (RFC 7807) so a
+/// misconfigured peer or a probing client reads the same kind of error everywhere.
+fn unauthorized() -> Response {
+    let body = serde_json::json!({
+        "type": "https://confman.dev/problems/unauthenticated",
+        "title": "Authentication required",
+        "status": StatusCode::UNAUTHORIZED.as_u16(),
+        "detail": "a valid cluster token is required on /raft/*",
+    });
+    (StatusCode::UNAUTHORIZED, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response()
 }
 
 /// Encodes `Result<T, String>` as a postcard reply.

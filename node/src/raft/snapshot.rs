@@ -1,4 +1,5 @@
-//! Snapshots as immutable files (seed lessons 1, 2, 6, 7). A build reads a RocksDB
+//! Snapshots as immutable files, never buffered in memory (`docs/large-values.md`, lessons
+//! 1, 2, 6, 7; the format is in `docs/storage.md`). A build reads a RocksDB
 //! point-in-time view on a blocking thread and streams it into an SST file (`SstFileWriter`),
 //! so memory stays O(one record) and apply and heartbeats continue. Install ingests the SST
 //! (`ingest_external_file`) instead of loading anything into memory.
@@ -52,9 +53,9 @@ pub struct Manifest {
 /// A complete snapshot on disk: openraft's `SnapshotData`, a path handle rather than bytes.
 #[derive(Debug, Clone)]
 pub struct SnapshotFile {
-    /// The snapshot directory.
+    /// `snap-<index>-<nonce>` for a published snapshot, `tmp-<nonce>` for a staged receive.
     pub dir: PathBuf,
-    /// Its manifest.
+    /// What the directory holds, read from its `manifest.json`.
     pub manifest: Manifest,
 }
 
@@ -444,7 +445,7 @@ pub struct StateDigest {
     pub applied_index: u64,
     /// SHA-256 over every key and value of the state, in key order.
     pub sha256: String,
-    /// Number of records.
+    /// Number of state records the digest covers.
     pub records: u64,
     /// Bytes of keys and values.
     pub bytes: u64,

@@ -84,7 +84,7 @@ struct AppliedBatch {
     outcomes: Vec<CommandOutcome>,
     /// Index of the last entry (0 for an empty batch).
     last: u64,
-    /// Namespaces changed.
+    /// Namespaces the batch changed, for the change feed (only their watchers are woken).
     touched: Vec<String>,
 }
 

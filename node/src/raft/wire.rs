@@ -53,12 +53,12 @@ pub enum WireError {
     Header(&'static str, String),
 }
 
-/// Encodes a body.
+/// Encodes a body (postcard: compact, and values stay raw bytes).
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, WireError> {
     Ok(postcard::to_stdvec(v)?)
 }
 
-/// Decodes a body.
+/// Decodes a body written by [`encode`].
 pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, WireError> {
     Ok(postcard::from_bytes(b)?)
 }

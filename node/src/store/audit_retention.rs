@@ -23,7 +23,7 @@ const AUDIT_RETENTION: &str = "audit-retention";
 /// Per-namespace bookkeeping of the audit log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditMeta {
-    /// Events currently kept.
+    /// Events currently kept; the oldest revisions are dropped once it exceeds the retention.
     pub count: u64,
     /// Every event at or below this revision has been dropped (0: none).
     pub trimmed_upto: u64,

@@ -1,6 +1,7 @@
 //! RocksDB storage shared by the Raft log and the state machine: one database per node with a
-//! column family per concern (SPEC §2.3). This module opens the database; `keys` and `codec`
-//! define the on-disk layout, `state` reads it and `apply` turns a command into one write batch.
+//! column family per concern (`docs/storage.md`). This module opens the database; `keys` and
+//! `codec` define the on-disk layout, `state` reads it and `apply` turns a command into one
+//! write batch.
 
 pub mod apply;
 pub mod audit_retention;

@@ -1,0 +1,60 @@
+//! Log compaction: a snapshot when the log since the last one is due (`LogBytes`), and after
+//! each snapshot a purge of the log beyond the kept tail.
+
+use std::sync::Arc;
+
+use openraft::async_runtime::watch::WatchReceiver;
+
+use super::log_store::{self, LogBytes};
+use super::types::Raft;
+use crate::store::{RocksDb, blocking};
+
+/// Byte bound of the log tail kept after a snapshot for lagging followers: a quarter of the
+/// compaction threshold. A follower further behind than that is cheaper to send the snapshot
+/// than the log (a snapshot is the state, the log is every superseded value too); with large
+/// values the count bound (`logs_to_keep`) alone would keep hundreds of MiB.
+pub(super) fn kept_tail_bytes(compaction_bytes: u64) -> u64 {
+    compaction_bytes / 4
+}
+
+/// Builds a snapshot each time `log_bytes` says compaction is due; ends when Raft stops.
+pub(super) async fn trigger_snapshots(raft: Raft, log_bytes: Arc<LogBytes>) {
+    loop {
+        log_bytes.wait_due().await;
+        tracing::info!(bytes = log_bytes.current(), "log compaction due; building a snapshot");
+        if raft.trigger().snapshot().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// After each snapshot (built or installed), purges the log beyond the kept tail's bounds
+/// (`logs_to_keep` entries and `max_bytes`). openraft holds a purge back while a replication
+/// stream still reads the entries, and never purges past its snapshot.
+pub(super) async fn trim_log_tail(raft: Raft, db: Arc<RocksDb>, max_entries: u64, max_bytes: u64) {
+    let mut metrics = raft.metrics();
+    let mut trimmed_for = None;
+    loop {
+        let snapshot = metrics.borrow_watched().snapshot.map(|s| s.index);
+        if let Some(index) = snapshot
+            && trimmed_for != Some(index)
+        {
+            let db = db.clone();
+            match blocking(move || log_store::tail_purge_point(&db, index, max_entries, max_bytes)).await {
+                Ok(Some(upto)) => {
+                    trimmed_for = Some(index);
+                    tracing::debug!(upto, snapshot = index, "purging the log tail beyond its bounds");
+                    if raft.trigger().purge_log(upto).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => trimmed_for = Some(index),
+                // Retried on the next metrics change.
+                Err(e) => tracing::warn!("could not size the log tail after snapshot {index}: {e}"),
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}

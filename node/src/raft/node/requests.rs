@@ -1,0 +1,88 @@
+//! Client requests through Raft: proposing a command, and the barrier before a linearizable
+//! read.
+
+use std::sync::atomic::Ordering;
+
+use openraft::ReadPolicy;
+use openraft::error::RaftError;
+
+use super::RaftNode;
+use crate::command::{Command, CommandOutcome, Operation};
+use crate::raft::error::{RaftNodeError, from_write_error, stopped};
+use crate::store::blocking;
+
+impl RaftNode {
+    /// Proposes a command on this node, which must be the leader; returns the outcome and the
+    /// revision (log index) it was applied at.
+    pub async fn write(&self, cmd: Command) -> Result<(CommandOutcome, u64), RaftNodeError> {
+        if !self.settings_recorded.load(Ordering::Acquire) {
+            self.record_initial_settings().await?;
+        }
+        let fut = self.raft.client_write(cmd);
+        match tokio::time::timeout(self.request_timeout, fut).await {
+            Err(_) => Err(RaftNodeError::Timeout(self.request_timeout)),
+            Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
+            Ok(Err(e)) => Err(from_write_error(self.id, e)),
+        }
+    }
+
+    /// Makes sure the cluster settings are in the log before this leader's first client write:
+    /// the first leader of a new cluster proposes its own (conditionally, `if_unset`).
+    async fn record_initial_settings(&self) -> Result<(), RaftNodeError> {
+        let db = self.db.clone();
+        let stored = blocking(move || crate::store::apply::stored_history_depth(&db)).await?;
+        if let Some(d) = stored
+            && d != self.initial_history_depth
+        {
+            tracing::warn!(
+                cluster = d,
+                flag = self.initial_history_depth,
+                "--history-depth differs from the cluster's setting, which applies (change it with PUT /api/v1/cluster/settings)"
+            );
+        }
+        if stored.is_none() {
+            let cmd = Command {
+                actor: "cluster-bootstrap".into(),
+                at_ms: crate::model::now_ms(),
+                op: Operation::SetHistoryDepth { depth: self.initial_history_depth, if_unset: true },
+            };
+            match tokio::time::timeout(self.request_timeout, self.raft.client_write(cmd)).await {
+                Err(_) => return Err(RaftNodeError::Timeout(self.request_timeout)),
+                Ok(Err(e)) => return Err(from_write_error(self.id, e)),
+                Ok(Ok(r)) => tracing::info!(outcome = ?r.data, "cluster settings recorded"),
+            }
+        }
+        self.settings_recorded.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Waits until this node may serve a linearizable read: the leader confirms its leadership
+    /// with a quorum (read index); a follower asks the leader for the read index and waits
+    /// until it has applied it. Returns the applied revision the read will see at least.
+    pub async fn linearizable_barrier(&self) -> Result<u64, RaftNodeError> {
+        let index = if self.raft.is_leader() {
+            let fut = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
+            match tokio::time::timeout(self.request_timeout, fut).await {
+                Err(_) => return Err(RaftNodeError::Timeout(self.request_timeout)),
+                Ok(Ok(read_log_id)) => read_log_id.index(),
+                Ok(Err(RaftError::APIError(e))) => {
+                    tracing::debug!("read index refused: {e}");
+                    return Err(self.not_leader());
+                }
+                Ok(Err(RaftError::Fatal(f))) => return Err(stopped(f)),
+            }
+        } else {
+            match self.leader_or_wait().await {
+                Some((leader_id, addr)) if leader_id != self.id => self.read_index.fetch(&addr).await?,
+                _ => return Err(RaftNodeError::NoLeader),
+            }
+        };
+        let mut rx = self.applied_rx.clone();
+        let wait = rx.wait_for(|applied| *applied >= index);
+        match tokio::time::timeout(self.request_timeout, wait).await {
+            Err(_) => Err(RaftNodeError::Timeout(self.request_timeout)),
+            Ok(Err(_)) => Err(RaftNodeError::Stopped("state machine closed".into())),
+            Ok(Ok(applied)) => Ok(*applied),
+        }
+    }
+}
