@@ -292,8 +292,12 @@ async fn ensure_token(ctx: &Context, c: &ConfmanCluster, has_members: bool) -> R
 struct Credentials {
     /// The token the operator presents to the members (the first of the Secret's lines).
     presented: String,
-    /// [`builders::credentials_hash`] of the token Secret's value and the API keys file.
-    hash: String,
+    /// [`builders::credentials_hash`] of the token Secret's value and the API keys file; None
+    /// when the API keys Secret of a running cluster is unreadable (`keys_problem`): the
+    /// running pods keep the files they mounted, so the template keeps its hash.
+    hash: Option<String>,
+    /// Why the API keys Secret of a running cluster cannot be read.
+    keys_problem: Option<String>,
 }
 
 /// Reads (or, for a new cluster, creates) the token and reads the API keys file.
@@ -302,8 +306,19 @@ async fn credentials(ctx: &Context, c: &ConfmanCluster, has_members: bool) -> Re
     let presented = builders::presented_token(&value)
         .ok_or_else(|| Error::TokenEmpty { name: builders::token_name(c) })?
         .to_string();
-    let keys = api_keys(ctx, c).await?;
-    Ok(Credentials { presented, hash: builders::credentials_hash(value.as_bytes(), keys.as_deref()) })
+    match api_keys(ctx, c).await {
+        Ok(keys) => Ok(Credentials {
+            presented,
+            hash: Some(builders::credentials_hash(value.as_bytes(), keys.as_deref())),
+            keys_problem: None,
+        }),
+        // Running members need nothing from it until they restart: the rest of the reconcile
+        // (dead members, lost volumes, scaling, status) goes on, and Degraded says what is wrong.
+        Err(e @ Error::ApiKeysSecret { .. }) if has_members => {
+            Ok(Credentials { presented, hash: None, keys_problem: Some(e.to_string()) })
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The API keys file of `spec.auth` (only its hash reaches the pod template); None without
@@ -628,10 +643,12 @@ async fn apply_children(
     desired.spec.replicas = Some(i32::try_from(plan.replicas).unwrap_or(i32::MAX));
     desired.metadata.annotations.get_or_insert_default().insert(NEXT_ID_ANNOTATION.into(), ledger.next_id.to_string());
     let ca_hash = ca.as_deref().map(|ca| builders::with_trusted_ca(&mut desired, ca));
-    builders::with_credentials_hash(&mut desired, &credentials.hash);
     let old = |annotation: &str| {
         sts.and_then(|s| s.spec.template.metadata.as_ref()?.annotations.as_ref()?.get(annotation).cloned())
     };
+    if let Some(hash) = credentials.hash.clone().or_else(|| old(builders::CREDENTIALS_HASH_ANNOTATION)) {
+        builders::with_credentials_hash(&mut desired, &hash);
+    }
     let (old_hash, old_ca_hash) = (old(builders::CONFIG_HASH_ANNOTATION), old(builders::CA_HASH_ANNOTATION));
     let old_credentials = old(builders::CREDENTIALS_HASH_ANNOTATION);
     // The volume claim template cannot change (the API server refuses the whole StatefulSet):
@@ -660,9 +677,12 @@ async fn apply_children(
             .to_string();
         publish(ctx, c, EventType::Normal, "TrustChanged", note, "Update").await;
     }
-    if old_credentials.is_some_and(|h| h != credentials.hash) {
+    let held = held.or_else(|| credentials.keys_problem.clone().map(|m| ("ApiKeysSecretUnreadable", m)));
+    if let (Some(old), Some(new)) = (&old_credentials, &credentials.hash)
+        && old != new
+    {
         let note = "the cluster token or API keys Secret changed; members restart one at a time, leader last, \
-                    to read it (while rotating the token keep the old one on the second line until every member restarted)"
+                    to read it (rotating the token takes three edits, each after the previous one rolled out: see README)"
             .to_string();
         publish(ctx, c, EventType::Normal, "CredentialsChanged", note, "Update").await;
     }

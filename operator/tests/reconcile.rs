@@ -510,8 +510,9 @@ async fn a_token_or_api_keys_rotation_rolls_the_members() -> TestResult {
     Ok(())
 }
 
-/// A blank token value or a missing API keys Secret would keep every member from starting:
-/// Degraded names the Secret, and nothing is applied.
+/// A blank token value would keep every member from starting: Degraded names the Secret, and
+/// nothing is applied. A missing API keys Secret stops a new cluster the same way; a running
+/// one keeps its pod template (no roll) while the rest is reconciled, and Degraded names it.
 #[tokio::test]
 async fn a_blank_token_or_a_missing_keys_secret_is_reported() -> TestResult {
     let mut c = cluster(3);
@@ -525,16 +526,26 @@ async fn a_blank_token_or_a_missing_keys_secret_is_reported() -> TestResult {
 
     c.spec.auth = Some(confman_operator::crd::AuthSpec { api_keys_secret: "confman-keys".into() });
     let (ctx, fake) = setup(&c)?;
-    fake.seed(STS, ready_statefulset(3, 3));
-    seed_running(&fake, &c, 3)?;
-    let err = reconcile(Arc::new(c), ctx).await.err().ok_or("a missing keys Secret must be reported")?;
+    let err = reconcile(Arc::new(c.clone()), ctx).await.err().ok_or("a missing keys Secret must be reported")?;
     assert!(
         err.to_string().contains("API keys Secret confman-keys (spec.auth.apiKeysSecret): does not exist"),
         "{err}"
     );
-    let degraded = stored(&fake)?;
-    let d = condition(&degraded, "Degraded").ok_or("no Degraded")?;
+    let d = stored(&fake)?;
+    assert!(condition(&d, "Degraded").is_some_and(|d| d.message.contains("confman-keys")), "{:?}", d.status);
+    assert!(fake.get(STS).is_none(), "no StatefulSet whose pods could not start");
+
+    let (ctx, fake) = setup(&c)?;
+    let mut running = ready_statefulset(3, 3);
+    running["spec"]["template"] = json!({"metadata": {"annotations": {"confman.io/credentials-hash": "running"}}});
+    fake.seed(STS, running);
+    seed_running(&fake, &c, 3)?;
+    reconcile(Arc::new(c), ctx).await?;
+    assert_eq!(credentials_hash(&fake)?, "running", "the running template's hash is kept: no roll");
+    let after = stored(&fake)?;
+    let d = condition(&after, "Degraded").ok_or("no Degraded")?;
+    assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", "ApiKeysSecretUnreadable"));
     assert!(d.message.contains("confman-keys"), "{}", d.message);
-    assert!(child_patches(&fake).is_empty(), "nothing applied: {:?}", child_patches(&fake));
+    assert!(child_patches(&fake).iter().any(|p| p.contains("poddisruptionbudgets")), "the rest is applied");
     Ok(())
 }
