@@ -1,7 +1,7 @@
 //! Confman node: a Raft-replicated configuration store on openraft and RocksDB with an HTTP
 //! API. Modules by job: `model` (data types and name rules), `command` (replicated
 //! operations), `store` (RocksDB layout, reads, apply), `raft` (everything openraft-facing),
-//! `api` (HTTP), `auth`, `config` and `tuning` (settings and their invariants), `metrics`,
+//! `api` (HTTP), `auth`, `config` (settings; their keys and invariants are `confman-contract`'s), `metrics`,
 //! `server` (startup and ordered shutdown), `listener` (the accept loop, connection limits and
 //! timeouts), `tls` (rustls for the listener and peer calls).
 
@@ -19,5 +19,5 @@ pub mod raft;
 pub mod server;
 pub mod store;
 pub mod tls;
-/// Timing and size settings with their invariants (shared with the operator).
-pub use confman_tuning as tuning;
+/// The operator↔node contract: tuning table, invariants, config and members files.
+pub use confman_contract as tuning;
