@@ -1,4 +1,4 @@
-//! The tuning table: every timing and size setting of a node, once. [`settings_table!`] holds
+//! The tuning table: every timing and size setting of a node, once. `settings_table!` holds
 //! the rows; the types built from them are [`Tuning`] (every setting set, as the node runs and
 //! the status reports it), [`TuningOverrides`] (any of them set, as `spec.tuning`), the class
 //! table ([`PayloadClass::tuning`]) and, in `node_config`, the node's file keys and flags.

@@ -1,9 +1,9 @@
 //! Confman node: a Raft-replicated configuration store on openraft and RocksDB with an HTTP
 //! API. Modules by job: `model` (data types and name rules), `command` (replicated
 //! operations), `store` (RocksDB layout, reads, apply), `raft` (everything openraft-facing),
-//! `api` (HTTP), `auth`, `config` (settings; their keys and invariants are `confman-contract`'s), `metrics`,
-//! `server` (startup and ordered shutdown), `listener` (the accept loop, connection limits and
-//! timeouts), `tls` (rustls for the listener and peer calls).
+//! `api` (HTTP), `auth`, `config` (settings: their keys, tuning table and invariants are
+//! `confman-contract`'s), `metrics`, `server` (startup and ordered shutdown), `listener` (the
+//! accept loop, connection limits and timeouts), `tls` (rustls for the listener and peer calls).
 
 pub mod api;
 pub mod auth;
@@ -19,5 +19,6 @@ pub mod raft;
 pub mod server;
 pub mod store;
 pub mod tls;
-/// The operator↔node contract: tuning table, invariants, config and members files.
+/// The operator↔node contract (tuning table, invariants, config and members files), under the
+/// name the API layer imports `Tuning` by.
 pub use confman_contract as tuning;

@@ -525,7 +525,7 @@ mod tests {
 
     #[test]
     fn every_tuning_rule_is_named_in_invalid_spec() {
-        // Overrides of the small class that each break exactly one rule of confman-tuning.
+        // Overrides of the small class that each break exactly one rule of confman-contract.
         let cases: Vec<(TuningOverrides, &str)> = vec![
             (TuningOverrides { heartbeat_ms: Some(600), ..TuningOverrides::default() }, "heartbeat-below-election-min"),
             (TuningOverrides { election_min_ms: Some(1600), ..TuningOverrides::default() }, "election-min-below-max"),

@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use confman_contract::{MembersFile, NodeConfig};
+use confman_contract::{Tuning, Violation};
 
 use crate::raft::NodeId;
-use crate::tuning::{Tuning, Violation};
 
 pub mod files;
 pub mod flags;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::{ConfigError, LogFormat, MembersFile, NodeConfig, Settings, TlsFiles};
 use crate::listener::Limits;
 use crate::raft::NodeId;
-use crate::tuning::{PayloadClass, derive};
+use confman_contract::{PayloadClass, derive};
 
 /// Upper bound of the connection caps (beyond any open-file limit; catches typos).
 const MAX_CONNECTIONS: u64 = 1 << 20;
