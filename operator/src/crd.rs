@@ -192,7 +192,9 @@ const ELECTION_ORDER: (&str, &str) = (
     "electionMinMs must be below electionMaxMs",
 );
 
-/// The schema of `spec.tuning`: the contract's overrides with the CEL rules added.
+/// The schema of `spec.tuning`: the contract's overrides with the CEL rules added. A property
+/// named wrongly in [`TUNING_RANGES`] would lose its rule; the CEL-twin test in `validate` then
+/// fails, as the twin's rule is missing from the CRD.
 fn tuning_schema(generator: &mut SchemaGenerator) -> Schema {
     let mut schema = generator.subschema_for::<Option<TuningOverrides>>();
     let object = schema.ensure_object();
