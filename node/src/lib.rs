@@ -3,11 +3,11 @@
 //! operations), `store` (RocksDB layout, reads, apply), `raft` (everything openraft-facing),
 //! `changes` (which namespaces changed, for watches), `api` (HTTP), `auth` (API keys and
 //! roles), `cluster_token` (the shared peer token, several during a rotation), `config`
-//! (flags, environment and files; the timing rules come from `tuning`),
-//! `metrics`, `server` (startup and ordered shutdown), `listener` (the accept loop, connection
-//! limits and timeouts), `tls` (rustls for the listener and peer calls), `lost_member` (a
-//! member that lost its data does not rejoin under its id), `files` (durable private files).
-//! The design is described in the repository's `docs/`.
+//! (flags, environment and files; their keys, the tuning table and its invariants are
+//! `confman-contract`'s), `metrics`, `server` (startup and ordered shutdown), `listener` (the
+//! accept loop, connection limits and timeouts), `tls` (rustls for the listener and peer
+//! calls), `lost_member` (a member that lost its data does not rejoin under its id), `files`
+//! (durable private files). The design is described in the repository's `docs/`.
 
 pub mod api;
 pub mod auth;
@@ -24,5 +24,6 @@ pub mod raft;
 pub mod server;
 pub mod store;
 pub mod tls;
-/// Timing and size settings with their invariants (shared with the operator).
-pub use confman_tuning as tuning;
+/// The operator↔node contract (tuning table, invariants, config and members files), under the
+/// name the API layer imports `Tuning` by.
+pub use confman_contract as tuning;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use confman_node::config::{LogFormat, Overrides, Settings};
+use confman_node::config::{Flags, LogFormat, Settings};
 use tracing_subscriber::EnvFilter;
 
 fn init_tracing(format: LogFormat) {
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
 }
 
 async fn run() -> ExitCode {
-    let settings = match Settings::resolve(Overrides::parse()) {
+    let settings = match Settings::resolve(Flags::parse()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("confman-node: {e}");

@@ -2,7 +2,7 @@
 //! renders are accepted by the node's config loader and yield exactly the derived tuning, the
 //! allocated node id and the bootstrap/join role.
 
-use confman_node::config::{Overrides, Settings};
+use confman_node::config::{Flags, NodeConfig, Settings};
 use confman_node::tuning::PayloadClass;
 use confman_operator::builders::{node_config, pod_url};
 use confman_operator::crd::{ConfmanCluster, ConfmanClusterSpec};
@@ -14,16 +14,18 @@ fn node_accepts_the_operator_config_for_every_class() -> Result<(), Box<dyn std:
     for (class, tls) in PayloadClass::ALL.into_iter().flat_map(|c| [(c, false), (c, true)]) {
         let tuning = class.tuning();
         let path = dir.path().join(format!("{}-{tls}.toml", class.as_str()));
-        std::fs::write(&path, node_config(&tuning, Some("/etc/confman/keys/keys.yaml"), tls))?;
+        std::fs::write(&path, node_config(&tuning, Some("/etc/confman/keys/keys.yaml"), tls)?)?;
         let scheme = if tls { "https" } else { "http" };
         let members = dir.path().join("members.toml");
         std::fs::write(&members, format!("bootstrap_peers = \"1={scheme}://127.0.0.1:8080\"\n[ids]\nc-0 = 1\n"))?;
-        let cli = Overrides {
+        let cli = Flags {
             config: Some(path),
-            members_file: Some(members),
-            pod_name: Some("c-0".into()),
-            advertise: Some(format!("{scheme}://127.0.0.1:8080")),
-            ..Overrides::default()
+            settings: NodeConfig {
+                members_file: Some(members),
+                pod_name: Some("c-0".into()),
+                advertise: Some(format!("{scheme}://127.0.0.1:8080")),
+                ..NodeConfig::default()
+            },
         };
         let settings = Settings::resolve(cli)?;
         assert_eq!(settings.tuning, tuning, "{class:?}");
@@ -51,16 +53,19 @@ fn node_reads_the_operator_ledger() -> Result<(), Box<dyn std::error::Error>> {
     let mut ledger = Ledger::bootstrap(&c, 3);
     ledger.allocate(&c, 5);
     let members = dir.path().join("members.toml");
-    std::fs::write(&members, ledger.members_toml())?;
+    std::fs::write(&members, ledger.members_toml()?)?;
     let token = dir.path().join("token");
     std::fs::write(&token, "t")?;
     // What a pod's environment gives the node besides the mounted files.
-    let pod_cli = |pod: &str| Overrides {
-        members_file: Some(members.clone()),
-        pod_name: Some(pod.into()),
-        advertise: Some(pod_url(&c, pod)),
-        cluster_token_file: Some(token.clone()),
-        ..Overrides::default()
+    let pod_cli = |pod: &str| Flags {
+        config: None,
+        settings: NodeConfig {
+            members_file: Some(members.clone()),
+            pod_name: Some(pod.into()),
+            advertise: Some(pod_url(&c, pod)),
+            cluster_token_file: Some(token.clone()),
+            ..NodeConfig::default()
+        },
     };
     for (pod, id, bootstraps) in [("conf-0", 1, true), ("conf-2", 3, true), ("conf-4", 5, false)] {
         let s = Settings::resolve(pod_cli(pod))?;
@@ -70,7 +75,7 @@ fn node_reads_the_operator_ledger() -> Result<(), Box<dyn std::error::Error>> {
     }
     // Ids the operator admitted are known to their nodes (which then refuse an empty volume).
     ledger.admit([("conf-2".to_string(), 3)]);
-    std::fs::write(&members, ledger.members_toml())?;
+    std::fs::write(&members, ledger.members_toml()?)?;
     for (pod, was_member) in [("conf-0", false), ("conf-2", true)] {
         assert_eq!(Settings::resolve(pod_cli(pod))?.was_member, was_member, "{pod}");
     }

@@ -1,5 +1,7 @@
-//! The `ConfmanCluster` custom resource (`confman.io/v1alpha1`, SPEC §3.1): spec, status, printer
-//! columns, `status` and `scale` subresources, and CEL rules for what the schema can check.
+//! The `ConfmanCluster` custom resource (`confman.io/v1alpha1`): spec, status, printer columns,
+//! `status` and `scale` subresources, and CEL rules for what the schema can check. The payload
+//! class and the tuning are the contract's types (`confman-contract`), embedded as they are;
+//! only the CEL rules on `spec.tuning` are added here.
 //! `crd()` produces the installable CRD (descriptions of embedded Kubernetes types stripped so
 //! the schema stays small); `crds/` holds its output and a test fails on drift.
 
@@ -8,17 +10,26 @@
 
 use std::collections::BTreeMap;
 
-use confman_tuning::{PayloadClass, Tuning, TuningOverrides};
+/// The contract's types the resource embeds: `spec.payloadClass`, `spec.tuning` and
+/// `status.effectiveTuning`.
+pub use confman_contract::{PayloadClass, Tuning, TuningOverrides};
 use k8s_openapi::api::core::v1::{
     Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::{Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 fn default_replicas() -> i32 {
     3
+}
+
+/// A cluster that declares no payload class stores small values.
+fn default_payload_class() -> PayloadClass {
+    PayloadClass::Small
 }
 
 /// Desired state of a Confman cluster.
@@ -53,11 +64,12 @@ pub struct ConfmanClusterSpec {
     #[x_kube(validation = Rule::new("self != ''").message("image must not be empty"))]
     pub image: String,
     /// Declared value size; selects the Raft timing and snapshot tuning.
-    #[serde(default)]
-    pub payload_class: PayloadClassSpec,
+    #[serde(default = "default_payload_class")]
+    pub payload_class: PayloadClass,
     /// Overrides of derived tuning values (validated against the same rules as the node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tuning: Option<TuningSpec>,
+    #[schemars(schema_with = "tuning_schema")]
+    pub tuning: Option<TuningOverrides>,
     /// Persistent storage of each member.
     pub storage: StorageSpec,
     /// Container resources. A CPU or memory the user gives neither a request nor a limit for gets
@@ -109,7 +121,7 @@ impl ConfmanClusterSpec {
         ConfmanClusterSpec {
             replicas,
             image: image.into(),
-            payload_class: PayloadClassSpec::default(),
+            payload_class: default_payload_class(),
             tuning: None,
             storage: StorageSpec {
                 size: storage_size.into(),
@@ -164,107 +176,44 @@ pub struct PodOptions {
     pub fs_group: Option<i64>,
 }
 
-/// Payload class as written in the spec.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum PayloadClassSpec {
-    /// 1–10 KB values.
-    #[default]
-    Small,
-    /// 10–100 KB values.
-    Medium,
-    /// 100 KB – 1 MB values.
-    Large,
-    /// Values over 1 MB.
-    Huge,
-}
+/// Ranges of `spec.tuning` overrides the API server checks as CEL rules (each has an
+/// operator-side twin in `validate`), by property: the relations between settings are the
+/// contract's invariants, checked by the operator before a rollout.
+const TUNING_RANGES: [(&str, &str, &str); 4] = [
+    ("heartbeatMs", "self >= 10 && self <= 10000", "heartbeatMs must be 10..10000"),
+    ("electionMinMs", "self >= 50 && self <= 60000", "electionMinMs must be 50..60000"),
+    ("electionMaxMs", "self >= 100 && self <= 120000", "electionMaxMs must be 100..120000"),
+    ("maxValueBytes", "self >= 1024 && self <= 268435456", "maxValueBytes must be 1 KiB..256 MiB"),
+];
 
-impl PayloadClassSpec {
-    /// The class's tuning before overrides.
-    pub fn into_tuning(self) -> Tuning {
-        PayloadClass::from(self).tuning()
-    }
-}
+/// The rule between two overrides that CEL checks on `spec.tuning` itself.
+const ELECTION_ORDER: (&str, &str) = (
+    "!has(self.electionMinMs) || !has(self.electionMaxMs) || self.electionMinMs < self.electionMaxMs",
+    "electionMinMs must be below electionMaxMs",
+);
 
-impl From<PayloadClassSpec> for PayloadClass {
-    fn from(p: PayloadClassSpec) -> Self {
-        match p {
-            PayloadClassSpec::Small => PayloadClass::Small,
-            PayloadClassSpec::Medium => PayloadClass::Medium,
-            PayloadClassSpec::Large => PayloadClass::Large,
-            PayloadClassSpec::Huge => PayloadClass::Huge,
+/// The schema of `spec.tuning`: the contract's overrides with the CEL rules added. A property
+/// named wrongly in [`TUNING_RANGES`] would lose its rule; the CEL-twin test in `validate` then
+/// fails, as the twin's rule is missing from the CRD.
+fn tuning_schema(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = generator.subschema_for::<Option<TuningOverrides>>();
+    let object = schema.ensure_object();
+    add_cel_rule(object, ELECTION_ORDER);
+    if let Some(properties) = object.get_mut("properties").and_then(Value::as_object_mut) {
+        for (name, rule, message) in TUNING_RANGES {
+            if let Some(property) = properties.get_mut(name).and_then(Value::as_object_mut) {
+                add_cel_rule(property, (rule, message));
+            }
         }
     }
+    schema
 }
 
-/// Optional overrides of the derived tuning; ranges the schema can check are CEL rules, the
-/// rest (relations between values) are checked by `confman-tuning`.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(cel, validation = Rule::new("!has(self.electionMinMs) || !has(self.electionMaxMs) || self.electionMinMs < self.electionMaxMs").message("electionMinMs must be below electionMaxMs"))]
-pub struct TuningSpec {
-    /// Leader heartbeat period, ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 10 && self <= 10000").message("heartbeatMs must be 10..10000"))]
-    pub heartbeat_ms: Option<u64>,
-    /// Election timeout lower bound, ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 50 && self <= 60000").message("electionMinMs must be 50..60000"))]
-    pub election_min_ms: Option<u64>,
-    /// Election timeout upper bound, ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 100 && self <= 120000").message("electionMaxMs must be 100..120000"))]
-    pub election_max_ms: Option<u64>,
-    /// Client request timeout, ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_timeout_ms: Option<u64>,
-    /// AppendEntries timeout, ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub append_timeout_ms: Option<u64>,
-    /// Snapshot transfer idle timeout, ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snapshot_timeout_ms: Option<u64>,
-    /// Largest value, bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 1024 && self <= 268435456").message("maxValueBytes must be 1 KiB..256 MiB"))]
-    pub max_value_bytes: Option<u64>,
-    /// Client request body limit, bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body_limit_bytes: Option<u64>,
-    /// AppendEntries byte cap.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_append_bytes: Option<u64>,
-    /// AppendEntries entry cap.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_append_entries: Option<u64>,
-    /// Compaction trigger, bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compaction_bytes: Option<u64>,
-    /// Compaction trigger, entries.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compaction_entries: Option<u64>,
-    /// Log entries kept after a snapshot.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logs_to_keep: Option<u64>,
-}
-
-impl From<TuningSpec> for TuningOverrides {
-    fn from(t: TuningSpec) -> Self {
-        TuningOverrides {
-            heartbeat_ms: t.heartbeat_ms,
-            election_min_ms: t.election_min_ms,
-            election_max_ms: t.election_max_ms,
-            request_timeout_ms: t.request_timeout_ms,
-            append_timeout_ms: t.append_timeout_ms,
-            snapshot_timeout_ms: t.snapshot_timeout_ms,
-            max_value_bytes: t.max_value_bytes,
-            body_limit_bytes: t.body_limit_bytes,
-            max_append_bytes: t.max_append_bytes,
-            max_append_entries: t.max_append_entries,
-            compaction_bytes: t.compaction_bytes,
-            compaction_entries: t.compaction_entries,
-            logs_to_keep: t.logs_to_keep,
-        }
+/// Appends a rule to a schema's `x-kubernetes-validations`.
+fn add_cel_rule(schema: &mut serde_json::Map<String, Value>, (rule, message): (&str, &str)) {
+    let rules = schema.entry("x-kubernetes-validations").or_insert_with(|| Value::Array(Vec::new()));
+    if let Some(rules) = rules.as_array_mut() {
+        rules.push(serde_json::json!({ "rule": rule, "message": message }));
     }
 }
 
@@ -341,7 +290,7 @@ pub struct ConfmanClusterStatus {
     pub leader: Option<String>,
     /// Tuning derived from the payload class and overrides, as rolled out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub effective_tuning: Option<EffectiveTuning>,
+    pub effective_tuning: Option<Tuning>,
     /// Ready, Available, Progressing, Degraded, InvalidSpec: a map list keyed by `type`, so
     /// server-side apply merges them per condition. `Ready` (what Argo CD, Flux and
     /// `kubectl wait --for=condition=Ready` look for) is True when `Available` is True and the
@@ -377,69 +326,17 @@ pub struct MemberStatus {
     pub applied_index: Option<u64>,
 }
 
-/// The effective tuning, mirrored for the status schema.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct EffectiveTuning {
-    /// Heartbeat, ms.
-    pub heartbeat_ms: u64,
-    /// Election timeout lower bound, ms.
-    pub election_min_ms: u64,
-    /// Election timeout upper bound, ms.
-    pub election_max_ms: u64,
-    /// Request timeout, ms.
-    pub request_timeout_ms: u64,
-    /// Append timeout, ms.
-    pub append_timeout_ms: u64,
-    /// Snapshot timeout, ms.
-    pub snapshot_timeout_ms: u64,
-    /// Max value, bytes.
-    pub max_value_bytes: u64,
-    /// Body limit, bytes.
-    pub body_limit_bytes: u64,
-    /// AppendEntries byte cap.
-    pub max_append_bytes: u64,
-    /// AppendEntries entry cap.
-    pub max_append_entries: u64,
-    /// Compaction trigger, bytes.
-    pub compaction_bytes: u64,
-    /// Compaction trigger, entries.
-    pub compaction_entries: u64,
-    /// Log tail kept, entries.
-    pub logs_to_keep: u64,
-}
-
-impl From<Tuning> for EffectiveTuning {
-    fn from(t: Tuning) -> Self {
-        EffectiveTuning {
-            heartbeat_ms: t.heartbeat_ms,
-            election_min_ms: t.election_min_ms,
-            election_max_ms: t.election_max_ms,
-            request_timeout_ms: t.request_timeout_ms,
-            append_timeout_ms: t.append_timeout_ms,
-            snapshot_timeout_ms: t.snapshot_timeout_ms,
-            max_value_bytes: t.max_value_bytes,
-            body_limit_bytes: t.body_limit_bytes,
-            max_append_bytes: t.max_append_bytes,
-            max_append_entries: t.max_append_entries,
-            compaction_bytes: t.compaction_bytes,
-            compaction_entries: t.compaction_entries,
-            logs_to_keep: t.logs_to_keep,
-        }
-    }
-}
-
 /// Properties whose (embedded Kubernetes) schemas keep their structure but lose the descriptions
 /// inside them (the field's own description stays).
 const STRIPPED: [&str; 4] = ["resources", "affinity", "tolerations", "topologySpreadConstraints"];
 
-fn strip_descriptions(v: &mut serde_json::Value) {
+fn strip_descriptions(v: &mut Value) {
     match v {
-        serde_json::Value::Object(m) => {
+        Value::Object(m) => {
             m.remove("description");
             m.values_mut().for_each(strip_descriptions);
         }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_descriptions),
+        Value::Array(a) => a.iter_mut().for_each(strip_descriptions),
         _ => {}
     }
 }

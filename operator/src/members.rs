@@ -1,10 +1,12 @@
 //! The member ledger: which Raft node id each pod runs as, kept in the `<name>-members`
 //! ConfigMap that the pods mount. Ids are allocated here and never reused (`next-node-id` only
 //! grows); the first allocation also records the bootstrap members, so exactly the initial pods
-//! form the group and any later pod waits to be added. Pure: parse, allocate, render.
+//! form the group and any later pod waits to be added. Pure: parse, allocate, render. The file
+//! the pods read is the contract's `MembersFile`; the ledger adds the id high-water mark.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use confman_contract::MembersFile;
 use k8s_openapi::api::core::v1::ConfigMap;
 
 use crate::builders::{BuildError, MEMBERS_FILE, members_name, meta, pod_name, pod_url};
@@ -31,28 +33,16 @@ pub enum LedgerError {
     },
 }
 
-/// Node ids by pod, the bootstrap members and the next free id.
+/// Node ids by pod, the bootstrap members and the admitted ids (what the nodes read), and the
+/// next free id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ledger {
-    /// Node id of each pod.
-    pub ids: BTreeMap<String, u64>,
-    /// `ID=URL,...` of the members the group was initialised with.
-    pub bootstrap_peers: String,
+    /// The members file: node id of each pod, `ID=URL,...` of the members the group was
+    /// initialised with, and the ids whose node reported itself a member (such an id never
+    /// starts again on an empty volume: the node refuses, the operator replaces it).
+    pub file: MembersFile,
     /// Next id to hand out (greater than every id ever used).
     pub next_id: u64,
-    /// Ids whose node reported itself a member (it has persisted Raft state): such an id never
-    /// starts again on an empty volume (the node refuses; the operator replaces it).
-    pub admitted: BTreeSet<u64>,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MembersToml {
-    bootstrap_peers: String,
-    #[serde(default)]
-    admitted: BTreeSet<u64>,
-    #[serde(default)]
-    ids: BTreeMap<String, u64>,
 }
 
 impl Ledger {
@@ -62,7 +52,10 @@ impl Ledger {
         let ids: BTreeMap<String, u64> = (0..replicas).map(|o| (pod_name(c, o), u64::from(o) + 1)).collect();
         let bootstrap_peers =
             ids.iter().map(|(pod, id)| format!("{id}={}", pod_url(c, pod))).collect::<Vec<_>>().join(",");
-        Ledger { ids, bootstrap_peers, next_id: u64::from(replicas) + 1, admitted: BTreeSet::new() }
+        Ledger {
+            file: MembersFile { bootstrap_peers, admitted: BTreeSet::new(), ids },
+            next_id: u64::from(replicas) + 1,
+        }
     }
 
     /// Rebuilds a lost ledger (the ConfigMap was deleted while the StatefulSet runs) from the
@@ -100,7 +93,7 @@ impl Ledger {
             ids.iter().map(|(pod, id)| format!("{id}={}", pod_url(c, pod))).collect::<Vec<_>>().join(",");
         let next_id = members.keys().max().map_or(1, |m| m + 1).max(next_floor.unwrap_or(1));
         let admitted = ids.values().copied().collect();
-        Ok(Ledger { ids, bootstrap_peers, next_id, admitted })
+        Ok(Ledger { file: MembersFile { bootstrap_peers, admitted, ids }, next_id })
     }
 
     /// Reads a stored ledger.
@@ -109,26 +102,26 @@ impl Ledger {
         let get = |key: &'static str| {
             data.and_then(|d| d.get(key)).ok_or(LedgerError::Malformed { key, reason: "missing".into() })
         };
-        let parsed: MembersToml = toml::from_str(get(MEMBERS_FILE)?)
+        let file: MembersFile = toml::from_str(get(MEMBERS_FILE)?)
             .map_err(|e| LedgerError::Malformed { key: MEMBERS_FILE, reason: e.to_string() })?;
         let next_id: u64 = get(NEXT_ID_KEY)?
             .trim()
             .parse()
             .map_err(|e| LedgerError::Malformed { key: NEXT_ID_KEY, reason: format!("{e}") })?;
-        if let Some(max) = parsed.ids.values().max().filter(|m| **m >= next_id) {
+        if let Some(max) = file.ids.values().max().filter(|m| **m >= next_id) {
             return Err(LedgerError::Malformed {
                 key: NEXT_ID_KEY,
                 reason: format!("{next_id} is not above the largest allocated id {max}"),
             });
         }
-        Ok(Ledger { ids: parsed.ids, bootstrap_peers: parsed.bootstrap_peers, next_id, admitted: parsed.admitted })
+        Ok(Ledger { file, next_id })
     }
 
     /// Whether the group was created serving TLS: the scheme of the bootstrap members' URLs,
     /// which are in the Raft log (so TLS cannot be switched later). None when they do not agree
     /// or there are none.
     pub fn tls(&self) -> Option<bool> {
-        let mut schemes = self.bootstrap_peers.split(',').filter_map(|p| {
+        let mut schemes = self.file.bootstrap_peers.split(',').filter_map(|p| {
             let url = p.split_once('=')?.1.trim();
             if url.starts_with("https://") {
                 Some(true)
@@ -148,8 +141,8 @@ impl Ledger {
         let mut added = Vec::new();
         for o in 0..replicas {
             let pod = pod_name(c, o);
-            if !self.ids.contains_key(&pod) {
-                self.ids.insert(pod.clone(), self.next_id);
+            if !self.file.ids.contains_key(&pod) {
+                self.file.ids.insert(pod.clone(), self.next_id);
                 self.next_id += 1;
                 added.push(pod);
             }
@@ -160,8 +153,8 @@ impl Ledger {
     /// Forgets `pod`'s id (scale-down, or a lost volume): the ordinal gets a fresh id if it
     /// comes back.
     pub fn forget(&mut self, pod: &str) {
-        if let Some(id) = self.ids.remove(pod) {
-            self.admitted.remove(&id);
+        if let Some(id) = self.file.ids.remove(pod) {
+            self.file.admitted.remove(&id);
         }
     }
 
@@ -171,7 +164,7 @@ impl Ledger {
     pub fn admit(&mut self, reports: impl IntoIterator<Item = (String, u64)>) -> Vec<u64> {
         let mut new = Vec::new();
         for (pod, id) in reports {
-            if self.ids.get(&pod) == Some(&id) && self.admitted.insert(id) {
+            if self.file.ids.get(&pod) == Some(&id) && self.file.admitted.insert(id) {
                 new.push(id);
             }
         }
@@ -179,15 +172,8 @@ impl Ledger {
     }
 
     /// The file the nodes read (`confman-node --members-file`).
-    pub fn members_toml(&self) -> String {
-        let mut s = String::from("# Written by confman-operator: node ids are never reused.\n");
-        s.push_str(&format!("bootstrap_peers = {:?}\n", self.bootstrap_peers));
-        let admitted: Vec<String> = self.admitted.iter().map(u64::to_string).collect();
-        s.push_str(&format!("admitted = [{}]\n\n[ids]\n", admitted.join(", ")));
-        for (pod, id) in &self.ids {
-            s.push_str(&format!("{pod:?} = {id}\n"));
-        }
-        s
+    pub fn members_toml(&self) -> Result<String, BuildError> {
+        Ok(format!("# Written by confman-operator: node ids are never reused.\n{}", toml::to_string(&self.file)?))
     }
 
     /// The ledger ConfigMap.
@@ -195,7 +181,7 @@ impl Ledger {
         Ok(ConfigMap {
             metadata: meta(c, members_name(c))?,
             data: Some(BTreeMap::from([
-                (MEMBERS_FILE.to_string(), self.members_toml()),
+                (MEMBERS_FILE.to_string(), self.members_toml()?),
                 (NEXT_ID_KEY.to_string(), self.next_id.to_string()),
             ])),
             ..ConfigMap::default()
@@ -207,30 +193,30 @@ impl Ledger {
 mod tests {
     use super::*;
     use crate::builders::fixtures::cluster;
-    use crate::crd::PayloadClassSpec;
+    use crate::crd::PayloadClass;
 
     #[test]
     fn bootstrap_allocates_one_id_per_ordinal() {
-        let c = cluster(3, PayloadClassSpec::Small);
+        let c = cluster(3, PayloadClass::Small);
         let l = Ledger::bootstrap(&c, 3);
-        assert_eq!(l.ids.get("config-0"), Some(&1));
-        assert_eq!(l.ids.get("config-2"), Some(&3));
+        assert_eq!(l.file.ids.get("config-0"), Some(&1));
+        assert_eq!(l.file.ids.get("config-2"), Some(&3));
         assert_eq!(l.next_id, 4);
-        assert!(l.bootstrap_peers.starts_with("1=http://config-0.config-peers.platform.svc:8080,2="));
+        assert!(l.file.bootstrap_peers.starts_with("1=http://config-0.config-peers.platform.svc:8080,2="));
     }
 
     #[test]
     fn the_ledger_round_trips_and_ids_are_never_reused() -> Result<(), Box<dyn std::error::Error>> {
-        let c = cluster(3, PayloadClassSpec::Small);
+        let c = cluster(3, PayloadClass::Small);
         let mut l = Ledger::bootstrap(&c, 3);
         assert_eq!(l.admit([("config-0".into(), 1), ("config-2".into(), 3), ("config-1".into(), 9)]), vec![1, 3]);
         assert!(l.admit([("config-0".into(), 1)]).is_empty(), "admitted once");
         l.forget("config-2"); // removed by a scale-down
-        assert_eq!(l.admitted, BTreeSet::from([1]));
+        assert_eq!(l.file.admitted, BTreeSet::from([1]));
         let mut back = Ledger::parse(&l.config_map(&c)?)?;
         assert_eq!(back, l);
         assert_eq!(back.allocate(&c, 5), vec!["config-2", "config-3", "config-4"]);
-        assert_eq!(back.ids.get("config-2"), Some(&4), "a returning ordinal gets a fresh id");
+        assert_eq!(back.file.ids.get("config-2"), Some(&4), "a returning ordinal gets a fresh id");
         assert_eq!(back.next_id, 7);
         assert!(back.allocate(&c, 5).is_empty());
         Ok(())
@@ -241,7 +227,7 @@ mod tests {
     /// pods), with the high-water mark kept on the StatefulSet; never guessed.
     #[test]
     fn a_lost_member_ledger_is_rebuilt_from_the_group_never_guessed() -> Result<(), String> {
-        let c = cluster(3, PayloadClassSpec::Small);
+        let c = cluster(3, PayloadClass::Small);
         let url = |o: u32| pod_url(&c, &pod_name(&c, o));
         // After a lost volume and a scale-up, ordinals run ids 1, 4 and 5; config-2 (id 5) is
         // still a learner; id 6 was used by a member removed since.
@@ -254,10 +240,10 @@ mod tests {
             addresses: addresses.clone(),
         };
         let l = Ledger::rebuild(&c, 3, Some(&view(&members, &addresses)), Some(7))?;
-        assert_eq!(l.ids.get("config-1"), Some(&4));
-        assert_eq!(l.ids.get("config-2"), Some(&5));
+        assert_eq!(l.file.ids.get("config-1"), Some(&4));
+        assert_eq!(l.file.ids.get("config-2"), Some(&5));
         assert_eq!(l.next_id, 7, "the high-water mark: id 6 is never handed out again");
-        assert_eq!(l.admitted, BTreeSet::from([1, 4, 5]));
+        assert_eq!(l.file.admitted, BTreeSet::from([1, 4, 5]));
         assert_eq!(l.tls(), Some(false));
         assert_eq!(Ledger::rebuild(&c, 3, Some(&view(&members, &addresses)), None)?.next_id, 6);
 
@@ -265,7 +251,7 @@ mod tests {
         let two = BTreeMap::from([(1, true), (4, true)]);
         let mut partial = Ledger::rebuild(&c, 3, Some(&view(&two, &addresses)), Some(7))?;
         assert_eq!(partial.allocate(&c, 3), vec!["config-2"]);
-        assert_eq!(partial.ids.get("config-2"), Some(&7));
+        assert_eq!(partial.file.ids.get("config-2"), Some(&7));
 
         let e = Ledger::rebuild(&c, 3, None, None).err().unwrap_or_default();
         assert!(e.contains("no Raft leader"), "{e}");
@@ -279,7 +265,7 @@ mod tests {
 
     #[test]
     fn a_hand_edited_ledger_is_refused() -> Result<(), Box<dyn std::error::Error>> {
-        let c = cluster(3, PayloadClassSpec::Small);
+        let c = cluster(3, PayloadClass::Small);
         let mut cm = Ledger::bootstrap(&c, 3).config_map(&c)?;
         cm.data.get_or_insert_default().insert(NEXT_ID_KEY.into(), "2".into());
         assert!(matches!(Ledger::parse(&cm), Err(LedgerError::Malformed { key: NEXT_ID_KEY, .. })));
@@ -290,13 +276,16 @@ mod tests {
 
     #[test]
     fn the_ledger_remembers_whether_the_group_was_created_with_tls() {
-        let mut c = cluster(3, PayloadClassSpec::Small);
+        let mut c = cluster(3, PayloadClass::Small);
         assert_eq!(Ledger::bootstrap(&c, 3).tls(), Some(false));
         c.spec.tls = Some(crate::crd::TlsSpec { client_secret: "tls".into(), peer_secret: None });
         let l = Ledger::bootstrap(&c, 3);
         assert_eq!(l.tls(), Some(true));
-        let mixed = Ledger { bootstrap_peers: format!("{},9=http://x:8080", l.bootstrap_peers), ..l.clone() };
-        assert_eq!(mixed.tls(), None);
-        assert_eq!(Ledger { bootstrap_peers: String::new(), ..l }.tls(), None);
+        let with_peers = |bootstrap_peers: String| Ledger {
+            file: MembersFile { bootstrap_peers, ..l.file.clone() },
+            next_id: l.next_id,
+        };
+        assert_eq!(with_peers(format!("{},9=http://x:8080", l.file.bootstrap_peers)).tls(), None);
+        assert_eq!(with_peers(String::new()).tls(), None);
     }
 }

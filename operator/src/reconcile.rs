@@ -398,7 +398,7 @@ fn plan(
     let step = next_step(&Observation {
         desired,
         sts_replicas: current,
-        ids: &ledger.ids,
+        ids: &ledger.file.ids,
         pods: views,
         raft,
         max_lag: ctx.max_learner_lag,
@@ -429,7 +429,7 @@ async fn ledger(
     let floor = sts.metadata.annotations.as_ref().and_then(|a| a.get(NEXT_ID_ANNOTATION)?.parse().ok());
     let rebuilt = Ledger::rebuild(c, replicas, raft, floor)
         .map_err(|reason| Error::LedgerLost { name: builders::members_name(c), reason })?;
-    let ids = rebuilt.ids.iter().map(|(pod, id)| format!("{pod}={id}")).collect::<Vec<_>>().join(", ");
+    let ids = rebuilt.file.ids.iter().map(|(pod, id)| format!("{pod}={id}")).collect::<Vec<_>>().join(", ");
     let note =
         format!("member ledger {} was missing; rebuilt from the members' reports: {ids}", builders::members_name(c));
     publish(ctx, c, EventType::Warning, "MemberLedgerRebuilt", note, "Rebuild").await;
@@ -565,7 +565,7 @@ fn applied_storage(sts: &StatefulSet) -> Option<AppliedStorage> {
 async fn apply_children(
     ctx: &Context,
     c: &ConfmanCluster,
-    tuning: &confman_tuning::Tuning,
+    tuning: &confman_contract::Tuning,
     sts: Option<&StatefulSet>,
     stored: Option<ConfigMap>,
 ) -> Result<ChildrenApplied, Error> {
@@ -589,13 +589,13 @@ async fn apply_children(
     // A lost volume's pod keeps its claim (empty, that is why it is replaced, and mounted).
     match &plan.step {
         Step::Shrink { pod, .. } => ledger.forget(pod),
-        Step::ReplaceLost { pod, lost } if ledger.ids.get(pod) == Some(lost) => ledger.forget(pod),
+        Step::ReplaceLost { pod, lost } if ledger.file.ids.get(pod) == Some(lost) => ledger.forget(pod),
         _ => {}
     }
     let added = ledger.allocate(c, plan.replicas);
     apply(client, &ledger.config_map(c)?).await?;
     if stored.is_none() && sts.is_none() {
-        let note = format!("bootstrap members: {}", ledger.bootstrap_peers);
+        let note = format!("bootstrap members: {}", ledger.file.bootstrap_peers);
         publish(ctx, c, EventType::Normal, "MembersAllocated", note, "Bootstrap").await;
     } else if !added.is_empty() {
         let note = format!("allocated node ids for {}", added.join(", "));
@@ -625,7 +625,7 @@ async fn apply_children(
     let fresh = starting.into_iter().filter(|o| {
         let pod = builders::pod_name(c, *o);
         let live = views.iter().any(|v| v.name == pod && v.exists);
-        !live && ledger.ids.get(&pod).is_some_and(|id| !ledger.admitted.contains(id))
+        !live && ledger.file.ids.get(&pod).is_some_and(|id| !ledger.file.admitted.contains(id))
     });
     let pending = clear_stale_claims(ctx, c, fresh).await?;
     if !pending.is_empty() {
@@ -700,7 +700,8 @@ async fn apply_children(
             r.members
                 .iter()
                 .map(|(id, voter)| {
-                    let pod = ledger.ids.iter().find(|(_, i)| *i == id).map(|(p, _)| p.clone()).unwrap_or_default();
+                    let pod =
+                        ledger.file.ids.iter().find(|(_, i)| *i == id).map(|(p, _)| p.clone()).unwrap_or_default();
                     let view = views.iter().find(|v| v.name == pod);
                     MemberStatus {
                         id: *id,
@@ -721,7 +722,7 @@ async fn apply_children(
     let leader = raft
         .as_ref()
         .and_then(|r| r.leader)
-        .and_then(|l| ledger.ids.iter().find(|(_, i)| **i == l).map(|(p, _)| p.clone()));
+        .and_then(|l| ledger.file.ids.iter().find(|(_, i)| **i == l).map(|(p, _)| p.clone()));
     Ok(ChildrenApplied { observed: Observed::of(Some(&applied)), progress, members, leader, held })
 }
 
@@ -775,7 +776,7 @@ async fn reconcile_inner(c: &ConfmanCluster, ctx: &Context) -> Result<Action, Er
         Ok(ChildrenApplied { observed, progress, members, leader, held }) => {
             // A held-back change waits for the person, not for the cluster: no fast requeue.
             let holding = held.is_some();
-            let outcome = Outcome::Applied { tuning: tuning.into(), progress: progress.clone(), held };
+            let outcome = Outcome::Applied { tuning, progress: progress.clone(), held };
             let mut new = status::next_status(c, &outcome, observed, now);
             if !members.is_empty() {
                 new.members = members;
@@ -836,7 +837,7 @@ mod wiring_tests {
 
     use super::fake_api::FakeApi;
     use super::*;
-    use crate::crd::{ConfmanClusterSpec, PayloadClassSpec, TlsSpec};
+    use crate::crd::{ConfmanClusterSpec, PayloadClass, TlsSpec};
 
     const CMC: &str = "/apis/confman.io/v1alpha1/namespaces/platform/confmanclusters/config";
     const STS: &str = "/apis/apps/v1/namespaces/platform/statefulsets/config";
@@ -848,7 +849,7 @@ mod wiring_tests {
         let mut c = ConfmanCluster::new(
             "config",
             ConfmanClusterSpec {
-                payload_class: PayloadClassSpec::Small,
+                payload_class: PayloadClass::Small,
                 ..ConfmanClusterSpec::minimal(3, "confman:1", "10Gi")
             },
         );

@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::Resource;
 
-use crate::crd::{ConfmanCluster, ConfmanClusterStatus, EffectiveTuning};
+use crate::crd::{ConfmanCluster, ConfmanClusterStatus, Tuning};
 
 /// Condition type GitOps tools (Argo CD, Flux) and `kubectl wait --for=condition=Ready` wait
 /// for: True when the cluster serves (`Available`), the latest spec is observed and fully
@@ -31,7 +31,7 @@ pub enum Outcome {
     /// Children applied with this tuning; `progress` names the membership step under way.
     Applied {
         /// Tuning rolled out.
-        tuning: EffectiveTuning,
+        tuning: Tuning,
         /// Progressing reason and message of the membership step, None when settled.
         progress: Option<(&'static str, String)>,
         /// A part of the spec held back (Degraded reason and message) while the rest was
@@ -318,7 +318,7 @@ pub fn is_warning(c: &Condition) -> bool {
 mod tests {
     use super::*;
     use crate::builders::fixtures::cluster;
-    use crate::crd::PayloadClassSpec;
+    use crate::crd::PayloadClass;
 
     fn at(secs: i64) -> Time {
         Time(jiff::Timestamp::from_second(secs).unwrap_or_default())
@@ -329,7 +329,7 @@ mod tests {
     }
 
     fn applied() -> Outcome {
-        Outcome::Applied { tuning: PayloadClassSpec::Small.into_tuning().into(), progress: None, held: None }
+        Outcome::Applied { tuning: PayloadClass::Small.tuning(), progress: None, held: None }
     }
 
     fn ready(n: i32) -> Observed {
@@ -338,7 +338,7 @@ mod tests {
 
     #[test]
     fn a_new_cluster_is_creating_then_available_then_degraded() {
-        let mut c = cluster(3, PayloadClassSpec::Small);
+        let mut c = cluster(3, PayloadClass::Small);
         let s1 = next_status(&c, &applied(), ready(0), at(100));
         assert_eq!(s1.phase.as_deref(), Some("Creating"));
         assert_eq!(
@@ -367,7 +367,7 @@ mod tests {
 
     #[test]
     fn invalid_spec_keeps_the_rolled_out_tuning_and_warns() {
-        let mut c = cluster(3, PayloadClassSpec::Small);
+        let mut c = cluster(3, PayloadClass::Small);
         c.status = Some(next_status(&c, &applied(), ready(3), at(100)));
         c.metadata.generation = Some(2);
         let s = next_status(
@@ -386,7 +386,7 @@ mod tests {
 
     #[test]
     fn paused_keeps_the_observed_generation() {
-        let mut c = cluster(3, PayloadClassSpec::Small);
+        let mut c = cluster(3, PayloadClass::Small);
         c.status = Some(next_status(&c, &applied(), ready(3), at(100)));
         c.metadata.generation = Some(5);
         let s = next_status(&c, &Outcome::Paused, ready(3), at(200));
@@ -396,12 +396,12 @@ mod tests {
 
     #[test]
     fn a_rollout_and_a_membership_step_are_progress() {
-        let mut c = cluster(3, PayloadClassSpec::Small);
+        let mut c = cluster(3, PayloadClass::Small);
         c.status = Some(next_status(&c, &applied(), ready(3), at(100)));
         let rolling = Observed { updated: 1, ..ready(3) };
         assert_eq!(get(&next_status(&c, &applied(), rolling, at(200)), PROGRESSING).reason, "RollingOut");
         let step = Outcome::Applied {
-            tuning: PayloadClassSpec::Small.into_tuning().into(),
+            tuning: PayloadClass::Small.tuning(),
             progress: Some(("ScalingDown", "removed config-4".into())),
             held: None,
         };
@@ -416,7 +416,7 @@ mod tests {
     /// One outcome of every variant (the `match` stops compiling when a variant is added, the
     /// count check when one is left out), plus the cases whose message could come out empty.
     fn every_outcome() -> Vec<Outcome> {
-        let tuning: EffectiveTuning = PayloadClassSpec::Small.into_tuning().into();
+        let tuning: Tuning = PayloadClass::Small.tuning();
         let all = vec![
             Outcome::Applied { tuning, progress: None, held: None },
             Outcome::Applied {
@@ -446,7 +446,7 @@ mod tests {
 
     #[test]
     fn every_condition_of_every_outcome_is_sent_with_a_message() -> Result<(), serde_json::Error> {
-        let fresh = cluster(3, PayloadClassSpec::Small);
+        let fresh = cluster(3, PayloadClass::Small);
         let mut running = fresh.clone();
         running.status = Some(next_status(&running, &applied(), ready(3), at(100)));
         let observations = [ready(0), ready(2), ready(3), Observed { updated: 1, settled: false, ..ready(3) }];
@@ -476,7 +476,7 @@ mod tests {
 
     #[test]
     fn an_empty_message_names_the_condition_and_its_reason() {
-        let c = cluster(3, PayloadClassSpec::Small);
+        let c = cluster(3, PayloadClass::Small);
         let s = next_status(&c, &Outcome::Failed { message: String::new() }, ready(3), at(100));
         assert_eq!(get(&s, DEGRADED).message, "Degraded is True: ApplyFailed");
         assert_eq!(get(&s, INVALID_SPEC).message, SPEC_VALID);
@@ -484,7 +484,7 @@ mod tests {
 
     #[test]
     fn status_conventions_ready_condition_beside_available() {
-        let mut c = cluster(3, PayloadClassSpec::Small);
+        let mut c = cluster(3, PayloadClass::Small);
         let creating = next_status(&c, &applied(), ready(0), at(100));
         assert_eq!(
             (get(&creating, READY).status.as_str(), get(&creating, READY).reason.as_str()),
@@ -524,7 +524,7 @@ mod tests {
 
     #[test]
     fn status_conventions_selector_names_the_pods_for_the_scale_subresource() {
-        let c = cluster(3, PayloadClassSpec::Small);
+        let c = cluster(3, PayloadClass::Small);
         let s = next_status(&c, &applied(), ready(3), at(100));
         assert_eq!(s.selector.as_deref(), Some("app.kubernetes.io/instance=config,app.kubernetes.io/name=confman"));
         let body = status_apply_body(&s).unwrap_or_default();
@@ -576,7 +576,7 @@ mod tests {
             let o = Observed::of(Some(&stale));
             assert_eq!((o.settled, o.updated), (false, 0), "updatedReplicas counts the old template");
         }
-        let mut c = cluster(3, PayloadClassSpec::Small);
+        let mut c = cluster(3, PayloadClass::Small);
         c.status = Some(next_status(&c, &applied(), ready(3), at(100)));
         let s = next_status(&c, &applied(), Observed::of(Some(&sts(3, Some(2)))), at(200));
         assert_eq!((get(&s, PROGRESSING).reason.as_str(), get(&s, READY).status.as_str()), ("RollingOut", "False"));
@@ -603,7 +603,7 @@ mod tests {
             }),
             ..StatefulSet::default()
         };
-        let mut c = cluster(3, PayloadClassSpec::Small);
+        let mut c = cluster(3, PayloadClass::Small);
         c.status = Some(next_status(&c, &applied(), ready(3), at(100)));
         let done = next_status(&c, &applied(), Observed::of(Some(&sts(3))), at(200));
         assert_eq!((done.phase.as_deref(), get(&done, PROGRESSING).reason.as_str()), (Some("Running"), "Stable"));

@@ -1,16 +1,15 @@
-//! Spec → effective tuning (pure): the payload-class table of `confman-tuning` with the spec's
+//! Spec → effective tuning (pure): the payload-class table of `confman-contract` with the spec's
 //! overrides, validated by the same rules the node applies at startup, so the operator never
 //! rolls out a configuration a node would refuse. A violation becomes an `InvalidSpec`
 //! condition message naming the rule and the values.
 
-use confman_tuning::{PayloadClass, Tuning, TuningOverrides, Violation, derive};
+use confman_contract::{Tuning, Violation, derive};
 
 use crate::crd::ConfmanClusterSpec;
 
 /// The effective tuning of a spec, or the violated rules.
 pub fn effective_tuning(spec: &ConfmanClusterSpec) -> Result<Tuning, Vec<Violation>> {
-    let overrides: TuningOverrides = spec.tuning.map(Into::into).unwrap_or_default();
-    derive(PayloadClass::from(spec.payload_class), &overrides)
+    derive(Some(spec.payload_class), &spec.tuning.unwrap_or_default())
 }
 
 /// The `InvalidSpec` condition message for violations: one line per rule, naming the setting as
@@ -42,31 +41,27 @@ fn camel(setting: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::crd::{PayloadClassSpec, TuningSpec};
+    use crate::crd::{PayloadClass, TuningOverrides};
 
-    fn spec(class: PayloadClassSpec, tuning: Option<TuningSpec>) -> ConfmanClusterSpec {
+    use super::*;
+
+    fn spec(class: PayloadClass, tuning: Option<TuningOverrides>) -> ConfmanClusterSpec {
         ConfmanClusterSpec { payload_class: class, tuning, ..ConfmanClusterSpec::minimal(3, "confman:test", "1Gi") }
     }
 
     #[test]
     fn each_class_derives_its_table_row() {
-        for (c, p) in [
-            (PayloadClassSpec::Small, PayloadClass::Small),
-            (PayloadClassSpec::Medium, PayloadClass::Medium),
-            (PayloadClassSpec::Large, PayloadClass::Large),
-            (PayloadClassSpec::Huge, PayloadClass::Huge),
-        ] {
-            assert_eq!(effective_tuning(&spec(c, None)), Ok(p.tuning()));
+        for c in PayloadClass::ALL {
+            assert_eq!(effective_tuning(&spec(c, None)), Ok(c.tuning()));
         }
     }
 
     #[test]
     fn overrides_merge_and_violations_name_the_field() {
-        let t = TuningSpec { heartbeat_ms: Some(120), ..Default::default() };
-        assert_eq!(effective_tuning(&spec(PayloadClassSpec::Small, Some(t))).map(|t| t.heartbeat_ms), Ok(120));
-        let bad = TuningSpec { max_value_bytes: Some(64 << 20), ..Default::default() };
-        let v = effective_tuning(&spec(PayloadClassSpec::Small, Some(bad))).err().unwrap_or_default();
+        let t = TuningOverrides { heartbeat_ms: Some(120), ..Default::default() };
+        assert_eq!(effective_tuning(&spec(PayloadClass::Small, Some(t))).map(|t| t.heartbeat_ms), Ok(120));
+        let bad = TuningOverrides { max_value_bytes: Some(64 << 20), ..Default::default() };
+        let v = effective_tuning(&spec(PayloadClass::Small, Some(bad))).err().unwrap_or_default();
         let msg = invalid_spec_message(&v);
         assert!(msg.contains("spec.tuning.bodyLimitBytes violates body-limit-covers-max-value"), "{msg}");
         assert!(msg.contains("67108864"), "{msg}");

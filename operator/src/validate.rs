@@ -4,9 +4,9 @@
 //! CEL rule of the CRD has an operator-side twin here ([`CEL_TWINS`], kept equal to the CRD's rules
 //! by a test). Returns the effective tuning or the `InvalidSpec` reason and message.
 
-use confman_tuning::Tuning;
+use confman_contract::Tuning;
 
-use crate::crd::{ConfmanClusterSpec, TuningSpec};
+use crate::crd::{ConfmanClusterSpec, TuningOverrides};
 use crate::tuning::{effective_tuning, invalid_spec_message};
 
 /// A refused spec: condition reason and a message naming the field, rule and values.
@@ -200,7 +200,7 @@ fn election_min_below_max(spec: &ConfmanClusterSpec, _: &Applied) -> Result<(), 
 fn tuning_range(
     spec: &ConfmanClusterSpec,
     field: &str,
-    get: fn(&TuningSpec) -> Option<u64>,
+    get: fn(&TuningOverrides) -> Option<u64>,
     (lo, hi): (u64, u64),
     message: &str,
 ) -> Result<(), Invalid> {
@@ -292,7 +292,7 @@ mod tests {
 
     use super::*;
     use crate::builders::fixtures::cluster;
-    use crate::crd::{PayloadClassSpec, ServiceSpec, TlsSpec, TuningSpec};
+    use crate::crd::{PayloadClass, ServiceSpec, TlsSpec, TuningOverrides};
 
     /// The CRD as installed (the generated, committed file; a drift test keeps it current).
     const INSTALLED_CRD: &str = include_str!("../../crds/confmancluster.yaml");
@@ -333,8 +333,8 @@ mod tests {
 
     /// A spec (and the previous one, for transition rules) that breaks exactly `rule`.
     fn breaking(rule: &str) -> (ConfmanClusterSpec, Option<ConfmanClusterSpec>) {
-        let base = cluster(3, PayloadClassSpec::Small).spec;
-        let tuning = |t: TuningSpec| ConfmanClusterSpec { tuning: Some(t), ..base.clone() };
+        let base = cluster(3, PayloadClass::Small).spec;
+        let tuning = |t: TuningOverrides| ConfmanClusterSpec { tuning: Some(t), ..base.clone() };
         let service = |s: ServiceSpec| ConfmanClusterSpec { service: Some(s), ..base.clone() };
         match rule {
             "has(self.tls) == has(oldSelf.tls)" => (
@@ -347,20 +347,24 @@ mod tests {
             "self >= 1 && self <= 9 && self % 2 == 1" => (ConfmanClusterSpec { replicas: 4, ..base }, None),
             "self != ''" => (ConfmanClusterSpec { image: String::new(), ..base }, None),
             "!has(self.electionMinMs) || !has(self.electionMaxMs) || self.electionMinMs < self.electionMaxMs" => (
-                tuning(TuningSpec { election_min_ms: Some(900), election_max_ms: Some(800), ..TuningSpec::default() }),
+                tuning(TuningOverrides {
+                    election_min_ms: Some(900),
+                    election_max_ms: Some(800),
+                    ..TuningOverrides::default()
+                }),
                 None,
             ),
             "self >= 10 && self <= 10000" => {
-                (tuning(TuningSpec { heartbeat_ms: Some(5), ..TuningSpec::default() }), None)
+                (tuning(TuningOverrides { heartbeat_ms: Some(5), ..TuningOverrides::default() }), None)
             }
             "self >= 50 && self <= 60000" => {
-                (tuning(TuningSpec { election_min_ms: Some(10), ..TuningSpec::default() }), None)
+                (tuning(TuningOverrides { election_min_ms: Some(10), ..TuningOverrides::default() }), None)
             }
             "self >= 100 && self <= 120000" => {
-                (tuning(TuningSpec { election_max_ms: Some(200_000), ..TuningSpec::default() }), None)
+                (tuning(TuningOverrides { election_max_ms: Some(200_000), ..TuningOverrides::default() }), None)
             }
             "self >= 1024 && self <= 268435456" => {
-                (tuning(TuningSpec { max_value_bytes: Some(100), ..TuningSpec::default() }), None)
+                (tuning(TuningOverrides { max_value_bytes: Some(100), ..TuningOverrides::default() }), None)
             }
             "self in ['ClusterIP', 'NodePort', 'LoadBalancer']" => {
                 (service(ServiceSpec { type_: Some("ExternalName".into()), port: None }), None)
@@ -376,7 +380,7 @@ mod tests {
     }
 
     fn object(spec: &ConfmanClusterSpec) -> Value {
-        let mut c = cluster(3, PayloadClassSpec::Small);
+        let mut c = cluster(3, PayloadClass::Small);
         c.spec = spec.clone();
         serde_json::to_value(&c).unwrap_or_default()
     }
@@ -397,7 +401,7 @@ mod tests {
     /// size is no change.
     #[test]
     fn immutable_storage_fields_are_named_and_equal_quantities_are_no_change() {
-        let spec = cluster(3, PayloadClassSpec::Small).spec;
+        let spec = cluster(3, PayloadClass::Small).spec;
         let was = |size: &str, class: Option<&str>| Applied {
             tls: None,
             storage: Some(AppliedStorage { size: size.into(), storage_class_name: class.map(str::to_string) }),
@@ -418,7 +422,7 @@ mod tests {
     fn each_twin_refuses_exactly_what_its_cel_rule_refuses() {
         let schema = installed_schema();
         let cel = kube::core::cel::Validator::new();
-        let base = cluster(3, PayloadClassSpec::Small).spec;
+        let base = cluster(3, PayloadClass::Small).spec;
         assert!(cel.validate(&schema, &object(&base), Some(&object(&base))).is_ok());
         for twin in &CEL_TWINS {
             assert_eq!((twin.check)(&base, &applied_from(Some(&base))), Ok(()), "{}", twin.rule);
@@ -444,7 +448,7 @@ mod tests {
 
     #[test]
     fn tls_can_be_set_at_creation_but_not_added_or_removed_later() {
-        let plain = cluster(3, PayloadClassSpec::Small).spec;
+        let plain = cluster(3, PayloadClass::Small).spec;
         let tls = ConfmanClusterSpec {
             tls: Some(TlsSpec { client_secret: "tls".into(), peer_secret: None }),
             ..plain.clone()
@@ -473,7 +477,7 @@ mod tests {
 
     #[test]
     fn each_refusal_names_the_field() {
-        let base = cluster(3, PayloadClassSpec::Small).spec;
+        let base = cluster(3, PayloadClass::Small).spec;
         assert!(validate(&base, &Applied::default()).is_ok());
         let cases: Vec<(ConfmanClusterSpec, &str, &str)> = vec![
             (ConfmanClusterSpec { replicas: 4, ..base.clone() }, "InvalidReplicas", "spec.replicas is 4"),
@@ -505,7 +509,7 @@ mod tests {
             ),
             (
                 ConfmanClusterSpec {
-                    tuning: Some(TuningSpec { heartbeat_ms: Some(5000), ..TuningSpec::default() }),
+                    tuning: Some(TuningOverrides { heartbeat_ms: Some(5000), ..TuningOverrides::default() }),
                     ..base.clone()
                 },
                 "InvalidTuning",
@@ -521,32 +525,42 @@ mod tests {
 
     #[test]
     fn every_tuning_rule_is_named_in_invalid_spec() {
-        // Overrides of the small class that each break exactly one rule of confman-tuning.
-        let cases: Vec<(TuningSpec, &str)> = vec![
-            (TuningSpec { heartbeat_ms: Some(600), ..TuningSpec::default() }, "heartbeat-below-election-min"),
-            (TuningSpec { election_min_ms: Some(1600), ..TuningSpec::default() }, "election-min-below-max"),
+        // Overrides of the small class that each break exactly one rule of confman-contract.
+        let cases: Vec<(TuningOverrides, &str)> = vec![
+            (TuningOverrides { heartbeat_ms: Some(600), ..TuningOverrides::default() }, "heartbeat-below-election-min"),
+            (TuningOverrides { election_min_ms: Some(1600), ..TuningOverrides::default() }, "election-min-below-max"),
             (
-                TuningSpec { request_timeout_ms: Some(1000), append_timeout_ms: Some(500), ..TuningSpec::default() },
+                TuningOverrides {
+                    request_timeout_ms: Some(1000),
+                    append_timeout_ms: Some(500),
+                    ..TuningOverrides::default()
+                },
                 "request-timeout-above-election-max",
             ),
             (
-                TuningSpec { append_timeout_ms: Some(9000), ..TuningSpec::default() },
+                TuningOverrides { append_timeout_ms: Some(9000), ..TuningOverrides::default() },
                 "append-timeout-within-request-timeout",
             ),
             (
-                TuningSpec { snapshot_timeout_ms: Some(1000), ..TuningSpec::default() },
+                TuningOverrides { snapshot_timeout_ms: Some(1000), ..TuningOverrides::default() },
                 "snapshot-timeout-above-election-max",
             ),
-            (TuningSpec { body_limit_bytes: Some(100_000), ..TuningSpec::default() }, "body-limit-covers-max-value"),
             (
-                TuningSpec { compaction_bytes: Some(1_000_000), ..TuningSpec::default() },
+                TuningOverrides { body_limit_bytes: Some(100_000), ..TuningOverrides::default() },
+                "body-limit-covers-max-value",
+            ),
+            (
+                TuningOverrides { compaction_bytes: Some(1_000_000), ..TuningOverrides::default() },
                 "compaction-covers-append-batch",
             ),
-            (TuningSpec { logs_to_keep: Some(30_000), ..TuningSpec::default() }, "kept-tail-below-compaction"),
-            (TuningSpec { max_append_entries: Some(0), ..TuningSpec::default() }, "positive"),
+            (
+                TuningOverrides { logs_to_keep: Some(30_000), ..TuningOverrides::default() },
+                "kept-tail-below-compaction",
+            ),
+            (TuningOverrides { max_append_entries: Some(0), ..TuningOverrides::default() }, "positive"),
         ];
         for (tuning, rule) in cases {
-            let spec = ConfmanClusterSpec { tuning: Some(tuning), ..cluster(3, PayloadClassSpec::Small).spec };
+            let spec = ConfmanClusterSpec { tuning: Some(tuning), ..cluster(3, PayloadClass::Small).spec };
             let err = validate(&spec, &Applied::default()).err().unwrap_or_else(|| panic!("{rule}: accepted"));
             assert_eq!(err.reason, "InvalidTuning", "{rule}");
             assert!(err.message.contains(&format!("violates {rule}:")), "{rule}: {}", err.message);

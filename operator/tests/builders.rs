@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use confman_operator::crd::PayloadClassSpec;
+use confman_operator::crd::PayloadClass;
 use confman_operator::render::render;
 use serde_json::{Value, json};
 
@@ -54,7 +54,7 @@ fn small_three_member_cluster() -> TestResult {
         pod["topologySpreadConstraints"].as_array().into_iter().flatten().map(|s| &s["topologyKey"]).collect();
     assert_eq!(spread, [&json!("topology.kubernetes.io/zone"), &json!("kubernetes.io/hostname")]);
     // Grace outlasts a client request plus a snapshot transfer, with 30 s to spare.
-    let t = PayloadClassSpec::Small.into_tuning();
+    let t = PayloadClass::Small.tuning();
     let grace = pod["terminationGracePeriodSeconds"].as_u64().ok_or("no grace period")?;
     assert_eq!(grace, (t.request_timeout_ms + t.snapshot_timeout_ms) / 1000 + 30);
     let anti = &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0];
@@ -142,7 +142,7 @@ fn large_five_member_cluster() -> TestResult {
         env_value(c, "CONFMAN_ADVERTISE")["value"],
         json!("https://$(CONFMAN_POD_NAME).blobs-peers.platform.svc:8080")
     );
-    let t = PayloadClassSpec::Large.into_tuning();
+    let t = PayloadClass::Large.tuning();
     let grace = pod["terminationGracePeriodSeconds"].as_i64().ok_or("no grace period")?;
     assert_eq!(u64::try_from(grace)?, (t.request_timeout_ms + t.snapshot_timeout_ms) / 1000 + 30);
     let startup = &c["startupProbe"];

@@ -1,6 +1,6 @@
 //! The generated CRD: committed copy up to date, schema structural, CEL rules enforced.
 
-use confman_operator::crd::{ConfmanClusterSpec, TuningSpec, crd, crd_yaml};
+use confman_operator::crd::{ConfmanClusterSpec, crd, crd_yaml};
 use serde_json::{Value, json};
 
 const COMMITTED: &str = include_str!("../../crds/confmancluster.yaml");
@@ -124,9 +124,14 @@ fn tls_is_set_at_creation_only() {
 
 #[test]
 fn cel_rules_check_tuning_override_ranges() {
-    assert!(TuningSpec::validate_cel(&json!({ "electionMinMs": 500, "electionMaxMs": 1000 }), None).is_ok());
-    assert!(TuningSpec::validate_cel(&json!({ "electionMinMs": 1000, "electionMaxMs": 500 }), None).is_err());
-    assert!(TuningSpec::validate_cel(&json!({ "heartbeatMs": 5 }), None).is_err());
+    let tuning = |t: Value| {
+        let mut s = spec(3);
+        s["tuning"] = t;
+        ConfmanClusterSpec::validate_cel(&s, None)
+    };
+    assert!(tuning(json!({ "electionMinMs": 500, "electionMaxMs": 1000 })).is_ok());
+    assert!(tuning(json!({ "electionMinMs": 1000, "electionMaxMs": 500 })).is_err());
+    assert!(tuning(json!({ "heartbeatMs": 5 })).is_err());
 }
 
 #[test]

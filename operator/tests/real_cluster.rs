@@ -1017,7 +1017,7 @@ async fn a_deleted_member_ledger_is_rebuilt_from_the_nodes() -> TestResult {
         .await?;
         let file = rebuilt.data.as_ref().and_then(|d| d.get("members.toml")).cloned().unwrap_or_default();
         for (pod, id) in &ids {
-            assert!(file.contains(&format!("\"{pod}\" = {id}")), "{pod} keeps id {id}: {file}");
+            assert!(file.contains(&format!("\n{pod} = {id}\n")), "{pod} keeps id {id}: {file}");
         }
         let client = s.node_client("config").await?;
         assert_eq!(group_ids(&client).await?, ids, "the group keeps every member");

@@ -8,7 +8,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use confman_operator::crd::{ConfmanCluster, ConfmanClusterSpec, PayloadClassSpec, TuningSpec};
+use confman_operator::crd::{ConfmanCluster, ConfmanClusterSpec, PayloadClass, TuningOverrides};
 use confman_operator::metrics::Metrics;
 use confman_operator::reconcile::{Context, FIELD_MANAGER, error_policy, reconcile};
 use kube::runtime::controller::Action;
@@ -28,7 +28,7 @@ fn cluster(replicas: i32) -> ConfmanCluster {
     let mut c = ConfmanCluster::new(
         "config",
         ConfmanClusterSpec {
-            payload_class: PayloadClassSpec::Small,
+            payload_class: PayloadClass::Small,
             ..ConfmanClusterSpec::minimal(replicas, "confman:1", "10Gi")
         },
     );
@@ -104,16 +104,13 @@ async fn a_new_cluster_gets_every_child_applied_owned_and_by_the_field_manager()
     assert_eq!(sts["spec"]["replicas"], json!(3));
     let ledger = fake.get(MEMBERS).ok_or("no ledger")?;
     let members = ledger["data"]["members.toml"].as_str().unwrap_or_default();
-    assert!(members.contains("\"config-2\" = 3"), "{members}");
+    assert!(members.contains("\nconfig-2 = 3\n"), "{members}");
     assert_eq!(ledger["data"]["next-node-id"], json!("4"));
 
     let after = stored(&fake)?;
     let status = after.status.as_ref().ok_or("no status")?;
     assert_eq!((status.phase.as_deref(), status.observed_generation), (Some("Creating"), Some(1)));
-    assert_eq!(
-        status.effective_tuning.map(|t| t.heartbeat_ms),
-        Some(PayloadClassSpec::Small.into_tuning().heartbeat_ms)
-    );
+    assert_eq!(status.effective_tuning.map(|t| t.heartbeat_ms), Some(PayloadClass::Small.tuning().heartbeat_ms));
     assert_eq!(condition(&after, "Progressing").map(|c| c.reason.as_str()), Some("Bootstrapping"));
     assert_eq!(condition(&after, "InvalidSpec").map(|c| c.status.as_str()), Some("False"));
     let events = fake.event_reasons();
@@ -142,7 +139,7 @@ async fn an_existing_token_and_ledger_are_kept() -> TestResult {
     assert_eq!(fake.get(TOKEN).ok_or("token gone")?["data"]["token"], json!("c2VjcmV0"));
     let ledger = fake.get(MEMBERS).ok_or("no ledger")?;
     let members = ledger["data"]["members.toml"].as_str().unwrap_or_default();
-    for line in ["\"config-0\" = 1", "\"config-1\" = 2", "\"config-2\" = 7", "\"config-3\" = 8", "\"config-4\" = 9"] {
+    for line in ["\nconfig-0 = 1\n", "\nconfig-1 = 2\n", "\nconfig-2 = 7\n", "\nconfig-3 = 8\n", "\nconfig-4 = 9\n"] {
         assert!(members.contains(line), "{line} missing from {members}");
     }
     assert!(members.contains("bootstrap_peers = \"1=http://a:1\""), "bootstrap members are history: {members}");
@@ -153,7 +150,7 @@ async fn an_existing_token_and_ledger_are_kept() -> TestResult {
 #[tokio::test]
 async fn an_invalid_spec_changes_no_child_and_sets_invalid_spec() -> TestResult {
     let mut c = cluster(3);
-    c.spec.tuning = Some(TuningSpec { heartbeat_ms: Some(5000), ..TuningSpec::default() });
+    c.spec.tuning = Some(TuningOverrides { heartbeat_ms: Some(5000), ..TuningOverrides::default() });
     let (ctx, fake) = setup(&c)?;
     reconcile(Arc::new(c), ctx).await?;
     assert!(child_patches(&fake).is_empty(), "{:?}", child_patches(&fake));

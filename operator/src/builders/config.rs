@@ -2,8 +2,9 @@
 //! annotation, so a config change rolls the pods).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
-use confman_tuning::Tuning;
+use confman_contract::{NodeConfig, Tuning};
 use k8s_openapi::api::core::v1::ConfigMap;
 use sha2::{Digest, Sha256};
 
@@ -15,42 +16,27 @@ pub const CONFIG_DIR: &str = "/etc/confman/config";
 /// File name of the node config inside [`CONFIG_DIR`].
 pub const CONFIG_FILE: &str = "node.toml";
 
-/// The node config file (TOML, snake_case keys of `confman-node --config`) with the derived
-/// tuning; per-pod values (node id, advertise URL) come from the members file and environment.
-pub fn node_config(tuning: &Tuning, keys_file: Option<&str>, tls: bool) -> String {
-    let mut s = String::from("# Written by confman-operator; edit the ConfmanCluster instead.\n");
-    s.push_str(&format!("listen = \"0.0.0.0:{NODE_PORT}\"\n"));
-    s.push_str(&format!("data_dir = \"{}\"\n", super::DATA_DIR));
-    s.push_str(&format!("cluster_token_file = \"/etc/confman/token/{}\"\n", super::TOKEN_KEY));
-    s.push_str(&format!("members_file = \"{}/{}\"\n", super::MEMBERS_DIR, super::MEMBERS_FILE));
-    if let Some(k) = keys_file {
-        s.push_str(&format!("api_keys_file = \"{k}\"\n"));
+/// The node config file with the derived tuning (every setting written, so the node runs
+/// exactly it); per-pod values (node id, advertise URL) come from the members file and
+/// environment. Its text is hashed into the pod template, so it must not change for the same
+/// cluster: fields are written in [`NodeConfig`]'s order, unset ones left out.
+pub fn node_config(tuning: &Tuning, keys_file: Option<&str>, tls: bool) -> Result<String, BuildError> {
+    let tls_file = |name: &str| tls.then(|| PathBuf::from(format!("{}/{name}", super::TLS_DIR)));
+    let [cert, key, ca] = super::TLS_KEYS;
+    let file = NodeConfig {
+        listen: Some(format!("0.0.0.0:{NODE_PORT}")),
+        data_dir: Some(super::DATA_DIR.into()),
+        cluster_token_file: Some(format!("/etc/confman/token/{}", super::TOKEN_KEY).into()),
+        members_file: Some(format!("{}/{}", super::MEMBERS_DIR, super::MEMBERS_FILE).into()),
+        api_keys_file: keys_file.map(Into::into),
+        tls_cert_file: tls_file(cert),
+        tls_key_file: tls_file(key),
+        tls_ca_file: tls_file(ca),
+        log_format: Some("json".into()),
+        ..NodeConfig::default()
     }
-    if tls {
-        let [cert, key, ca] = super::TLS_KEYS;
-        let dir = super::TLS_DIR;
-        s.push_str(&format!("tls_cert_file = \"{dir}/{cert}\"\ntls_key_file = \"{dir}/{key}\"\n"));
-        s.push_str(&format!("tls_ca_file = \"{dir}/{ca}\"\n"));
-    }
-    s.push_str("log_format = \"json\"\n");
-    for (k, v) in [
-        ("heartbeat_ms", tuning.heartbeat_ms),
-        ("election_min_ms", tuning.election_min_ms),
-        ("election_max_ms", tuning.election_max_ms),
-        ("request_timeout_ms", tuning.request_timeout_ms),
-        ("append_timeout_ms", tuning.append_timeout_ms),
-        ("snapshot_timeout_ms", tuning.snapshot_timeout_ms),
-        ("max_value_bytes", tuning.max_value_bytes),
-        ("body_limit_bytes", tuning.body_limit_bytes),
-        ("max_append_bytes", tuning.max_append_bytes),
-        ("max_append_entries", tuning.max_append_entries),
-        ("compaction_bytes", tuning.compaction_bytes),
-        ("compaction_entries", tuning.compaction_entries),
-        ("logs_to_keep", tuning.logs_to_keep),
-    ] {
-        s.push_str(&format!("{k} = {v}\n"));
-    }
-    s
+    .with_tuning(tuning);
+    Ok(format!("# Written by confman-operator; edit the ConfmanCluster instead.\n{}", toml::to_string(&file)?))
 }
 
 /// ConfigMap holding the node config.
@@ -58,7 +44,7 @@ pub fn config_map(c: &ConfmanCluster, tuning: &Tuning) -> Result<ConfigMap, Buil
     let keys = c.spec.auth.as_ref().map(|_| "/etc/confman/keys/keys.yaml");
     Ok(ConfigMap {
         metadata: meta(c, config_name(c))?,
-        data: Some(BTreeMap::from([(CONFIG_FILE.to_string(), node_config(tuning, keys, c.spec.tls.is_some()))])),
+        data: Some(BTreeMap::from([(CONFIG_FILE.to_string(), node_config(tuning, keys, c.spec.tls.is_some())?)])),
         ..ConfigMap::default()
     })
 }
@@ -79,12 +65,13 @@ pub fn config_hash(cm: &ConfigMap) -> String {
 mod tests {
     use super::*;
     use crate::builders::fixtures::cluster;
-    use crate::crd::{PayloadClassSpec, TuningSpec};
+    use crate::crd::{PayloadClass, TuningOverrides};
+
     use crate::tuning::effective_tuning;
 
     #[test]
     fn config_map_carries_the_derived_tuning() -> Result<(), Box<dyn std::error::Error>> {
-        let c = cluster(5, PayloadClassSpec::Large);
+        let c = cluster(5, PayloadClass::Large);
         let t = effective_tuning(&c.spec).map_err(|v| format!("{v:?}"))?;
         let cm = config_map(&c, &t)?;
         let toml = cm.data.unwrap_or_default().remove(CONFIG_FILE).unwrap_or_default();
@@ -96,12 +83,45 @@ mod tests {
         Ok(())
     }
 
+    /// The text earlier operators wrote (with `format!`), so upgrading the operator does not
+    /// change the config hash and roll every cluster's pods.
+    #[test]
+    fn the_file_text_is_what_earlier_operators_wrote() -> Result<(), Box<dyn std::error::Error>> {
+        let text = node_config(&PayloadClass::Large.tuning(), Some("/etc/confman/keys/keys.yaml"), true)?;
+        let expected = "# Written by confman-operator; edit the ConfmanCluster instead.
+listen = \"0.0.0.0:8080\"
+data_dir = \"/var/lib/confman\"
+cluster_token_file = \"/etc/confman/token/token\"
+members_file = \"/etc/confman/members/members.toml\"
+api_keys_file = \"/etc/confman/keys/keys.yaml\"
+tls_cert_file = \"/etc/confman/tls/tls.crt\"
+tls_key_file = \"/etc/confman/tls/tls.key\"
+tls_ca_file = \"/etc/confman/tls/ca.crt\"
+log_format = \"json\"
+heartbeat_ms = 150
+election_min_ms = 1500
+election_max_ms = 3000
+request_timeout_ms = 15000
+append_timeout_ms = 5000
+snapshot_timeout_ms = 120000
+max_value_bytes = 4194304
+body_limit_bytes = 6291456
+max_append_bytes = 8388608
+max_append_entries = 64
+compaction_bytes = 268435456
+compaction_entries = 2000
+logs_to_keep = 64
+";
+        assert_eq!(text, expected);
+        Ok(())
+    }
+
     #[test]
     fn the_hash_follows_the_config() -> Result<(), Box<dyn std::error::Error>> {
-        let mut c = cluster(3, PayloadClassSpec::Small);
+        let mut c = cluster(3, PayloadClass::Small);
         let h1 = config_hash(&config_map(&c, &effective_tuning(&c.spec).map_err(|v| format!("{v:?}"))?)?);
         let h1_again = config_hash(&config_map(&c, &effective_tuning(&c.spec).map_err(|v| format!("{v:?}"))?)?);
-        c.spec.tuning = Some(TuningSpec { heartbeat_ms: Some(120), ..TuningSpec::default() });
+        c.spec.tuning = Some(TuningOverrides { heartbeat_ms: Some(120), ..TuningOverrides::default() });
         let h2 = config_hash(&config_map(&c, &effective_tuning(&c.spec).map_err(|v| format!("{v:?}"))?)?);
         assert_eq!(h1, h1_again);
         assert_ne!(h1, h2);

@@ -39,6 +39,9 @@ pub enum BuildError {
     /// A built object could not be converted to another API version's shape.
     #[error("converting a child object: {0}")]
     Json(#[from] serde_json::Error),
+    /// A file the nodes read could not be written as TOML.
+    #[error("writing a node file: {0}")]
+    Toml(#[from] toml::ser::Error),
 }
 
 /// Name of the headless (peer) Service.
@@ -125,10 +128,10 @@ pub fn meta(c: &ConfmanCluster, name: String) -> Result<ObjectMeta, BuildError> 
 
 #[cfg(test)]
 pub(crate) mod fixtures {
-    use crate::crd::{ConfmanCluster, ConfmanClusterSpec, PayloadClassSpec};
+    use crate::crd::{ConfmanCluster, ConfmanClusterSpec, PayloadClass};
 
     /// A cluster as the API server would hand it over (namespace and uid set).
-    pub fn cluster(replicas: i32, class: PayloadClassSpec) -> ConfmanCluster {
+    pub fn cluster(replicas: i32, class: PayloadClass) -> ConfmanCluster {
         let mut c = ConfmanCluster::new(
             "config",
             ConfmanClusterSpec { payload_class: class, ..ConfmanClusterSpec::minimal(replicas, "confman:1", "10Gi") },
@@ -145,12 +148,12 @@ mod tests {
     use super::fixtures::cluster;
     use super::*;
     use crate::capabilities::Capabilities;
-    use crate::crd::PayloadClassSpec;
+    use crate::crd::PayloadClass;
 
     #[test]
     fn every_child_is_owned_and_labelled() -> Result<(), BuildError> {
-        let c = cluster(3, PayloadClassSpec::Small);
-        let t = PayloadClassSpec::Small.into_tuning();
+        let c = cluster(3, PayloadClass::Small);
+        let t = PayloadClass::Small.tuning();
         let old = Capabilities::of_version(1, 20);
         let metas = [
             headless_service(&c)?.metadata,
@@ -180,13 +183,13 @@ mod tests {
 
     #[test]
     fn pod_urls_use_the_headless_service() {
-        let c = cluster(3, PayloadClassSpec::Small);
+        let c = cluster(3, PayloadClass::Small);
         assert_eq!(pod_url(&c, &pod_name(&c, 2)), "http://config-2.config-peers.platform.svc:8080");
     }
 
     #[test]
     fn missing_uid_is_an_error_not_a_panic() {
-        let mut c = cluster(3, PayloadClassSpec::Small);
+        let mut c = cluster(3, PayloadClass::Small);
         c.metadata.uid = None;
         assert!(matches!(headless_service(&c), Err(BuildError::MissingMetadata(_))));
     }

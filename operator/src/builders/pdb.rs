@@ -117,7 +117,7 @@ pub fn pod_disruption_budget(
 mod tests {
     use super::*;
     use crate::builders::fixtures::cluster;
-    use crate::crd::PayloadClassSpec;
+    use crate::crd::PayloadClass;
 
     fn min_available(pdb: &Pdb) -> serde_json::Value {
         serde_json::to_value(pdb).map(|v| v["spec"]["minAvailable"].clone()).unwrap_or_default()
@@ -130,11 +130,11 @@ mod tests {
     #[test]
     fn pdb_single_replica_does_not_block_every_drain() -> Result<(), BuildError> {
         for caps in [Capabilities::RECENT, Capabilities::of_version(1, 20)] {
-            let pdb = pod_disruption_budget(&cluster(1, PayloadClassSpec::Small), None, &caps)?;
+            let pdb = pod_disruption_budget(&cluster(1, PayloadClass::Small), None, &caps)?;
             assert_eq!(spec_field(&pdb, "maxUnavailable"), serde_json::json!(1), "{caps:?}");
             assert_eq!(spec_field(&pdb, "minAvailable"), serde_json::Value::Null, "{caps:?}");
             // One voter growing to three: its learner's pod must not pin the voter either.
-            let pdb = pod_disruption_budget(&cluster(3, PayloadClassSpec::Small), Some((1, 2)), &caps)?;
+            let pdb = pod_disruption_budget(&cluster(3, PayloadClass::Small), Some((1, 2)), &caps)?;
             assert_eq!(spec_field(&pdb, "maxUnavailable"), serde_json::json!(1), "{caps:?}");
         }
         // No budget that equals the pods for any group that has a quorum to keep.
@@ -146,7 +146,7 @@ mod tests {
 
     #[test]
     fn pdb_unhealthy_pods_may_always_be_evicted_where_served() -> Result<(), BuildError> {
-        let c = cluster(3, PayloadClassSpec::Small);
+        let c = cluster(3, PayloadClass::Small);
         let recent = pod_disruption_budget(&c, None, &Capabilities::RECENT)?;
         assert_eq!(spec_field(&recent, "unhealthyPodEvictionPolicy"), serde_json::json!("AlwaysAllow"));
         for minor in [20, 21, 26] {
@@ -164,7 +164,7 @@ mod tests {
     fn pdb_mid_shrink_is_sized_from_the_actual_voters() -> Result<(), BuildError> {
         use crate::crd::{ConfmanClusterStatus, MemberStatus};
         // spec.replicas went 5 → 3; the group still has 5 voters and no leader answers now.
-        let mut c = cluster(3, PayloadClassSpec::Small);
+        let mut c = cluster(3, PayloadClass::Small);
         let member = |id: u64| MemberStatus {
             id,
             pod: format!("config-{}", id - 1),
@@ -185,12 +185,12 @@ mod tests {
     fn pdb_keeps_a_quorum() -> Result<(), BuildError> {
         for caps in [Capabilities::RECENT, Capabilities::of_version(1, 20)] {
             for (replicas, min) in [(3, 2), (5, 3), (9, 5)] {
-                let pdb = pod_disruption_budget(&cluster(replicas, PayloadClassSpec::Small), None, &caps)?;
+                let pdb = pod_disruption_budget(&cluster(replicas, PayloadClass::Small), None, &caps)?;
                 assert_eq!(min_available(&pdb), serde_json::json!(min), "{replicas} {caps:?}");
             }
             // Pending steps are priced in: 3 voters + a learner pod, and 5 voters during a shrink.
             for (voters, pods, min) in [(3, 4, 3), (5, 5, 3), (4, 5, 4)] {
-                let pdb = pod_disruption_budget(&cluster(3, PayloadClassSpec::Small), Some((voters, pods)), &caps)?;
+                let pdb = pod_disruption_budget(&cluster(3, PayloadClass::Small), Some((voters, pods)), &caps)?;
                 assert_eq!(min_available(&pdb), serde_json::json!(min), "{voters}/{pods} {caps:?}");
             }
         }
@@ -199,7 +199,7 @@ mod tests {
 
     #[test]
     fn an_old_server_gets_the_same_budget_as_policy_v1beta1() -> Result<(), Box<dyn std::error::Error>> {
-        let c = cluster(3, PayloadClassSpec::Small);
+        let c = cluster(3, PayloadClass::Small);
         let new = serde_json::to_value(pod_disruption_budget(&c, None, &Capabilities::RECENT)?)?;
         let old_caps = Capabilities { pdb_v1: false, ..Capabilities::RECENT };
         let old = pod_disruption_budget(&c, None, &old_caps)?;

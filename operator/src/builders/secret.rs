@@ -62,7 +62,7 @@ pub fn token_secret(c: &ConfmanCluster, token: &str) -> Result<Secret, BuildErro
 mod tests {
     use super::*;
     use crate::builders::fixtures::cluster;
-    use crate::crd::PayloadClassSpec;
+    use crate::crd::PayloadClass;
 
     #[test]
     fn tokens_are_long_and_distinct() {
@@ -73,7 +73,7 @@ mod tests {
 
     #[test]
     fn secret_holds_the_given_token() -> Result<(), BuildError> {
-        let s = token_secret(&cluster(3, PayloadClassSpec::Small), "abc")?;
+        let s = token_secret(&cluster(3, PayloadClass::Small), "abc")?;
         assert_eq!(s.metadata.name.as_deref(), Some("config-token"));
         assert_eq!(s.data.unwrap_or_default().get(TOKEN_KEY).map(|b| b.0.clone()), Some(b"abc".to_vec()));
         Ok(())

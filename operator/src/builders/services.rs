@@ -51,11 +51,11 @@ pub fn client_service(c: &ConfmanCluster) -> Result<Service, BuildError> {
 mod tests {
     use super::*;
     use crate::builders::fixtures::cluster;
-    use crate::crd::{PayloadClassSpec, ServiceSpec as CmcService};
+    use crate::crd::{PayloadClass, ServiceSpec as CmcService};
 
     #[test]
     fn headless_service_publishes_not_ready_pods() -> Result<(), BuildError> {
-        let s = headless_service(&cluster(3, PayloadClassSpec::Small))?;
+        let s = headless_service(&cluster(3, PayloadClass::Small))?;
         let spec = s.spec.unwrap_or_default();
         assert_eq!(s.metadata.name.as_deref(), Some("config-peers"));
         assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
@@ -65,7 +65,7 @@ mod tests {
 
     #[test]
     fn client_service_honours_type_and_port() -> Result<(), BuildError> {
-        let mut c = cluster(3, PayloadClassSpec::Small);
+        let mut c = cluster(3, PayloadClass::Small);
         c.spec.service = Some(CmcService { type_: Some("LoadBalancer".into()), port: Some(80) });
         let spec = client_service(&c)?.spec.unwrap_or_default();
         assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));

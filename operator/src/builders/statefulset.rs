@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use confman_tuning::Tuning;
+use confman_contract::Tuning;
 use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec, StatefulSetUpdateStrategy,
 };
@@ -25,7 +25,7 @@ use super::{
     config_name, headless_name, members_name, meta, selector_labels, token_name,
 };
 use crate::capabilities::Capabilities;
-use crate::crd::{ConfmanCluster, PayloadClassSpec};
+use crate::crd::{ConfmanCluster, PayloadClass};
 
 /// Where each member's volume is mounted (the node's data dir).
 pub const DATA_DIR: &str = "/var/lib/confman";
@@ -148,12 +148,12 @@ fn default_spread(c: &ConfmanCluster) -> Vec<TopologySpreadConstraint> {
 /// Default CPU and memory requests of a payload class: memory is about four compaction triggers
 /// of the class (the log kept until compaction, a snapshot being built and one in flight, the
 /// store's caches); CPU grows with the bytes each entry costs to hash, write and send.
-pub fn default_requests(class: PayloadClassSpec) -> (&'static str, &'static str) {
+pub fn default_requests(class: PayloadClass) -> (&'static str, &'static str) {
     match class {
-        PayloadClassSpec::Small => ("100m", "256Mi"),
-        PayloadClassSpec::Medium => ("250m", "512Mi"),
-        PayloadClassSpec::Large => ("500m", "1Gi"),
-        PayloadClassSpec::Huge => ("1", "2Gi"),
+        PayloadClass::Small => ("100m", "256Mi"),
+        PayloadClass::Medium => ("250m", "512Mi"),
+        PayloadClass::Large => ("500m", "1Gi"),
+        PayloadClass::Huge => ("1", "2Gi"),
     }
 }
 
@@ -364,12 +364,12 @@ pub fn statefulset(
 mod tests {
     use super::*;
     use crate::builders::fixtures::cluster;
-    use crate::crd::PayloadClassSpec;
+    use crate::crd::PayloadClass;
 
     #[test]
     fn a_new_ca_bundle_changes_the_pod_template() -> Result<(), Box<dyn std::error::Error>> {
-        let c = cluster(3, PayloadClassSpec::Small);
-        let t = PayloadClassSpec::Small.into_tuning();
+        let c = cluster(3, PayloadClass::Small);
+        let t = PayloadClass::Small.tuning();
         let mut a = statefulset(&c, &t, "h", &Capabilities::RECENT)?;
         let mut b = statefulset(&c, &t, "h", &Capabilities::RECENT)?;
         let ha = with_trusted_ca(&mut a, "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n");
@@ -385,8 +385,8 @@ mod tests {
 
     #[test]
     fn pods_are_replaced_by_the_operator_not_rolled_by_the_statefulset() -> Result<(), BuildError> {
-        let c = cluster(3, PayloadClassSpec::Small);
-        let t = PayloadClassSpec::Small.into_tuning();
+        let c = cluster(3, PayloadClass::Small);
+        let t = PayloadClass::Small.tuning();
         for caps in [Capabilities::RECENT, Capabilities::of_version(1, 20)] {
             let sts = statefulset(&c, &t, "h", &caps)?;
             let strategy = sts.spec.update_strategy.unwrap_or_default();
@@ -404,7 +404,7 @@ mod tests {
     fn pod_spec_gaps_pull_secrets_service_account_labels_and_annotations_reach_the_pods() -> Result<(), BuildError> {
         use crate::crd::PodOptions;
         use k8s_openapi::api::core::v1::LocalObjectReference;
-        let mut c = cluster(3, PayloadClassSpec::Small);
+        let mut c = cluster(3, PayloadClass::Small);
         c.spec.pod = Some(PodOptions {
             service_account_name: Some("confman-nodes".into()),
             image_pull_secrets: Some(vec![LocalObjectReference { name: "registry".into() }]),
@@ -419,7 +419,7 @@ mod tests {
             ])),
             fs_group: None,
         });
-        let t = PayloadClassSpec::Small.into_tuning();
+        let t = PayloadClass::Small.tuning();
         let sts = statefulset(&c, &t, "h", &Capabilities::RECENT)?;
         let pod = pod_spec(&sts);
         assert_eq!(pod.service_account_name.as_deref(), Some("confman-nodes"));
@@ -444,11 +444,9 @@ mod tests {
             let map = if kind == "requests" { &r.requests } else { &r.limits };
             map.as_ref().and_then(|m| m.get(name)).map(|q| q.0.clone())
         };
-        for class in
-            [PayloadClassSpec::Small, PayloadClassSpec::Medium, PayloadClassSpec::Large, PayloadClassSpec::Huge]
-        {
+        for class in [PayloadClass::Small, PayloadClass::Medium, PayloadClass::Large, PayloadClass::Huge] {
             let c = cluster(3, class);
-            let sts = statefulset(&c, &class.into_tuning(), "h", &Capabilities::RECENT)?;
+            let sts = statefulset(&c, &class.tuning(), "h", &Capabilities::RECENT)?;
             let r = pod_spec(&sts).containers[0].resources.clone().unwrap_or_default();
             let (cpu, memory) = default_requests(class);
             assert_eq!(quantity(&r, "requests", "cpu").as_deref(), Some(cpu), "{class:?}");
@@ -456,13 +454,13 @@ mod tests {
             assert_eq!(r.limits, None, "no limit is guessed");
         }
         // The user's values win; a resource with only a limit keeps Kubernetes' request = limit.
-        let mut c = cluster(3, PayloadClassSpec::Large);
+        let mut c = cluster(3, PayloadClass::Large);
         c.spec.resources = Some(ResourceRequirements {
             requests: Some(BTreeMap::from([("cpu".to_string(), Quantity("2".into()))])),
             limits: Some(BTreeMap::from([("memory".to_string(), Quantity("512Mi".into()))])),
             ..ResourceRequirements::default()
         });
-        let sts = statefulset(&c, &PayloadClassSpec::Large.into_tuning(), "h", &Capabilities::RECENT)?;
+        let sts = statefulset(&c, &PayloadClass::Large.tuning(), "h", &Capabilities::RECENT)?;
         let r = pod_spec(&sts).containers[0].resources.clone().unwrap_or_default();
         assert_eq!(quantity(&r, "requests", "cpu").as_deref(), Some("2"));
         assert_eq!(quantity(&r, "requests", "memory"), None, "a default above the user's limit would be refused");
@@ -472,8 +470,8 @@ mod tests {
 
     #[test]
     fn pod_spec_gaps_no_fixed_user_and_volume_ownership_fixed_only_on_mismatch() -> Result<(), BuildError> {
-        let mut c = cluster(3, PayloadClassSpec::Small);
-        let t = PayloadClassSpec::Small.into_tuning();
+        let mut c = cluster(3, PayloadClass::Small);
+        let t = PayloadClass::Small.tuning();
         let sc = pod_spec(&statefulset(&c, &t, "h", &Capabilities::RECENT)?).security_context.unwrap_or_default();
         assert_eq!((sc.run_as_user, sc.run_as_group), (None, None), "OpenShift assigns the user");
         assert_eq!(sc.run_as_non_root, Some(true));
@@ -487,8 +485,8 @@ mod tests {
 
     #[test]
     fn pod_spec_gaps_members_spread_across_zones_and_hosts() -> Result<(), BuildError> {
-        let mut c = cluster(3, PayloadClassSpec::Small);
-        let t = PayloadClassSpec::Small.into_tuning();
+        let mut c = cluster(3, PayloadClass::Small);
+        let t = PayloadClass::Small.tuning();
         let spread = pod_spec(&statefulset(&c, &t, "h", &Capabilities::RECENT)?).topology_spread_constraints;
         let spread = spread.unwrap_or_default();
         let keys: Vec<(&str, &str, i32)> =
@@ -513,9 +511,9 @@ mod tests {
 
     #[test]
     fn the_retention_policy_is_sent_only_where_it_is_enforced() -> Result<(), BuildError> {
-        let mut c = cluster(3, PayloadClassSpec::Small);
+        let mut c = cluster(3, PayloadClass::Small);
         c.spec.storage.retain_on_delete = true;
-        let t = PayloadClassSpec::Small.into_tuning();
+        let t = PayloadClass::Small.tuning();
         let policy = statefulset(&c, &t, "h", &Capabilities::RECENT)?.spec.persistent_volume_claim_retention_policy;
         assert_eq!(
             policy,
