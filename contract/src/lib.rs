@@ -10,8 +10,10 @@
 //! - [`invariants`]: the rules between settings and [`derive`].
 //! - [`node_config`]: `node.toml`, the node's config file; its keys are also the node's flags.
 //! - [`members`]: `members.toml`, the operator's ledger of node ids as the pods read it.
+//! - [`cluster_token`]: the token file / token Secret format (several tokens during a rotation).
 
 pub mod class;
+pub mod cluster_token;
 pub mod tuning;
 
 pub mod invariants;

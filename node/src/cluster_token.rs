@@ -7,34 +7,18 @@
 //! yet, so the new token is first added as accepted everywhere (`old` then `new`), then made the
 //! presented one (`new` then `old`), and the old line is dropped last.
 
+use confman_contract::cluster_token::{TokenListError, parse_tokens};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-/// At most this many tokens in one file: a rotation needs two; more is a mistake.
-pub const MAX_TOKENS: usize = 4;
-
-/// Why a token file was refused.
+/// A token file the node cannot use.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum TokenFileError {
-    /// No token at all.
-    #[error("cluster-token-file {0} is empty")]
-    Empty(String),
-    /// A line that cannot travel in an `Authorization: Bearer` header.
-    #[error("cluster-token-file {path}: line {line} is not a token (visible ASCII without spaces only)")]
-    NotAToken {
-        /// The file.
-        path: String,
-        /// 1-based line number.
-        line: usize,
-    },
-    /// More lines than a rotation needs.
-    #[error("cluster-token-file {path} holds {count} tokens; at most {MAX_TOKENS} (the presented one first)")]
-    TooMany {
-        /// The file.
-        path: String,
-        /// Tokens found.
-        count: usize,
-    },
+#[error("cluster-token-file {path} {reason}")]
+pub struct TokenFileError {
+    /// The file.
+    pub path: String,
+    /// What is wrong with it.
+    pub reason: TokenListError,
 }
 
 /// The token this node presents and the digests of every token it accepts.
@@ -54,21 +38,8 @@ impl ClusterToken {
     /// Parses a token file's text; blank lines and surrounding whitespace are ignored.
     /// `origin` names the file in errors.
     pub fn parse(text: &str, origin: &str) -> Result<ClusterToken, TokenFileError> {
-        let mut tokens = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() {
-                continue;
-            }
-            if !line.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(TokenFileError::NotAToken { path: origin.to_string(), line: n + 1 });
-            }
-            tokens.push(line);
-        }
-        if tokens.len() > MAX_TOKENS {
-            return Err(TokenFileError::TooMany { path: origin.to_string(), count: tokens.len() });
-        }
-        let presented = tokens.first().ok_or_else(|| TokenFileError::Empty(origin.to_string()))?.to_string();
+        let tokens = parse_tokens(text).map_err(|reason| TokenFileError { path: origin.to_string(), reason })?;
+        let presented = tokens.first().map(|t| t.to_string()).unwrap_or_default();
         Ok(ClusterToken { presented, accepted: tokens.iter().map(|t| digest(t)).collect() })
     }
 
@@ -126,16 +97,9 @@ mod tests {
 
     #[test]
     fn bad_token_files_are_refused_naming_the_file() {
-        assert_eq!(ClusterToken::parse(" \n\n", "/t").err(), Some(TokenFileError::Empty("/t".into())));
-        assert_eq!(
-            ClusterToken::parse("good\nwith space\n", "/t").err(),
-            Some(TokenFileError::NotAToken { path: "/t".into(), line: 2 })
-        );
-        assert_eq!(
-            ClusterToken::parse("a\nb\nc\nd\ne", "/t").err(),
-            Some(TokenFileError::TooMany { path: "/t".into(), count: 5 })
-        );
-        let msg = ClusterToken::parse("x y", "/etc/token").err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(msg.contains("/etc/token") && msg.contains("line 1"), "{msg}");
+        let err = |text: &str| ClusterToken::parse(text, "/etc/token").err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(err(" \n"), "cluster-token-file /etc/token holds no token");
+        assert!(err("good\nwith space").contains("/etc/token line 2 is not a token"), "{}", err("good\nwith space"));
+        assert!(err("a\nb\nc\nd\ne").contains("holds 5 tokens"), "{}", err("a\nb\nc\nd\ne"));
     }
 }

@@ -87,12 +87,17 @@ pub enum Error {
     )]
     #[allow(missing_docs)]
     TokenLost { name: String },
-    /// The cluster token Secret holds no token (a blank value): members could not start.
+    /// The cluster token Secret's value is not a token list the node accepts: members could
+    /// not start with it.
     #[error(
-        "cluster token Secret {name} holds no token (its value lists tokens one per line, the presented one first)"
+        "cluster token Secret {name} {reason} (its value lists at most 4 tokens one per line, the presented one first)"
     )]
-    #[allow(missing_docs)]
-    TokenEmpty { name: String },
+    TokenInvalid {
+        /// Secret name.
+        name: String,
+        /// What is wrong with the value.
+        reason: confman_contract::cluster_token::TokenListError,
+    },
     /// The API keys Secret named by `spec.auth.apiKeysSecret` is missing or incomplete.
     #[error("API keys Secret {secret} (spec.auth.apiKeysSecret): {reason}")]
     ApiKeysSecret {
@@ -304,7 +309,7 @@ struct Credentials {
 async fn credentials(ctx: &Context, c: &ConfmanCluster, has_members: bool) -> Result<Credentials, Error> {
     let value = ensure_token(ctx, c, has_members).await?;
     let presented = builders::presented_token(&value)
-        .ok_or_else(|| Error::TokenEmpty { name: builders::token_name(c) })?
+        .map_err(|reason| Error::TokenInvalid { name: builders::token_name(c), reason })?
         .to_string();
     match api_keys(ctx, c).await {
         Ok(keys) => Ok(Credentials {

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use confman_contract::cluster_token::{TokenListError, parse_tokens};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use sha2::{Digest, Sha256};
@@ -22,9 +23,10 @@ pub fn generate_token() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
-/// The token presented to the members: the first non-blank line of the Secret's value.
-pub fn presented_token(value: &str) -> Option<&str> {
-    value.lines().map(str::trim).find(|l| !l.is_empty())
+/// The token presented to the members: the first of the Secret's lines, checked by the rules
+/// the node reads its token file with (a value the node would refuse never reaches a pod).
+pub fn presented_token(value: &str) -> Result<&str, TokenListError> {
+    parse_tokens(value)?.first().copied().ok_or(TokenListError::Empty)
 }
 
 /// Pod-template annotation carrying [`credentials_hash`]: a change of the token or of the API
@@ -81,9 +83,10 @@ mod tests {
 
     #[test]
     fn the_presented_token_is_the_first_line() {
-        assert_eq!(presented_token("abc"), Some("abc"));
-        assert_eq!(presented_token("\n  new \nold\n"), Some("new"));
-        assert_eq!(presented_token(" \n"), None);
+        assert_eq!(presented_token("abc"), Ok("abc"));
+        assert_eq!(presented_token("\n  new \nold\n"), Ok("new"));
+        assert_eq!(presented_token(" \n"), Err(TokenListError::Empty));
+        assert_eq!(presented_token("new\nold x"), Err(TokenListError::NotAToken { line: 2 }));
     }
 
     #[test]
