@@ -39,6 +39,9 @@ pub struct PodView {
     pub member_id: Option<u64>,
     /// The node refuses to start because the volume of this id was lost (the id it names).
     pub data_lost: Option<u64>,
+    /// The node answered 401 to the token the operator presents (a token rotation edited out
+    /// of order): it is running, but the operator cannot see or steer it.
+    pub refuses_token: bool,
 }
 
 /// The Raft group as the leader reports it.
@@ -323,6 +326,7 @@ mod tests {
                 applied: Some(100),
                 member_id: None,
                 data_lost: None,
+                refuses_token: false,
             })
             .collect()
     }

@@ -50,6 +50,8 @@ enum Answer {
     Status(Box<ClusterStatus>),
     /// It refuses to run: the volume of this (member) id was lost.
     DataLost(Option<u64>),
+    /// It refuses the token the operator presents.
+    Refused,
     /// Nothing (no pod, not listening yet, timed out).
     Silent,
 }
@@ -77,6 +79,7 @@ pub async fn observe(
             match tokio::time::timeout(STATUS_TIMEOUT, client.cluster_of(&url)).await {
                 Ok(Ok(status)) => Answer::Status(Box::new(status)),
                 Ok(Err(confman_client::Error::Api(p))) if p.data_lost() => Answer::DataLost(p.node_id),
+                Ok(Err(e)) if e.status() == Some(401) => Answer::Refused,
                 _ => Answer::Silent,
             }
         }
@@ -85,10 +88,11 @@ pub async fn observe(
     let mut views = Vec::new();
     let mut statuses: Vec<ClusterStatus> = Vec::new();
     for ((ordinal, name), answer) in (0..ordinals).zip(names).zip(answers) {
+        let refuses_token = matches!(answer, Answer::Refused);
         let (status, data_lost) = match answer {
             Answer::Status(s) => (Some(*s), None),
             Answer::DataLost(id) => (None, Some(id.unwrap_or_default())),
-            Answer::Silent => (None, None),
+            Answer::Refused | Answer::Silent => (None, None),
         };
         // The node reports itself in its group's membership: its id has persisted Raft state.
         let member_id = status.as_ref().filter(|s| s.members.iter().any(|m| m.id == s.node_id)).map(|s| s.node_id);
@@ -110,6 +114,7 @@ pub async fn observe(
             applied: status.as_ref().and_then(|s| s.applied_index),
             member_id,
             data_lost,
+            refuses_token,
         });
         statuses.extend(status);
     }

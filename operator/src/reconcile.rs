@@ -683,6 +683,19 @@ async fn apply_children(
         publish(ctx, c, EventType::Normal, "TrustChanged", note, "Update").await;
     }
     let held = held.or_else(|| credentials.keys_problem.clone().map(|m| ("ApiKeysSecretUnreadable", m)));
+    let refusing: Vec<&str> = views.iter().filter(|v| v.refuses_token).map(|v| v.name.as_str()).collect();
+    let held = held.or_else(|| {
+        (!refusing.is_empty()).then(|| {
+            let note = format!(
+                "{} refuse the token the operator presents (the first line of Secret {}): a rotation step was \
+                 skipped or made before the previous one rolled out; put the token the members use back on the \
+                 first line (README: rotating credentials)",
+                refusing.join(", "),
+                builders::token_name(c)
+            );
+            ("TokenRefused", note)
+        })
+    });
     if let (Some(old), Some(new)) = (&old_credentials, &credentials.hash)
         && old != new
     {

@@ -546,3 +546,56 @@ async fn a_blank_token_or_a_missing_keys_secret_is_reported() -> TestResult {
     assert!(child_patches(&fake).iter().any(|p| p.contains("poddisruptionbudgets")), "the rest is applied");
     Ok(())
 }
+
+/// Review of 8b: a rotation step made out of order leaves members that refuse the token the
+/// operator presents; they used to look merely silent ("no Raft leader answers yet"). Members
+/// answering 401 are named in Degraded with the way back. The members here are a listener that
+/// answers every request with 401 (what a node says to an unknown token; the real node's answer
+/// is tested in node/tests/cluster.rs).
+#[tokio::test]
+async fn members_refusing_the_presented_token_are_named() -> TestResult {
+    let ip = std::net::Ipv4Addr::new(127, 83, rand_octet(), rand_octet());
+    let listener = tokio::net::TcpListener::bind((ip, 8080)).await?;
+    let refusing = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let body = r#"{"type":"about:blank","title":"Unauthorized","status":401,"detail":"the API key is not valid"}"#;
+        let answer = format!(
+            "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            let _ = conn.write_all(answer.as_bytes()).await;
+        }
+    });
+    let c = cluster(3);
+    let (client, fake) = FakeApi::start();
+    fake.seed(CMC, serde_json::to_value(&c)?);
+    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some("test".into()) };
+    let mut ctx = Context::new(client, reporter, Arc::new(Metrics::default()));
+    ctx.resolve =
+        (0..3).map(|o| (format!("config-{o}.config-peers.platform.svc"), std::net::IpAddr::from(ip))).collect();
+    fake.seed(STS, ready_statefulset(3, 3));
+    seed_running(&fake, &c, 3)?;
+    for o in 0..3 {
+        fake.seed(
+            &format!("/api/v1/namespaces/platform/pods/config-{o}"),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("config-{o}"), "namespace": NS,
+                "labels": {"app.kubernetes.io/name": "confman", "app.kubernetes.io/instance": "config"}}}),
+        );
+    }
+    reconcile(Arc::new(c), Arc::new(ctx)).await?;
+    refusing.abort();
+    let after = stored(&fake)?;
+    let d = condition(&after, "Degraded").ok_or("no Degraded")?;
+    assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", "TokenRefused"), "{}", d.message);
+    assert!(d.message.contains("config-0, config-1, config-2 refuse the token"), "{}", d.message);
+    assert!(d.message.contains("Secret config-token"), "{}", d.message);
+    Ok(())
+}
+
+fn rand_octet() -> u8 {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(7);
+    (n % 250) as u8 + 1
+}
