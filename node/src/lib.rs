@@ -24,6 +24,3 @@ pub mod raft;
 pub mod server;
 pub mod store;
 pub mod tls;
-/// The operator↔node contract (tuning table, invariants, config and members files), under the
-/// name the API layer imports `Tuning` by.
-pub use confman_contract as tuning;
