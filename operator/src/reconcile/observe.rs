@@ -1,0 +1,106 @@
+//! Observe: every read a reconcile makes, from the Kubernetes API and from the nodes, into one
+//! [`Snapshot`]. Reading first and deciding after means each decision sees one picture of the
+//! cluster, and the deciding code can be tested on a hand-made picture without an API server.
+
+use std::fmt::Debug;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::api::{Api, ListParams};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use super::decide::Access;
+use super::{Context, Error};
+use crate::builders;
+use crate::crd::ConfmanCluster;
+use crate::membership_step::{PodView, RaftView};
+use crate::node_client;
+use crate::status;
+
+/// What one reconcile knows of a cluster.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The StatefulSet running the members, once created.
+    pub statefulset: Option<StatefulSet>,
+    /// The member ledger ConfigMap as stored.
+    pub ledger: Option<ConfigMap>,
+    /// The cluster token Secret.
+    pub token: Option<Secret>,
+    /// The Secret `spec.auth.apiKeysSecret` names (not read without `spec.auth`).
+    pub api_keys: Option<Secret>,
+    /// The Secret `spec.tls.clientSecret` names (not read without `spec.tls`).
+    pub tls: Option<Secret>,
+    /// The cluster's pods (not listed before the StatefulSet exists).
+    pub pods: Vec<Pod>,
+    /// What each wanted ordinal's pod and node report; empty until [`Snapshot::ask_nodes`].
+    pub members: Vec<PodView>,
+    /// The group as its leader reports it.
+    pub raft: Option<RaftView>,
+}
+
+async fn get_opt<K>(client: &kube::Client, ns: &str, name: &str) -> Result<Option<K>, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+    K::DynamicType: Default,
+{
+    Ok(Api::<K>::namespaced(client.clone(), ns).get_opt(name).await?)
+}
+
+/// Reads the cluster's objects from the Kubernetes API.
+pub async fn read(ctx: &Context, c: &ConfmanCluster) -> Result<Snapshot, Error> {
+    let ns = c.namespace().unwrap_or_default();
+    let (client, ns) = (&ctx.client, ns.as_str());
+    let statefulset = get_opt::<StatefulSet>(client, ns, &builders::client_name(c)).await?;
+    let pods = match &statefulset {
+        Some(_) => {
+            let selector = builders::selector_string(c);
+            Api::<Pod>::namespaced(client.clone(), ns).list(&ListParams::default().labels(&selector)).await?.items
+        }
+        None => Vec::new(),
+    };
+    let secret = |name: Option<String>| async move {
+        let Some(name) = name else { return Ok(None) };
+        get_opt::<Secret>(client, ns, &name).await
+    };
+    Ok(Snapshot {
+        ledger: get_opt::<ConfigMap>(client, ns, &builders::members_name(c)).await?,
+        token: secret(Some(builders::token_name(c))).await?,
+        api_keys: secret(c.spec.auth.as_ref().map(|a| a.api_keys_secret.clone())).await?,
+        tls: secret(c.spec.tls.as_ref().map(|t| t.client_secret.clone())).await?,
+        statefulset,
+        pods,
+        ..Snapshot::default()
+    })
+}
+
+impl Snapshot {
+    /// `StatefulSet.spec.replicas`, None before the StatefulSet exists.
+    pub fn sts_replicas(&self) -> Option<u32> {
+        self.statefulset.as_ref()?.spec.replicas.and_then(|r| u32::try_from(r).ok())
+    }
+
+    /// Asks the members' nodes (none before the StatefulSet exists) with the credentials
+    /// decided from the Secrets, filling [`Snapshot::members`] and [`Snapshot::raft`]; returns
+    /// the client, which the act stage's admin calls use too.
+    pub async fn ask_nodes(
+        &mut self,
+        ctx: &Context,
+        c: &ConfmanCluster,
+        access: &Access,
+    ) -> Result<confman_client::Client, Error> {
+        let wanted = u32::try_from(c.spec.replicas).unwrap_or(0);
+        let ordinals = self.sts_replicas().unwrap_or(0).max(wanted);
+        let client = node_client::client(c, ordinals, &access.presented, &ctx.resolve, access.ca.as_deref())
+            .map_err(|e| Error::Node(e.to_string()))?;
+        if self.sts_replicas().is_some() {
+            // Until the StatefulSet controller has seen the latest template, its updateRevision is
+            // the previous one: no pod is judged outdated (none is replaced) before then.
+            let revision = self.statefulset.as_ref().and_then(status::trusted_update_revision).map(str::to_string);
+            (self.members, self.raft) =
+                node_client::observe(c, &client, ordinals, &self.pods, revision.as_deref()).await;
+        }
+        Ok(client)
+    }
+}
