@@ -48,6 +48,5 @@ pub fn render(yaml: &str) -> Result<String, RenderError> {
         group: None,
         caps: &Capabilities::RECENT,
     };
-    let docs = builders::desired(&c, &inputs)?.yaml_documents()?;
-    Ok(docs.iter().map(|d| format!("---\n{d}")).collect())
+    Ok(builders::desired(&c, &inputs)?.to_yaml()?)
 }

@@ -78,8 +78,8 @@ pub fn desired(c: &ConfmanCluster, i: &Inputs<'_>) -> Result<Children, BuildErro
 }
 
 impl Children {
-    /// Every child as a YAML document, in apply order.
-    pub fn yaml_documents(&self) -> Result<Vec<String>, serde_yaml_ng::Error> {
+    /// Every child as multi-document YAML, in apply order.
+    pub fn to_yaml(&self) -> Result<String, serde_yaml_ng::Error> {
         let mut docs = Vec::new();
         if let Some(token) = &self.token {
             docs.push(serde_yaml_ng::to_string(token)?);
@@ -92,7 +92,7 @@ impl Children {
             serde_yaml_ng::to_string(&self.statefulset)?,
             serde_yaml_ng::to_string(&self.pdb)?,
         ]);
-        Ok(docs)
+        Ok(docs.iter().map(|d| format!("---\n{d}")).collect())
     }
 }
 

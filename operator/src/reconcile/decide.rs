@@ -347,3 +347,155 @@ pub fn status(
     let settled = !stepping && (holding || new.phase.as_deref() == Some("Running"));
     (new, settled)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::builders::{Pdb, fixtures::cluster};
+    use crate::crd::PayloadClass;
+    use crate::membership_step::{PodView, RaftView};
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// What the reconcile decides for `c` as `seen` shows it.
+    fn decide(c: &ConfmanCluster, seen: &Snapshot) -> Result<Plan, Box<dyn std::error::Error>> {
+        let tuning = validate(c, seen).map_err(|i| i.message)?;
+        Ok(plan(c, &tuning, seen, &access(c, seen)?, &Capabilities::RECENT, 64)?)
+    }
+
+    /// The three members of a cluster created by [`decide`], healthy and led by node 1, under a
+    /// spec asking for `replicas`.
+    fn running(replicas: i32) -> Result<(ConfmanCluster, Snapshot), Box<dyn std::error::Error>> {
+        let first = decide(&cluster(3, PayloadClass::Small), &Snapshot::default())?.children;
+        let c = cluster(replicas, PayloadClass::Small);
+        let up = |o: u32| o < 3;
+        let members = (0..u32::try_from(replicas)?)
+            .map(|o| PodView {
+                ordinal: o,
+                name: builders::pod_name(&c, o),
+                exists: up(o),
+                ready: up(o),
+                alive: up(o),
+                updated: true,
+                applied: up(o).then_some(10),
+                member_id: up(o).then_some(u64::from(o) + 1),
+                data_lost: None,
+                refuses_token: false,
+            })
+            .collect();
+        let raft = RaftView {
+            leader: Some(1),
+            members: (1..=3).map(|id| (id, true)).collect(),
+            commit_index: 10,
+            ..RaftView::default()
+        };
+        let seen = Snapshot {
+            statefulset: Some(first.statefulset),
+            ledger: Some(first.ledger),
+            token: first.token,
+            members,
+            raft: Some(raft),
+            ..Snapshot::default()
+        };
+        Ok((c, seen))
+    }
+
+    fn kinds_and_names(yaml: &str) -> Result<BTreeSet<(String, String)>, serde_yaml_ng::Error> {
+        serde_yaml_ng::Deserializer::from_str(yaml)
+            .map(|doc| {
+                let v = serde_yaml_ng::Value::deserialize(doc)?;
+                let text = |v: &serde_yaml_ng::Value| v.as_str().unwrap_or_default().to_string();
+                Ok((text(&v["kind"]), text(&v["metadata"]["name"])))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_cluster_gets_a_token_every_child_and_a_bootstrap() -> TestResult {
+        let c = cluster(3, PayloadClass::Small);
+        let p = decide(&c, &Snapshot::default())?;
+        assert_eq!(p.step, Step::Bootstrap { replicas: 3 });
+        assert_eq!(p.children.statefulset.spec.replicas, Some(3));
+        assert!(p.children.token.is_some());
+        assert_eq!(p.fresh, [0, 1, 2], "no member ran yet: a claim on these ordinals is stale");
+        let announced: Vec<&str> = p.on_ledger.iter().map(|n| n.reason).collect();
+        assert_eq!(announced, ["TokenCreated", "MembersAllocated"]);
+        assert!(p.on_rollout.is_empty() && p.held.is_none() && p.members.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn render_shows_the_children_the_reconcile_applies() -> TestResult {
+        let c = cluster(3, PayloadClass::Small);
+        let reconciled = kinds_and_names(&decide(&c, &Snapshot::default())?.children.to_yaml()?)?;
+        let rendered = kinds_and_names(&crate::render::render(&serde_yaml_ng::to_string(&c)?)?)?;
+        assert_eq!(reconciled, rendered);
+        assert_eq!(reconciled.len(), 7, "{reconciled:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_scale_up_grows_by_one_fresh_id_with_a_budget_for_the_live_group() -> TestResult {
+        let (c, seen) = running(5)?;
+        let p = decide(&c, &seen)?;
+        assert_eq!(p.step, Step::Grow { replicas: 4 });
+        assert_eq!(p.children.statefulset.spec.replicas, Some(4));
+        assert_eq!(p.fresh, [3]);
+        assert_eq!(p.admitted, [1, 2, 3]);
+        assert_eq!(
+            p.on_ledger,
+            [Notice::normal("MembersAllocated", "allocated node ids for config-3".into(), "Allocate")]
+        );
+        assert!(p.children.token.is_none(), "an existing token is never rewritten");
+        let Pdb::V1(pdb) = &p.children.pdb else { return Err("a policy/v1 budget".into()) };
+        // 3 voters and 4 pods: the one voter that may go leaves 3 of 4.
+        assert_eq!(pdb.spec.as_ref().and_then(|s| s.min_available.clone()), Some(IntOrString::Int(3)));
+        assert_eq!((p.members.len(), p.leader.as_deref()), (3, Some("config-0")));
+        Ok(())
+    }
+
+    #[test]
+    fn a_token_edit_rolls_the_members_and_is_announced() -> TestResult {
+        let (c, mut seen) = running(3)?;
+        assert_eq!(decide(&c, &seen)?.step, Step::Settled);
+        assert!(decide(&c, &seen)?.on_rollout.is_empty(), "nothing changed");
+        seen.token = Some(builders::token_secret(&c, "secret\nnew-secret\n")?);
+        let p = decide(&c, &seen)?;
+        let reasons: Vec<&str> = p.on_rollout.iter().map(|n| n.reason).collect();
+        assert_eq!(reasons, ["CredentialsChanged"]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_running_cluster_without_a_usable_token_is_refused_before_any_change() -> TestResult {
+        let (c, mut seen) = running(3)?;
+        seen.token = None;
+        assert!(matches!(access(&c, &seen), Err(Error::TokenLost { .. })));
+        seen.token = Some(builders::token_secret(&c, " \n")?);
+        assert!(matches!(access(&c, &seen), Err(Error::TokenInvalid { .. })));
+        Ok(())
+    }
+
+    #[test]
+    fn the_status_says_what_was_done() -> TestResult {
+        let (c, seen) = running(3)?;
+        let (tuning, p) = (validate(&c, &seen).map_err(|i| i.message)?, decide(&c, &seen)?);
+        let now = Time(jiff::Timestamp::now());
+        let all = Observed { replicas: 3, ready: 3, updated: 3, settled: true };
+        let done = Done::Applied { observed: all, progress: None };
+        let (new, settled) = status(&c, tuning, p.clone(), done, Observed::default(), now.clone());
+        assert_eq!((new.phase.as_deref(), settled, new.members.len()), (Some("Running"), true, 3));
+
+        let waiting = Done::WaitingForVolumes("waiting for data-config-3".into());
+        let (new, settled) = status(&c, tuning, p, waiting, all, now);
+        let progressing = new.conditions.iter().find(|x| x.type_ == status::PROGRESSING).ok_or("no Progressing")?;
+        assert_eq!((progressing.reason.as_str(), settled), ("WaitingForVolumes", false));
+        assert!(new.members.is_empty(), "the last members are kept");
+        Ok(())
+    }
+}

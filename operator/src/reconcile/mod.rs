@@ -250,9 +250,11 @@ mod fake_api;
 
 #[cfg(test)]
 mod wiring_tests {
+    use std::collections::BTreeSet;
     use std::sync::Arc;
 
     use kube::runtime::events::Reporter;
+    use serde::Deserialize;
     use serde_json::json;
 
     use super::fake_api::FakeApi;
@@ -309,6 +311,25 @@ mod wiring_tests {
         reconcile(Arc::new(c), ctx).await?;
         let told = fake.event_reasons().iter().filter(|r| *r == "FeatureUnavailable").count();
         assert_eq!(told, 1, "{:?}", fake.event_reasons());
+        Ok(())
+    }
+
+    /// `render` and the reconcile share one list of children: what a first reconcile applies is
+    /// what `render` shows.
+    #[tokio::test]
+    async fn a_first_reconcile_applies_the_children_render_shows() -> TestResult {
+        let c = cluster();
+        let (ctx, fake) = setup(&c, Capabilities::RECENT)?;
+        reconcile(Arc::new(c.clone()), ctx).await?;
+        let name = |v: &serde_json::Value| (v["kind"].to_string(), v["metadata"]["name"].to_string());
+        let applied: BTreeSet<_> =
+            fake.patches().iter().filter(|p| !p.path.starts_with(CMC)).map(|p| name(&p.body)).collect();
+        let yaml = crate::render::render(&serde_yaml_ng::to_string(&c)?)?;
+        let mut rendered = BTreeSet::new();
+        for doc in serde_yaml_ng::Deserializer::from_str(&yaml) {
+            rendered.insert(name(&serde_json::Value::deserialize(doc)?));
+        }
+        assert_eq!(applied, rendered);
         Ok(())
     }
 

@@ -32,9 +32,8 @@ pub struct Snapshot {
     pub api_keys: Option<Secret>,
     /// The Secret `spec.tls.clientSecret` names (not read without `spec.tls`).
     pub tls: Option<Secret>,
-    /// The cluster's pods (not listed before the StatefulSet exists).
-    pub pods: Vec<Pod>,
-    /// What each wanted ordinal's pod and node report; empty until [`Snapshot::ask_nodes`].
+    /// What each wanted ordinal's pod and node report; empty until [`Snapshot::ask_nodes`], and
+    /// before the StatefulSet exists.
     pub members: Vec<PodView>,
     /// The group as its leader reports it.
     pub raft: Option<RaftView>,
@@ -53,13 +52,6 @@ pub async fn read(ctx: &Context, c: &ConfmanCluster) -> Result<Snapshot, Error> 
     let ns = c.namespace().unwrap_or_default();
     let (client, ns) = (&ctx.client, ns.as_str());
     let statefulset = get_opt::<StatefulSet>(client, ns, &builders::client_name(c)).await?;
-    let pods = match &statefulset {
-        Some(_) => {
-            let selector = builders::selector_string(c);
-            Api::<Pod>::namespaced(client.clone(), ns).list(&ListParams::default().labels(&selector)).await?.items
-        }
-        None => Vec::new(),
-    };
     let secret = |name: Option<String>| async move {
         let Some(name) = name else { return Ok(None) };
         get_opt::<Secret>(client, ns, &name).await
@@ -70,7 +62,6 @@ pub async fn read(ctx: &Context, c: &ConfmanCluster) -> Result<Snapshot, Error> 
         api_keys: secret(c.spec.auth.as_ref().map(|a| a.api_keys_secret.clone())).await?,
         tls: secret(c.spec.tls.as_ref().map(|t| t.client_secret.clone())).await?,
         statefulset,
-        pods,
         ..Snapshot::default()
     })
 }
@@ -81,9 +72,9 @@ impl Snapshot {
         self.statefulset.as_ref()?.spec.replicas.and_then(|r| u32::try_from(r).ok())
     }
 
-    /// Asks the members' nodes (none before the StatefulSet exists) with the credentials
-    /// decided from the Secrets, filling [`Snapshot::members`] and [`Snapshot::raft`]; returns
-    /// the client, which the act stage's admin calls use too.
+    /// Lists the pods and asks their nodes (nothing before the StatefulSet exists) with the
+    /// credentials decided from the Secrets, filling [`Snapshot::members`] and
+    /// [`Snapshot::raft`]; returns the client, which the act stage's admin calls use too.
     pub async fn ask_nodes(
         &mut self,
         ctx: &Context,
@@ -95,11 +86,13 @@ impl Snapshot {
         let client = node_client::client(c, ordinals, &access.presented, &ctx.resolve, access.ca.as_deref())
             .map_err(|e| Error::Node(e.to_string()))?;
         if self.sts_replicas().is_some() {
+            let api = Api::<Pod>::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
+            let pods = api.list(&ListParams::default().labels(&builders::selector_string(c))).await?;
             // Until the StatefulSet controller has seen the latest template, its updateRevision is
             // the previous one: no pod is judged outdated (none is replaced) before then.
             let revision = self.statefulset.as_ref().and_then(status::trusted_update_revision).map(str::to_string);
             (self.members, self.raft) =
-                node_client::observe(c, &client, ordinals, &self.pods, revision.as_deref()).await;
+                node_client::observe(c, &client, ordinals, &pods.items, revision.as_deref()).await;
         }
         Ok(client)
     }
