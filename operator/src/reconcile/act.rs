@@ -8,7 +8,7 @@ use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -65,8 +65,12 @@ pub async fn carry_out(
     let statefulset = apply(kube, statefulset).await?;
     report::announce(ctx, c, &plan.on_rollout).await;
     match pdb {
-        Pdb::V1(p) => apply(kube, p).await.map(|_| ())?,
-        Pdb::V1beta1(d) => apply_dynamic(kube, d, &builders::pdb_v1beta1_resource()).await?,
+        Pdb::V1(p) => drop(apply(kube, p).await?),
+        Pdb::V1beta1(d) => {
+            let ar = builders::pdb_v1beta1_resource();
+            let api = Api::namespaced_with(kube.clone(), &d.namespace().unwrap_or_default(), &ar);
+            drop(apply_with(api, d, &ar.kind).await?);
+        }
     }
     let progress = take_step(ctx, c, &plan.step, nodes).await?;
     Ok(Done::Applied { observed: Observed::of(Some(&statefulset)), progress })
@@ -81,23 +85,20 @@ where
     K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + Debug,
     K::DynamicType: Default,
 {
-    let api = Api::<K>::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
-    let name = obj.name_any();
-    if let Some(existing) = api.get_opt(&name).await? {
-        refuse_unless_ours(existing.meta(), obj.meta(), &K::kind(&K::DynamicType::default()))?;
-    }
-    Ok(api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await?)
+    let api = Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
+    apply_with(api, obj, &K::kind(&K::DynamicType::default())).await
 }
 
-/// [`apply`] for a type k8s-openapi does not have (an older API version of a kind).
-async fn apply_dynamic(client: &kube::Client, obj: &DynamicObject, ar: &ApiResource) -> Result<(), Error> {
-    let api = Api::<DynamicObject>::namespaced_with(client.clone(), &obj.namespace().unwrap_or_default(), ar);
+/// [`apply`] through `api` (also for a type k8s-openapi does not have: an older API version).
+async fn apply_with<K>(api: Api<K>, obj: &K, kind: &str) -> Result<K, Error>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+{
     let name = obj.name_any();
     if let Some(existing) = api.get_opt(&name).await? {
-        refuse_unless_ours(&existing.metadata, &obj.metadata, &ar.kind)?;
+        refuse_unless_ours(existing.meta(), obj.meta(), kind)?;
     }
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await?;
-    Ok(())
+    Ok(api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await?)
 }
 
 /// [`Error::NotOurs`] unless `existing` is this cluster's (see [`apply`]).

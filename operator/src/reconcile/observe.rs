@@ -2,14 +2,10 @@
 //! [`Snapshot`]. Reading first and deciding after means each decision sees one picture of the
 //! cluster, and the deciding code can be tested on a hand-made picture without an API server.
 
-use std::fmt::Debug;
-
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::ResourceExt;
 use kube::api::{Api, ListParams};
-use kube::{Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 
 use super::decide::Access;
 use super::{Context, Error};
@@ -39,29 +35,18 @@ pub struct Snapshot {
     pub raft: Option<RaftView>,
 }
 
-async fn get_opt<K>(client: &kube::Client, ns: &str, name: &str) -> Result<Option<K>, Error>
-where
-    K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
-    K::DynamicType: Default,
-{
-    Ok(Api::<K>::namespaced(client.clone(), ns).get_opt(name).await?)
-}
-
 /// Reads the cluster's objects from the Kubernetes API.
 pub async fn read(ctx: &Context, c: &ConfmanCluster) -> Result<Snapshot, Error> {
     let ns = c.namespace().unwrap_or_default();
-    let (client, ns) = (&ctx.client, ns.as_str());
-    let statefulset = get_opt::<StatefulSet>(client, ns, &builders::client_name(c)).await?;
-    let secret = |name: Option<String>| async move {
-        let Some(name) = name else { return Ok(None) };
-        get_opt::<Secret>(client, ns, &name).await
-    };
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
+    let api_keys = if let Some(a) = &c.spec.auth { secrets.get_opt(&a.api_keys_secret).await? } else { None };
+    let tls = if let Some(t) = &c.spec.tls { secrets.get_opt(&t.client_secret).await? } else { None };
     Ok(Snapshot {
-        ledger: get_opt::<ConfigMap>(client, ns, &builders::members_name(c)).await?,
-        token: secret(Some(builders::token_name(c))).await?,
-        api_keys: secret(c.spec.auth.as_ref().map(|a| a.api_keys_secret.clone())).await?,
-        tls: secret(c.spec.tls.as_ref().map(|t| t.client_secret.clone())).await?,
-        statefulset,
+        statefulset: Api::namespaced(ctx.client.clone(), &ns).get_opt(&builders::client_name(c)).await?,
+        ledger: Api::namespaced(ctx.client.clone(), &ns).get_opt(&builders::members_name(c)).await?,
+        token: secrets.get_opt(&builders::token_name(c)).await?,
+        api_keys,
+        tls,
         ..Snapshot::default()
     })
 }
