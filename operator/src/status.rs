@@ -1,6 +1,6 @@
 //! Status computation (pure): conditions `Ready`, `Available`, `Progressing`, `Degraded`,
 //! `InvalidSpec`, the phase and the pods' selector, from the outcome of a reconcile and the
-//! observed StatefulSet. A condition's
+//! observed StatefulSet; the members from the group's report ([`members`]). A condition's
 //! `lastTransitionTime` moves only when its status changes; [`transitions`] lists the changes so
 //! the reconciler can publish an Event for each. Every condition carries a non-empty message:
 //! kube-apiserver 1.20's server-side apply of a custom resource's status turns an empty

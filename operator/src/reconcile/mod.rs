@@ -1,6 +1,6 @@
 //! The reconcile of one ConfmanCluster, as a pipeline whose stages each have one job:
-//! [`observe`] reads the cluster and asks its nodes, [`decide`] works out (without I/O) the
-//! children, the membership step and the status, [`act`] applies and calls, and [`report`]
+//! `observe` reads the cluster and asks its nodes, `decide` works out (without I/O) the
+//! children, the membership step and the status, `act` applies and calls, and `report`
 //! writes the status and Events. An invalid or paused spec stops before anything is decided,
 //! so it changes no child; a cluster being deleted is left to the garbage collector.
 
