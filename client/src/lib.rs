@@ -34,6 +34,9 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 
+/// The HTTP client setup shared with the node: for tests and tools that build their own
+/// `reqwest::Client` to talk to nodes directly.
+pub use confman_http::{build_http, http_builder, install_crypto_provider};
 pub use error::{Error, Problem};
 pub use types::{ClusterStatus, Entry, EntryMeta, Member, Page, WriteResult};
 pub use watch::{Watch, WatchEvent};
@@ -47,51 +50,6 @@ pub struct ClientBuilder {
     request_timeout: Duration,
     resolve: Vec<(String, IpAddr)>,
     trusted_cas: Vec<Vec<u8>>,
-}
-
-/// Makes ring the process-wide rustls provider, which reqwest needs before it builds any
-/// client (this workspace avoids aws-lc's C build). Idempotent; [`ClientBuilder::build`] calls
-/// it, and so should code that builds its own `reqwest::Client`.
-pub fn install_crypto_provider() {
-    // Err means a provider is installed already, which is what we want.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// A `reqwest` client builder that is safe to build (crypto provider installed), without
-/// proxies: for tests and tools that talk to nodes directly.
-pub fn http_builder() -> reqwest::ClientBuilder {
-    install_crypto_provider();
-    reqwest::Client::builder().no_proxy()
-}
-
-/// Builds a client from `base` that verifies https endpoints against `cas` only, or, without
-/// CAs, against the system's roots. A system without roots (a minimal container image) still
-/// gets a working client: plain http works, and https endpoints fail verification with a clear
-/// error instead of the client failing to build.
-pub fn build_http(
-    base: impl Fn() -> reqwest::ClientBuilder,
-    cas: &[reqwest::Certificate],
-) -> Result<reqwest::Client, reqwest::Error> {
-    install_crypto_provider();
-    if !cas.is_empty() {
-        return base().tls_certs_only(cas.iter().cloned()).build();
-    }
-    // Once the system's roots failed to load, later clients skip straight to the fallback
-    // (and the warning is logged once per process).
-    static NO_SYSTEM_ROOTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if !NO_SYSTEM_ROOTS.load(Ordering::Relaxed) {
-        match base().build() {
-            Ok(client) => return Ok(client),
-            Err(e) => {
-                if !NO_SYSTEM_ROOTS.swap(true, Ordering::Relaxed) {
-                    tracing::warn!("no system CA roots ({e}); https endpoints need an explicitly trusted CA");
-                }
-            }
-        }
-    }
-    let no_roots =
-        rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth();
-    base().use_preconfigured_tls(no_roots).build()
 }
 
 impl ClientBuilder {

@@ -5,9 +5,10 @@
 //! roles), `cluster_token` (the shared peer token, several during a rotation), `config`
 //! (flags, environment and files; their keys, the tuning table and its invariants are
 //! `confman-contract`'s), `metrics`, `server` (startup and ordered shutdown), `listener` (the
-//! accept loop, connection limits and timeouts), `tls` (rustls for the listener and peer
-//! calls), `lost_member` (a member that lost its data does not rejoin under its id), `files`
-//! (durable private files). The design is described in the repository's `docs/`.
+//! accept loop, connection limits and timeouts), `tls` (rustls for the listener, the CAs peer
+//! calls trust; the HTTP client setup is `confman-http`'s, shared with `confman-client`),
+//! `lost_member` (a member that lost its data does not rejoin under its id), `files` (durable
+//! private files). The design is described in the repository's `docs/`.
 
 pub mod api;
 pub mod auth;
@@ -24,6 +25,3 @@ pub mod raft;
 pub mod server;
 pub mod store;
 pub mod tls;
-/// The operator↔node contract (tuning table, invariants, config and members files), under the
-/// name the API layer imports `Tuning` by.
-pub use confman_contract as tuning;

@@ -4,7 +4,6 @@
 //! listener (`crate::listener`), off its accept loop and under its connection limits.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -150,53 +149,6 @@ pub fn trusted_cas(ca_file: &Path) -> Result<Vec<reqwest::Certificate>, TlsError
             })
         })
         .collect()
-}
-
-/// Makes ring the process-wide rustls provider, which reqwest needs before it builds any
-/// client (this workspace avoids aws-lc's C build). Idempotent.
-fn install_crypto_provider() {
-    // Err means a provider is installed already, which is what we want.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// A `reqwest` client builder for intra-cluster calls: crypto provider installed, no proxies
-/// (peers are addressed directly; an environment proxy must not relay Raft traffic).
-pub fn http_builder() -> reqwest::ClientBuilder {
-    install_crypto_provider();
-    reqwest::Client::builder().no_proxy()
-}
-
-/// Builds a client from `base` that verifies https peers against `cas` only, or, without CAs,
-/// against the system's roots. A system without roots (a minimal container image) still gets
-/// a working client: plain http works, and https peers fail verification with a clear error
-/// instead of the node failing to start.
-///
-/// The client crate has the same helper for its users; the node keeps its own so that it does
-/// not depend on the client.
-pub fn build_http(
-    base: impl Fn() -> reqwest::ClientBuilder,
-    cas: &[reqwest::Certificate],
-) -> Result<reqwest::Client, reqwest::Error> {
-    install_crypto_provider();
-    if !cas.is_empty() {
-        return base().tls_certs_only(cas.iter().cloned()).build();
-    }
-    // Once the system's roots failed to load, later clients skip straight to the fallback
-    // (and the warning is logged once per process).
-    static NO_SYSTEM_ROOTS: AtomicBool = AtomicBool::new(false);
-    if !NO_SYSTEM_ROOTS.load(Ordering::Relaxed) {
-        match base().build() {
-            Ok(client) => return Ok(client),
-            Err(e) => {
-                if !NO_SYSTEM_ROOTS.swap(true, Ordering::Relaxed) {
-                    tracing::warn!("no system CA roots ({e}); https peers need an explicitly trusted CA");
-                }
-            }
-        }
-    }
-    let no_roots =
-        rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth();
-    base().use_preconfigured_tls(no_roots).build()
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! renders are accepted by the node's config loader and yield exactly the derived tuning, the
 //! allocated node id and the bootstrap/join role.
 
+use confman_contract::PayloadClass;
 use confman_node::config::{Flags, NodeConfig, Settings};
-use confman_node::tuning::PayloadClass;
 use confman_operator::builders::{node_config, pod_url};
 use confman_operator::crd::{ConfmanCluster, ConfmanClusterSpec};
 use confman_operator::ledger::Ledger;

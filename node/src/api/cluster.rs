@@ -17,7 +17,7 @@ use crate::command::{Command, CommandOutcome, Operation};
 use crate::model::now_ms;
 use crate::raft::{ClusterStatus, NodeId};
 use crate::store::{apply, audit_retention, request_blocking};
-use crate::tuning::Tuning;
+use confman_contract::Tuning;
 
 /// The highest history depth an admin may set (every key may then keep this many versions).
 pub const MAX_HISTORY_DEPTH: u64 = 1000;

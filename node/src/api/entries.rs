@@ -110,7 +110,8 @@ fn decode_value(headers: &HeaderMap, bytes: Bytes) -> Result<(Vec<u8>, String), 
         };
     }
     if essence == "application/octet-stream" || essence.starts_with("text/") {
-        return Ok((bytes.to_vec(), ct));
+        // Takes over the body's buffer when nothing else holds it (no copy of the value).
+        return Ok((Vec::from(bytes), ct));
     }
     Err(Problem::new(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -28,7 +28,7 @@ use self::problem::Problem;
 use crate::auth::{KeyRing, Principal, Role, authorize};
 use crate::metrics::Metrics;
 use crate::raft::RaftNode;
-use crate::tuning::Tuning;
+use confman_contract::Tuning;
 
 /// Header carrying the applied revision a response reflects.
 pub const HEADER_REVISION: &str = "x-confman-revision";

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use confman_contract::Tuning;
 use openraft::ServerState;
 use openraft::async_runtime::watch::WatchReceiver;
 
@@ -50,14 +51,6 @@ pub(super) async fn watch_leader(raft: Raft, changes: Arc<AtomicU64>, contact: A
     }
 }
 
-/// The timing the watchdog works with (the node's Raft settings).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Timing {
-    pub heartbeat: Duration,
-    pub election_min: Duration,
-    pub election_max: Duration,
-}
-
 /// Starts an election as soon as the dead leader's lease has run out on every follower.
 ///
 /// openraft's followers honour a leader lease of `election_max` after the last heartbeat and
@@ -67,8 +60,9 @@ pub(super) struct Timing {
 /// not heard from a leader for `election_max` plus a random share of `election_min / 5` starts
 /// a Pre-Vote round at once (refused while any quorum still hears a leader, so a healthy leader
 /// is never disturbed), which puts failover at about the lease plus one round trip.
-pub(super) async fn watchdog(raft: Raft, me: NodeId, contact: Arc<LeaderContact>, timing: Timing) {
-    let Timing { heartbeat, election_min, election_max } = timing;
+pub(super) async fn watchdog(raft: Raft, me: NodeId, contact: Arc<LeaderContact>, tuning: Tuning) {
+    let [heartbeat, election_min, election_max] =
+        [tuning.heartbeat_ms, tuning.election_min_ms, tuning.election_max_ms].map(Duration::from_millis);
     // Checked often enough that the lease's end is noticed within a few percent of it.
     let mut tick = tokio::time::interval(heartbeat.min(election_min / 20).max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

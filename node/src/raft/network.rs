@@ -80,13 +80,13 @@ pub struct Outgoing {
 /// Builds an HTTP client for intra-cluster traffic (no proxies, TCP_NODELAY) as `out` says.
 pub fn http_client(out: &Outgoing) -> Result<reqwest::Client, reqwest::Error> {
     let base = || {
-        let mut b = crate::tls::http_builder();
+        let mut b = confman_http::http_builder();
         for (host, ip) in &out.resolve {
             b = b.resolve(host, std::net::SocketAddr::new(*ip, 0));
         }
         b.tcp_nodelay(true).connect_timeout(Duration::from_secs(2)).pool_idle_timeout(Duration::from_secs(60))
     };
-    crate::tls::build_http(base, &out.trusted_cas)
+    confman_http::build_http(base, &out.trusted_cas)
 }
 
 impl NetworkFactory {

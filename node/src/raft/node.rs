@@ -74,8 +74,10 @@ impl RaftNode {
         token: Arc<ClusterToken>,
     ) -> Result<Arc<Self>, RaftNodeError> {
         let config = settings.openraft_config()?;
+        let t = &settings.tuning;
+        let ms = Duration::from_millis;
         let snapshots = SnapshotStore::open(data_dir)?;
-        let log_bytes = Arc::new(LogBytes::new(settings.compaction_bytes, settings.compaction_entries));
+        let log_bytes = Arc::new(LogBytes::new(t.compaction_bytes, t.compaction_entries));
         if let Some(current) = snapshots.current()? {
             log_bytes.reset(current.manifest.data_size);
         }
@@ -83,7 +85,7 @@ impl RaftNode {
         // followed by a Raft shutdown: the syncer is joined on drop and only exits once the
         // log store (inside Raft) is gone.
         let http = network::http_client(&settings.outgoing).map_err(|e| RaftNodeError::Network(e.to_string()))?;
-        let timeouts = NetworkTimeouts { append: settings.append_timeout, snapshot_idle: settings.snapshot_timeout };
+        let timeouts = NetworkTimeouts { append: ms(t.append_timeout_ms), snapshot_idle: ms(t.snapshot_timeout_ms) };
         let network =
             NetworkFactory::new(Arc::from(token.presented()), timeouts, snapshots.stats(), &settings.outgoing)
                 .map_err(|e| RaftNodeError::Network(e.to_string()))?;
@@ -92,7 +94,7 @@ impl RaftNode {
         let sm =
             StateMachine::new(db.clone(), snapshots.clone(), log_bytes.clone(), Arc::new(applied_tx), changes.clone())?;
         let (log_store, syncer) =
-            LogStore::new(db.clone(), settings.max_append_bytes, settings.max_append_entries, log_bytes.clone())?;
+            LogStore::new(db.clone(), t.max_append_bytes, t.max_append_entries, log_bytes.clone())?;
         let raft = Raft::new(settings.node_id, Arc::new(config), network, log_store, sm).await.map_err(stopped)?;
         if let Err(e) = Self::bootstrap(&raft, settings).await {
             if let Err(stop) = raft.shutdown().await {
@@ -102,7 +104,7 @@ impl RaftNode {
         }
         let (tasks, contact, leader_changes) = Self::spawn_tasks(&raft, &db, &log_bytes, settings);
         let read_index =
-            ReadIndexClient { http, token: Arc::from(token.presented()), timeout: settings.request_timeout };
+            ReadIndexClient { http, token: Arc::from(token.presented()), timeout: ms(t.request_timeout_ms) };
         Ok(Arc::new(Self {
             raft,
             id: settings.node_id,
@@ -120,9 +122,9 @@ impl RaftNode {
             rejoins: Arc::default(),
             initial_history_depth: settings.history_depth,
             settings_recorded: AtomicBool::new(false),
-            snapshot_timeout: settings.snapshot_timeout,
-            request_timeout: settings.request_timeout,
-            election_min: settings.election_min,
+            snapshot_timeout: ms(t.snapshot_timeout_ms),
+            request_timeout: ms(t.request_timeout_ms),
+            election_min: ms(t.election_min_ms),
         }))
     }
 
@@ -157,25 +159,21 @@ impl RaftNode {
         log_bytes: &Arc<LogBytes>,
         settings: &RaftSettings,
     ) -> (Vec<JoinHandle<()>>, Arc<LeaderContact>, Arc<AtomicU64>) {
+        let t = &settings.tuning;
         let leader_changes = Arc::new(AtomicU64::new(0));
         let contact = Arc::new(LeaderContact::new());
         let mut tasks =
             vec![tokio::spawn(failover::watch_leader(raft.clone(), leader_changes.clone(), contact.clone()))];
         // The benchmark's baseline switch (openraft's own timers only); never set in production.
         if std::env::var_os("CONFMAN_BENCH_NO_FAILOVER_WATCHDOG").is_none() {
-            let timing = failover::Timing {
-                heartbeat: settings.heartbeat,
-                election_min: settings.election_min,
-                election_max: settings.election_max,
-            };
-            tasks.push(tokio::spawn(failover::watchdog(raft.clone(), settings.node_id, contact.clone(), timing)));
+            tasks.push(tokio::spawn(failover::watchdog(raft.clone(), settings.node_id, contact.clone(), *t)));
         }
         tasks.push(tokio::spawn(compaction::trigger_snapshots(raft.clone(), log_bytes.clone())));
         tasks.push(tokio::spawn(compaction::trim_log_tail(
             raft.clone(),
             db.clone(),
-            settings.logs_to_keep,
-            compaction::kept_tail_bytes(settings.compaction_bytes),
+            t.logs_to_keep,
+            compaction::kept_tail_bytes(t.compaction_bytes),
         )));
         (tasks, contact, leader_changes)
     }

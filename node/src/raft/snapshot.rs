@@ -239,6 +239,11 @@ impl SnapshotStore {
     /// Builds a snapshot of the current state (blocking; run on a blocking thread).
     pub fn build(&self, db: &RocksDb) -> Result<SnapshotFile, StoreError> {
         let started = Instant::now();
+        // The iterator below pins the memtables that exist when it is created for as long as
+        // the build runs (seconds for GBs of state), while applies keep filling new ones: with
+        // MB-sized values that doubles the memtables' memory. Flushing first leaves it nothing
+        // large to pin.
+        db.flush_cf(&cf(db, CF_STATE)?)?;
         let snap = db.snapshot();
         let meta_cf = cf(db, CF_SM_META)?;
         let last_applied: Option<LogId> = snap.get_cf(&meta_cf, KEY_LAST_APPLIED)?.map(|b| decode(&b)).transpose()?;

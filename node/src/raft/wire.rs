@@ -55,7 +55,7 @@ pub enum WireError {
 
 /// Encodes a body (postcard: compact, and values stay raw bytes).
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, WireError> {
-    Ok(postcard::to_stdvec(v)?)
+    Ok(crate::store::codec::to_sized_vec(v)?)
 }
 
 /// Decodes a body written by [`encode`].

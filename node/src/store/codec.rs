@@ -8,7 +8,16 @@ use super::StoreError;
 
 /// Encodes a record.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StoreError> {
-    Ok(postcard::to_stdvec(value)?)
+    Ok(to_sized_vec(value)?)
+}
+
+/// Postcard into a buffer allocated once at the exact size. `postcard::to_stdvec` grows its
+/// buffer by doubling, so a 4 MiB value would be copied through reallocations into an 8 MiB
+/// allocation; with several values in flight per write (log, state, one body per follower)
+/// that doubled the write path's memory. The size pass only adds up lengths.
+pub fn to_sized_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, postcard::Error> {
+    let size = postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())?;
+    postcard::to_extend(value, Vec::with_capacity(size))
 }
 
 /// Decodes a record.
