@@ -6,7 +6,7 @@ use confman_contract::PayloadClass;
 use confman_node::config::{Flags, NodeConfig, Settings};
 use confman_operator::builders::{node_config, pod_url};
 use confman_operator::crd::{ConfmanCluster, ConfmanClusterSpec};
-use confman_operator::members::Ledger;
+use confman_operator::ledger::Ledger;
 
 #[test]
 fn node_accepts_the_operator_config_for_every_class() -> Result<(), Box<dyn std::error::Error>> {

@@ -3,10 +3,10 @@
 
 use kube::ResourceExt;
 
-use crate::builders::{self, BuildError};
+use crate::builders::{self, BuildError, Inputs};
 use crate::capabilities::Capabilities;
 use crate::crd::ConfmanCluster;
-use crate::members::Ledger;
+use crate::ledger::Ledger;
 use crate::validate::{Applied, Invalid, validate};
 
 /// Why a cluster could not be rendered.
@@ -25,7 +25,8 @@ pub enum RenderError {
 
 /// Renders the children of the ConfmanCluster in `yaml`; a missing namespace becomes
 /// `default` and a missing uid a placeholder (the API server assigns both). The objects are
-/// those for a current Kubernetes ([`Capabilities::RECENT`]).
+/// those for a current Kubernetes ([`Capabilities::RECENT`]), with a fresh token; without the
+/// Secrets at hand the pod template has no credentials or CA hash.
 pub fn render(yaml: &str) -> Result<String, RenderError> {
     let mut c: ConfmanCluster = serde_yaml_ng::from_str(yaml)?;
     if c.namespace().is_none() {
@@ -35,19 +36,17 @@ pub fn render(yaml: &str) -> Result<String, RenderError> {
         c.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
     }
     let tuning = validate(&c.spec, &Applied::default()).map_err(RenderError::Invalid)?;
-    let caps = Capabilities::RECENT;
     let replicas = u32::try_from(c.spec.replicas).unwrap_or(0);
-    let ledger = Ledger::bootstrap(&c, replicas);
-    let config = builders::config_map(&c, &tuning)?;
-    let hash = builders::config_hash(&config);
-    let docs = [
-        serde_yaml_ng::to_string(&builders::token_secret(&c, &builders::generate_token())?)?,
-        serde_yaml_ng::to_string(&ledger.config_map(&c)?)?,
-        serde_yaml_ng::to_string(&config)?,
-        serde_yaml_ng::to_string(&builders::headless_service(&c)?)?,
-        serde_yaml_ng::to_string(&builders::client_service(&c)?)?,
-        serde_yaml_ng::to_string(&builders::statefulset(&c, &tuning, &hash, &caps)?)?,
-        serde_yaml_ng::to_string(&builders::pod_disruption_budget(&c, None, &caps)?)?,
-    ];
-    Ok(docs.iter().map(|d| format!("---\n{d}")).collect())
+    let token = builders::generate_token();
+    let inputs = Inputs {
+        tuning: &tuning,
+        ledger: &Ledger::bootstrap(&c, replicas),
+        new_token: Some(&token),
+        replicas,
+        trusted_ca: None,
+        credentials_hash: None,
+        group: None,
+        caps: &Capabilities::RECENT,
+    };
+    Ok(builders::desired(&c, &inputs)?.to_yaml()?)
 }

@@ -1,6 +1,6 @@
 //! Status computation (pure): conditions `Ready`, `Available`, `Progressing`, `Degraded`,
 //! `InvalidSpec`, the phase and the pods' selector, from the outcome of a reconcile and the
-//! observed StatefulSet. A condition's
+//! observed StatefulSet; the members from the group's report ([`members`]). A condition's
 //! `lastTransitionTime` moves only when its status changes; [`transitions`] lists the changes so
 //! the reconciler can publish an Event for each. Every condition carries a non-empty message:
 //! kube-apiserver 1.20's server-side apply of a custom resource's status turns an empty
@@ -10,7 +10,10 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::Resource;
 
-use crate::crd::{ConfmanCluster, ConfmanClusterStatus, Tuning};
+use std::collections::BTreeMap;
+
+use crate::crd::{ConfmanCluster, ConfmanClusterStatus, MemberStatus, Tuning};
+use crate::membership_step::{PodView, RaftView};
 
 /// Condition type GitOps tools (Argo CD, Flux) and `kubectl wait --for=condition=Ready` wait
 /// for: True when the cluster serves (`Available`), the latest spec is observed and fully
@@ -128,6 +131,36 @@ impl Observed {
             settled,
         }
     }
+}
+
+/// `status.members` and `status.leader` from the group as its leader reports it (`raft`): each
+/// member's pod by the ledger's `ids`, its health by the pod. Empty without a leader's report.
+pub fn members(
+    raft: Option<&RaftView>,
+    ids: &BTreeMap<String, u64>,
+    pods: &[PodView],
+    max_lag: u64,
+) -> (Vec<MemberStatus>, Option<String>) {
+    let Some(r) = raft else { return (Vec::new(), None) };
+    let pod_of = |id: u64| ids.iter().find(|(_, i)| **i == id).map(|(p, _)| p.clone());
+    let members = r
+        .members
+        .iter()
+        .map(|(id, voter)| {
+            let pod = pod_of(*id).unwrap_or_default();
+            let view = pods.iter().find(|v| v.name == pod);
+            MemberStatus {
+                id: *id,
+                pod,
+                role: if *voter { "voter" } else { "learner" }.into(),
+                healthy: view.is_some_and(|v| v.ready),
+                // Only while it lags: a caught-up member's index moves with every write, and a
+                // status that changes with every write re-triggers the reconcile for ever.
+                applied_index: view.and_then(|v| v.applied).filter(|a| a + max_lag < r.commit_index),
+            }
+        })
+        .collect();
+    (members, r.leader.and_then(pod_of))
 }
 
 /// A condition; an empty `message` is replaced by `"<type> is <status>: <reason>"` so none is

@@ -185,7 +185,7 @@ fn seed_running(fake: &FakeApi, c: &ConfmanCluster, replicas: u32) -> TestResult
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "config-token", "namespace": NS},
         "data": {"token": "c2VjcmV0"}}),
     );
-    let ledger = confman_operator::members::Ledger::bootstrap(c, replicas).config_map(c)?;
+    let ledger = confman_operator::ledger::Ledger::bootstrap(c, replicas).config_map(c)?;
     fake.seed(MEMBERS, serde_json::to_value(&ledger)?);
     Ok(())
 }
@@ -366,7 +366,7 @@ async fn a_lost_token_secret_is_not_regenerated() -> TestResult {
     let c = cluster(3);
     let (ctx, fake) = setup(&c)?;
     fake.seed(STS, ready_statefulset(3, 3));
-    let ledger = confman_operator::members::Ledger::bootstrap(&c, 3).config_map(&c)?;
+    let ledger = confman_operator::ledger::Ledger::bootstrap(&c, 3).config_map(&c)?;
     fake.seed(MEMBERS, serde_json::to_value(&ledger)?);
     let err = reconcile(Arc::new(c), ctx).await.err().ok_or("a lost token must be reported")?;
     assert!(err.to_string().contains("cluster token Secret config-token is missing"), "{err}");
@@ -434,7 +434,7 @@ async fn a_bootstrap_with_the_ledger_kept_deletes_no_claim() -> TestResult {
     let c = cluster(3);
     let (ctx, fake) = setup(&c)?;
     seed_running(&fake, &c, 3)?;
-    let mut ledger = confman_operator::members::Ledger::bootstrap(&c, 3);
+    let mut ledger = confman_operator::ledger::Ledger::bootstrap(&c, 3);
     ledger.admit((0..3u32).map(|o| (format!("config-{o}"), u64::from(o) + 1)));
     fake.seed(MEMBERS, serde_json::to_value(ledger.config_map(&c)?)?);
     for o in 0..3 {

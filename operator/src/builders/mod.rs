@@ -2,6 +2,7 @@
 //! no client. Every object carries the cluster's labels and a controller owner reference so
 //! Kubernetes garbage-collects it with the cluster.
 
+mod children;
 mod config;
 mod pdb;
 mod secret;
@@ -15,6 +16,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::ConfmanCluster;
 
+pub use children::{Children, Inputs, desired, template_annotation};
 pub use config::{CONFIG_DIR, CONFIG_FILE, config_hash, config_map, node_config};
 pub use pdb::{Budget, Pdb, budget, pdb_v1beta1_resource, pod_disruption_budget};
 pub use secret::{

@@ -257,7 +257,7 @@ pub fn with_trusted_ca(sts: &mut StatefulSet, ca_pem: &str) -> String {
 
 /// The update strategy: `OnDelete`. The operator replaces outdated pods itself, one at a time,
 /// followers first and the leader last after a leadership transfer, and only while every member
-/// is healthy (`membership::Step::Replace`). With `RollingUpdate` the StatefulSet controller
+/// is healthy (`membership_step::Step::Replace`). With `RollingUpdate` the StatefulSet controller
 /// would also roll the pods on its own — highest ordinal first, blind to which one leads — while
 /// the operator deletes the pod of its choice: two members down at once, a lost quorum in a
 /// three-member group. With `OnDelete` a template change only moves `status.updateRevision`;

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 
 use crate::builders::{BuildError, MEMBERS_FILE, members_name, meta, pod_name, pod_url};
 use crate::crd::ConfmanCluster;
-use crate::membership::RaftView;
+use crate::membership_step::RaftView;
 
 /// StatefulSet annotation keeping the ledger's `next-node-id` high-water mark, so a lost ledger
 /// is rebuilt without handing out the ids of members removed before the loss.

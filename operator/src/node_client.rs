@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 use crate::builders::pod_url;
 use crate::crd::ConfmanCluster;
-use crate::membership::{PodView, RaftView};
+use crate::membership_step::{PodView, RaftView};
 
 /// How long one node gets to answer a status query.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
