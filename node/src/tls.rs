@@ -1,6 +1,6 @@
 //! TLS (rustls, ring provider) for the node's one listener — the client API and Raft RPC share
-//! it — and for the node's outgoing calls (Raft RPC, forwarded writes), which trust the
-//! configured CA. PEM files in, rustls configs out; the handshakes themselves are run by the
+//! it — and the CAs the node's outgoing calls (Raft RPC, forwarded writes) trust; the client
+//! those calls use is built by `confman-http`. PEM files in, rustls configs out; the handshakes themselves are run by the
 //! listener (`crate::listener`), off its accept loop and under its connection limits.
 
 use std::path::{Path, PathBuf};

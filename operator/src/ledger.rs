@@ -192,8 +192,8 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builders::fixtures::cluster;
     use crate::crd::PayloadClass;
+    use crate::fixtures::cluster;
 
     #[test]
     fn bootstrap_allocates_one_id_per_ordinal() {

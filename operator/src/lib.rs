@@ -6,6 +6,7 @@ pub mod builders;
 pub mod capabilities;
 pub mod controller;
 pub mod crd;
+pub mod fixtures;
 pub mod ledger;
 pub mod membership_step;
 pub mod metrics;

@@ -350,8 +350,8 @@ pub fn is_warning(c: &Condition) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builders::fixtures::cluster;
     use crate::crd::PayloadClass;
+    use crate::fixtures::cluster;
 
     fn at(secs: i64) -> Time {
         Time(jiff::Timestamp::from_second(secs).unwrap_or_default())

@@ -291,8 +291,8 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::builders::fixtures::cluster;
     use crate::crd::{PayloadClass, ServiceSpec, TlsSpec, TuningOverrides};
+    use crate::fixtures::cluster;
 
     /// The CRD as installed (the generated, committed file; a drift test keeps it current).
     const INSTALLED_CRD: &str = include_str!("../../crds/confmancluster.yaml");

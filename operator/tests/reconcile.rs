@@ -8,7 +8,8 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use confman_operator::crd::{ConfmanCluster, ConfmanClusterSpec, PayloadClass, TuningOverrides};
+use confman_operator::crd::{ConfmanCluster, PayloadClass, TuningOverrides};
+use confman_operator::fixtures;
 use confman_operator::metrics::Metrics;
 use confman_operator::reconcile::{Context, FIELD_MANAGER, error_policy, reconcile};
 use kube::runtime::controller::Action;
@@ -25,17 +26,7 @@ const MEMBERS: &str = "/api/v1/namespaces/platform/configmaps/config-members";
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn cluster(replicas: i32) -> ConfmanCluster {
-    let mut c = ConfmanCluster::new(
-        "config",
-        ConfmanClusterSpec {
-            payload_class: PayloadClass::Small,
-            ..ConfmanClusterSpec::minimal(replicas, "confman:1", "10Gi")
-        },
-    );
-    c.metadata.namespace = Some(NS.into());
-    c.metadata.uid = Some("cmc-uid".into());
-    c.metadata.generation = Some(1);
-    c
+    fixtures::cluster(replicas, PayloadClass::Small)
 }
 
 fn setup(c: &ConfmanCluster) -> Result<(Arc<Context>, FakeApi), serde_json::Error> {

@@ -1,4 +1,6 @@
-//! The projection of the settings onto the Raft layer's.
+//! What the Raft layer gets from the resolved settings. The tuning goes over as the contract's
+//! `Tuning` (milliseconds and bytes, as openraft's own config takes them); durations are made
+//! only where the Raft layer waits.
 
 use super::Settings;
 use crate::raft::RaftSettings;

@@ -80,17 +80,19 @@ pub fn desired(c: &ConfmanCluster, i: &Inputs<'_>) -> Result<Children, BuildErro
 impl Children {
     /// Every child as multi-document YAML, in apply order.
     pub fn to_yaml(&self) -> Result<String, serde_yaml_ng::Error> {
+        // Taken apart field by field, so a new child does not compile until it is rendered.
+        let Children { token, ledger, config, headless, client, statefulset, pdb } = self;
         let mut docs = Vec::new();
-        if let Some(token) = &self.token {
+        if let Some(token) = token {
             docs.push(serde_yaml_ng::to_string(token)?);
         }
         docs.extend([
-            serde_yaml_ng::to_string(&self.ledger)?,
-            serde_yaml_ng::to_string(&self.config)?,
-            serde_yaml_ng::to_string(&self.headless)?,
-            serde_yaml_ng::to_string(&self.client)?,
-            serde_yaml_ng::to_string(&self.statefulset)?,
-            serde_yaml_ng::to_string(&self.pdb)?,
+            serde_yaml_ng::to_string(ledger)?,
+            serde_yaml_ng::to_string(config)?,
+            serde_yaml_ng::to_string(headless)?,
+            serde_yaml_ng::to_string(client)?,
+            serde_yaml_ng::to_string(statefulset)?,
+            serde_yaml_ng::to_string(pdb)?,
         ]);
         Ok(docs.iter().map(|d| format!("---\n{d}")).collect())
     }

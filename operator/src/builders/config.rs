@@ -64,8 +64,8 @@ pub fn config_hash(cm: &ConfigMap) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builders::fixtures::cluster;
     use crate::crd::{PayloadClass, TuningOverrides};
+    use crate::fixtures::cluster;
 
     use crate::tuning::effective_tuning;
 

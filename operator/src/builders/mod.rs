@@ -129,28 +129,11 @@ pub fn meta(c: &ConfmanCluster, name: String) -> Result<ObjectMeta, BuildError> 
 }
 
 #[cfg(test)]
-pub(crate) mod fixtures {
-    use crate::crd::{ConfmanCluster, ConfmanClusterSpec, PayloadClass};
-
-    /// A cluster as the API server would hand it over (namespace and uid set).
-    pub fn cluster(replicas: i32, class: PayloadClass) -> ConfmanCluster {
-        let mut c = ConfmanCluster::new(
-            "config",
-            ConfmanClusterSpec { payload_class: class, ..ConfmanClusterSpec::minimal(replicas, "confman:1", "10Gi") },
-        );
-        c.metadata.namespace = Some("platform".into());
-        c.metadata.uid = Some("0f5a-uid".into());
-        c.metadata.generation = Some(1);
-        c
-    }
-}
-
-#[cfg(test)]
 mod tests {
-    use super::fixtures::cluster;
     use super::*;
     use crate::capabilities::Capabilities;
     use crate::crd::PayloadClass;
+    use crate::fixtures::cluster;
 
     #[test]
     fn every_child_is_owned_and_labelled() -> Result<(), BuildError> {

@@ -116,8 +116,8 @@ pub fn pod_disruption_budget(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builders::fixtures::cluster;
     use crate::crd::PayloadClass;
+    use crate::fixtures::cluster;
 
     fn min_available(pdb: &Pdb) -> serde_json::Value {
         serde_json::to_value(pdb).map(|v| v["spec"]["minAvailable"].clone()).unwrap_or_default()

@@ -63,8 +63,8 @@ pub fn token_secret(c: &ConfmanCluster, token: &str) -> Result<Secret, BuildErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builders::fixtures::cluster;
     use crate::crd::PayloadClass;
+    use crate::fixtures::cluster;
 
     #[test]
     fn tokens_are_long_and_distinct() {

@@ -50,8 +50,8 @@ pub fn client_service(c: &ConfmanCluster) -> Result<Service, BuildError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builders::fixtures::cluster;
     use crate::crd::{PayloadClass, ServiceSpec as CmcService};
+    use crate::fixtures::cluster;
 
     #[test]
     fn headless_service_publishes_not_ready_pods() -> Result<(), BuildError> {

@@ -363,8 +363,8 @@ pub fn statefulset(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builders::fixtures::cluster;
     use crate::crd::PayloadClass;
+    use crate::fixtures::cluster;
 
     #[test]
     fn a_new_ca_bundle_changes_the_pod_template() -> Result<(), Box<dyn std::error::Error>> {

@@ -46,6 +46,10 @@ pub async fn carry_out(
     let kube = &ctx.client;
     if let Some(token) = token {
         apply(kube, token).await?;
+        // Announced at once: a later failure would leave the Secret in place, and the next
+        // reconcile, finding it, would have nothing to announce.
+        let created = Notice::normal("TokenCreated", "generated the cluster token Secret".into(), "Create");
+        report::announce(ctx, c, std::slice::from_ref(&created)).await;
     }
     apply(kube, ledger).await?;
     report::announce(ctx, c, &plan.on_ledger).await;
@@ -65,11 +69,13 @@ pub async fn carry_out(
     let statefulset = apply(kube, statefulset).await?;
     report::announce(ctx, c, &plan.on_rollout).await;
     match pdb {
-        Pdb::V1(p) => drop(apply(kube, p).await?),
+        Pdb::V1(p) => {
+            apply(kube, p).await?;
+        }
         Pdb::V1beta1(d) => {
             let ar = builders::pdb_v1beta1_resource();
             let api = Api::namespaced_with(kube.clone(), &d.namespace().unwrap_or_default(), &ar);
-            drop(apply_with(api, d, &ar.kind).await?);
+            apply_with(api, d, &ar.kind).await?;
         }
     }
     let progress = take_step(ctx, c, &plan.step, nodes).await?;

@@ -1,7 +1,8 @@
 //! Decide: from a [`Snapshot`], all that a reconcile will do — the credentials, the member
 //! ledger, the children, the one membership step, the Events and the status — without I/O.
-//! Whatever is wrong with a cluster is found here, before anything is changed, and every
-//! decision can be tested on a hand-made snapshot.
+//! What is wrong with the spec, the credentials or the ledger is found here, before anything
+//! is changed (only ownership conflicts surface while applying), and every decision can be
+//! tested on a hand-made snapshot.
 
 use std::collections::BTreeMap;
 
@@ -58,10 +59,10 @@ pub fn access(c: &ConfmanCluster, seen: &Snapshot) -> Result<Access, Error> {
     let (value, new_token) = match seen.token.as_ref().and_then(|s| s.data.as_ref()?.get(builders::TOKEN_KEY)) {
         Some(t) => (String::from_utf8_lossy(&t.0).trim().to_string(), None),
         None if has_members => return Err(Error::TokenLost { name: builders::token_name(c) }),
-        None => {
-            let token = builders::generate_token();
-            (token.clone(), Some(token))
-        }
+        None => match &seen.fresh_token {
+            Some(token) => (token.clone(), Some(token.clone())),
+            None => return Err(Error::TokenLost { name: builders::token_name(c) }),
+        },
     };
     let presented = builders::presented_token(&value)
         .map_err(|reason| Error::TokenInvalid { name: builders::token_name(c), reason })?
@@ -171,9 +172,6 @@ pub fn plan(
     let wanted = u32::try_from(c.spec.replicas).unwrap_or(0);
     let current = seen.sts_replicas();
     let mut on_ledger = Vec::new();
-    if access.new_token.is_some() {
-        on_ledger.push(Notice::normal("TokenCreated", "generated the cluster token Secret".into(), "Create"));
-    }
     let mut ledger = ledger(c, seen, &mut on_ledger)?;
     let step = next_step(&Observation {
         desired: wanted,
@@ -356,8 +354,9 @@ mod tests {
     use serde::Deserialize;
 
     use super::*;
-    use crate::builders::{Pdb, fixtures::cluster};
+    use crate::builders::Pdb;
     use crate::crd::PayloadClass;
+    use crate::fixtures::cluster;
     use crate::membership_step::{PodView, RaftView};
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -371,7 +370,7 @@ mod tests {
     /// The three members of a cluster created by [`decide`], healthy and led by node 1, under a
     /// spec asking for `replicas`.
     fn running(replicas: i32) -> Result<(ConfmanCluster, Snapshot), Box<dyn std::error::Error>> {
-        let first = decide(&cluster(3, PayloadClass::Small), &Snapshot::default())?.children;
+        let first = decide(&cluster(3, PayloadClass::Small), &new_cluster())?.children;
         let c = cluster(replicas, PayloadClass::Small);
         let up = |o: u32| o < 3;
         let members = (0..u32::try_from(replicas)?)
@@ -405,6 +404,11 @@ mod tests {
         Ok((c, seen))
     }
 
+    /// What observe reads for a cluster that has nothing yet.
+    fn new_cluster() -> Snapshot {
+        Snapshot { fresh_token: Some("fresh-token".into()), ..Snapshot::default() }
+    }
+
     fn kinds_and_names(yaml: &str) -> Result<BTreeSet<(String, String)>, serde_yaml_ng::Error> {
         serde_yaml_ng::Deserializer::from_str(yaml)
             .map(|doc| {
@@ -418,13 +422,14 @@ mod tests {
     #[test]
     fn a_new_cluster_gets_a_token_every_child_and_a_bootstrap() -> TestResult {
         let c = cluster(3, PayloadClass::Small);
-        let p = decide(&c, &Snapshot::default())?;
+        let p = decide(&c, &new_cluster())?;
         assert_eq!(p.step, Step::Bootstrap { replicas: 3 });
         assert_eq!(p.children.statefulset.spec.replicas, Some(3));
-        assert!(p.children.token.is_some());
+        let token = p.children.token.as_ref().and_then(|s| s.data.as_ref()?.get(builders::TOKEN_KEY).cloned());
+        assert_eq!(token.map(|t| t.0), Some(b"fresh-token".to_vec()), "the token observe generated");
         assert_eq!(p.fresh, [0, 1, 2], "no member ran yet: a claim on these ordinals is stale");
         let announced: Vec<&str> = p.on_ledger.iter().map(|n| n.reason).collect();
-        assert_eq!(announced, ["TokenCreated", "MembersAllocated"]);
+        assert_eq!(announced, ["MembersAllocated"], "TokenCreated is announced right after its apply");
         assert!(p.on_rollout.is_empty() && p.held.is_none() && p.members.is_empty());
         Ok(())
     }
@@ -432,7 +437,7 @@ mod tests {
     #[test]
     fn render_shows_the_children_the_reconcile_applies() -> TestResult {
         let c = cluster(3, PayloadClass::Small);
-        let reconciled = kinds_and_names(&decide(&c, &Snapshot::default())?.children.to_yaml()?)?;
+        let reconciled = kinds_and_names(&decide(&c, &new_cluster())?.children.to_yaml()?)?;
         let rendered = kinds_and_names(&crate::render::render(&serde_yaml_ng::to_string(&c)?)?)?;
         assert_eq!(reconciled, rendered);
         assert_eq!(reconciled.len(), 7, "{reconciled:?}");

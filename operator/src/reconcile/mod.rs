@@ -195,6 +195,7 @@ async fn reconcile_inner(c: &ConfmanCluster, ctx: &Context) -> Result<Action, Er
     };
     report::tell_unavailable(ctx, c).await;
     let carried_out = async {
+        seen.read_secrets(ctx, c).await?;
         let access = decide::access(c, &seen)?;
         let nodes = seen.ask_nodes(ctx, c, &access).await?;
         let plan = decide::plan(c, &tuning, &seen, &access, &ctx.capabilities, ctx.max_learner_lag)?;
@@ -259,7 +260,7 @@ mod wiring_tests {
 
     use super::fake_api::FakeApi;
     use super::*;
-    use crate::crd::{ConfmanClusterSpec, PayloadClass, TlsSpec};
+    use crate::crd::{PayloadClass, TlsSpec};
     use crate::ledger::Ledger;
 
     const CMC: &str = "/apis/confman.io/v1alpha1/namespaces/platform/confmanclusters/config";
@@ -269,17 +270,7 @@ mod wiring_tests {
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
     fn cluster() -> ConfmanCluster {
-        let mut c = ConfmanCluster::new(
-            "config",
-            ConfmanClusterSpec {
-                payload_class: PayloadClass::Small,
-                ..ConfmanClusterSpec::minimal(3, "confman:1", "10Gi")
-            },
-        );
-        c.metadata.namespace = Some("platform".into());
-        c.metadata.uid = Some("cmc-uid".into());
-        c.metadata.generation = Some(1);
-        c
+        crate::fixtures::cluster(3, PayloadClass::Small)
     }
 
     fn setup(c: &ConfmanCluster, caps: Capabilities) -> Result<(Arc<Context>, FakeApi), serde_json::Error> {

@@ -1,5 +1,5 @@
-//! Observe: every read a reconcile makes, from the Kubernetes API and from the nodes, into one
-//! [`Snapshot`]. Reading first and deciding after means each decision sees one picture of the
+//! Observe: what a reconcile reads before deciding, from the Kubernetes API and from the nodes,
+//! into one [`Snapshot`] (act still re-reads what it must check right before a write). Reading first and deciding after means each decision sees one picture of the
 //! cluster, and the deciding code can be tested on a hand-made picture without an API server.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -24,6 +24,9 @@ pub struct Snapshot {
     pub ledger: Option<ConfigMap>,
     /// The cluster token Secret.
     pub token: Option<Secret>,
+    /// A token generated for a cluster whose token Secret does not exist yet, so that deciding
+    /// stays free of randomness (used only if the cluster has no members either).
+    pub fresh_token: Option<String>,
     /// The Secret `spec.auth.apiKeysSecret` names (not read without `spec.auth`).
     pub api_keys: Option<Secret>,
     /// The Secret `spec.tls.clientSecret` names (not read without `spec.tls`).
@@ -35,23 +38,35 @@ pub struct Snapshot {
     pub raft: Option<RaftView>,
 }
 
-/// Reads the cluster's objects from the Kubernetes API.
+/// Reads the StatefulSet and the member ledger: what validation and a paused or invalid
+/// cluster's status need. The Secrets are read by [`Snapshot::read_secrets`] once the spec is
+/// known to be valid (a blank Secret name would otherwise fail the read, not the validation).
 pub async fn read(ctx: &Context, c: &ConfmanCluster) -> Result<Snapshot, Error> {
     let ns = c.namespace().unwrap_or_default();
-    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
-    let api_keys = if let Some(a) = &c.spec.auth { secrets.get_opt(&a.api_keys_secret).await? } else { None };
-    let tls = if let Some(t) = &c.spec.tls { secrets.get_opt(&t.client_secret).await? } else { None };
     Ok(Snapshot {
         statefulset: Api::namespaced(ctx.client.clone(), &ns).get_opt(&builders::client_name(c)).await?,
         ledger: Api::namespaced(ctx.client.clone(), &ns).get_opt(&builders::members_name(c)).await?,
-        token: secrets.get_opt(&builders::token_name(c)).await?,
-        api_keys,
-        tls,
         ..Snapshot::default()
     })
 }
 
 impl Snapshot {
+    /// Reads the token Secret and the Secrets the spec names (API keys, TLS).
+    pub async fn read_secrets(&mut self, ctx: &Context, c: &ConfmanCluster) -> Result<(), Error> {
+        let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
+        self.token = secrets.get_opt(&builders::token_name(c)).await?;
+        if self.token.is_none() {
+            self.fresh_token = Some(builders::generate_token());
+        }
+        if let Some(a) = &c.spec.auth {
+            self.api_keys = secrets.get_opt(&a.api_keys_secret).await?;
+        }
+        if let Some(t) = &c.spec.tls {
+            self.tls = secrets.get_opt(&t.client_secret).await?;
+        }
+        Ok(())
+    }
+
     /// `StatefulSet.spec.replicas`, None before the StatefulSet exists.
     pub fn sts_replicas(&self) -> Option<u32> {
         self.statefulset.as_ref()?.spec.replicas.and_then(|r| u32::try_from(r).ok())

@@ -1,6 +1,7 @@
 //! Report: what a person sees of a reconcile — the status subresource and Events. Kept apart
-//! so that every Event goes through one place that makes it acceptable to the API server, and
-//! so that a failure to report is logged, never mistaken for a failure to reconcile.
+//! so that every Event goes through one place that makes it acceptable to the API server. A
+//! failed Event is logged and the reconcile goes on; a failed status write fails the reconcile
+//! (it is retried, since the status is what tells a person where the cluster stands).
 
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};

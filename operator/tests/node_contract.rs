@@ -5,7 +5,8 @@
 use confman_contract::PayloadClass;
 use confman_node::config::{Flags, NodeConfig, Settings};
 use confman_operator::builders::{node_config, pod_url};
-use confman_operator::crd::{ConfmanCluster, ConfmanClusterSpec};
+use confman_operator::crd::ConfmanCluster;
+use confman_operator::fixtures;
 use confman_operator::ledger::Ledger;
 
 #[test]
@@ -41,9 +42,7 @@ fn node_accepts_the_operator_config_for_every_class() -> Result<(), Box<dyn std:
 }
 
 fn cluster() -> ConfmanCluster {
-    let mut c = ConfmanCluster::new("conf", ConfmanClusterSpec::minimal(3, "confman:1", "1Gi"));
-    c.metadata.namespace = Some("ns".into());
-    c
+    fixtures::cluster(3, PayloadClass::Small)
 }
 
 #[test]
@@ -67,16 +66,16 @@ fn node_reads_the_operator_ledger() -> Result<(), Box<dyn std::error::Error>> {
             ..NodeConfig::default()
         },
     };
-    for (pod, id, bootstraps) in [("conf-0", 1, true), ("conf-2", 3, true), ("conf-4", 5, false)] {
+    for (pod, id, bootstraps) in [("config-0", 1, true), ("config-2", 3, true), ("config-4", 5, false)] {
         let s = Settings::resolve(pod_cli(pod))?;
         assert_eq!(s.node_id, id, "{pod}");
         assert_eq!((s.peers.len(), s.join), if bootstraps { (3, false) } else { (0, true) }, "{pod}");
         assert!(!s.was_member, "{pod}: nothing admitted yet");
     }
     // Ids the operator admitted are known to their nodes (which then refuse an empty volume).
-    ledger.admit([("conf-2".to_string(), 3)]);
+    ledger.admit([("config-2".to_string(), 3)]);
     std::fs::write(&members, ledger.members_toml()?)?;
-    for (pod, was_member) in [("conf-0", false), ("conf-2", true)] {
+    for (pod, was_member) in [("config-0", false), ("config-2", true)] {
         assert_eq!(Settings::resolve(pod_cli(pod))?.was_member, was_member, "{pod}");
     }
     Ok(())
