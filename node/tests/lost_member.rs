@@ -50,3 +50,38 @@ async fn a_wiped_member_whose_members_file_lags_refuses_to_rejoin_under_its_old_
     assert!(c.get(leader, "app", "k", false).await?.is_some());
     Ok(())
 }
+
+/// A wiped member rejoining (with the admin's allowance) a group that writes nothing after its
+/// restart: its replication stream is idle, so only heartbeats can tell the leader that it lost
+/// the entries it acknowledged. The node's transport holds a heartbeat conflict back for a
+/// grace period (so that a busy stream meets the conflict itself and openraft's purge guard stays
+/// coherent, `raft::network::HeartbeatConflicts`), then lets it through: the member still
+/// catches up without a write.
+#[tokio::test]
+async fn a_wiped_member_rejoins_an_idle_group_through_the_heartbeat_conflict() -> Result<()> {
+    let mut c = Cluster::start(Path::new(BIN), 3, &[]).await?;
+    let leader = c.wait_leader(&[1, 2, 3], &[1, 2, 3]).await?;
+    c.create_namespace(leader, "app").await?;
+    for i in 0..5 {
+        c.put_text(leader, "app", &format!("k{i}"), "v").await?;
+    }
+    let victim = if leader == 3 { 2 } else { 3 };
+    c.wait_converged(&[1, 2, 3], Duration::from_secs(30)).await?;
+
+    c.kill(victim)?;
+    let rejoin = format!("/api/v1/cluster/members/{victim}/rejoin");
+    let (st, v) = c.call(leader, Method::POST, &rejoin, &c.keys.admin, None).await?;
+    assert!(st.is_success(), "allow rejoin: {st} {v}");
+    c.wipe(victim)?;
+    c.spawn(victim)?;
+
+    // No write from here on.
+    let digest = c.wait_converged(&[1, 2, 3], Duration::from_secs(60)).await?;
+    assert!(digest["records"].as_u64() >= Some(5), "{digest}");
+    // The conflicts were held back (openraft logs them as failed heartbeats) before one went
+    // through.
+    let log = c.log(leader)?;
+    assert!(log.contains("heartbeat conflict held back"), "{log}");
+    assert!(log.contains("follower log is reverted"), "{log}");
+    Ok(())
+}

@@ -2,6 +2,9 @@
 //! snapshots each use their own `reqwest::Client` (own connection pool), so a multi-MB append
 //! or a snapshot body never delays a heartbeat behind it (a starved heartbeat means a spurious
 //! election; `docs/large-values.md`, lesson 6).
+//!
+//! A heartbeat that meets a conflict (the peer lost entries it acknowledged: a member rejoining
+//! on a wiped volume) is held back from openraft for a grace period; see [`HeartbeatConflicts`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -65,6 +68,60 @@ pub struct PeerClient {
     channel: Channel,
     timeouts: NetworkTimeouts,
     stats: Arc<SnapshotStats>,
+    /// Heartbeat channel only: how long the peer has been answering heartbeats with a conflict.
+    conflicts: HeartbeatConflicts,
+}
+
+/// Holds back a conflict answered to a heartbeat until the replication stream had time to meet
+/// it itself.
+///
+/// A heartbeat carries the peer's matched log id as its `prev_log_id`, so a conflict answer means
+/// the peer lost entries it acknowledged (a member rejoining on a wiped volume, after the admin's
+/// `allow_next_revert`). openraft (0.10.0-alpha.37) then resets the peer's progress *without an
+/// inflight id* (`progress::entry::update::Updater::update_conflicting`): `matching` becomes
+/// `None` and a pipelined `LogsSince` inflight is dropped, but the replication task keeps running
+/// the session of that inflight. Dropping it releases the purge guard
+/// (`ReplicationHandler::try_purge_log`, which checks only the inflight), so a purge that was
+/// waiting on this peer (the kept-tail purge after a snapshot) runs at once, and the still
+/// running session then reads entries that were just purged: the log reader returns the range
+/// from the first entry left (the purged prefix is skipped, as the reader contract allows),
+/// `StreamState::next_request` panics on its `debug_assert` that `prev_log_id` is right before
+/// the first entry (release builds would send that non-contiguous AppendEntries instead), the
+/// panic ends the replication task, and nothing restarts it: no log entry reaches that peer
+/// again until the leader changes, while heartbeats still succeed.
+///
+/// The replication stream meets the same conflict when it sends its next request (at the latest
+/// after its backoff or one append timeout), and its conflict carries the inflight id: openraft
+/// then resets the progress *and* ends the session, so no stale session outlives the purge
+/// guard. So a heartbeat conflict is reported as a transport error for `grace`; if the peer still
+/// answers conflicts after that, the stream is idle (the peer had every entry, and nothing was
+/// written since), no purge can be pending below its matched index, and the conflict goes
+/// through so that an idle group still notices the lost entries.
+#[derive(Debug, Default)]
+struct HeartbeatConflicts {
+    since: Option<Instant>,
+}
+
+impl HeartbeatConflicts {
+    /// Whether this heartbeat answer may reach openraft, `grace` after the first conflict of a
+    /// run of them; any other answer ends the run.
+    fn pass(&mut self, conflict: bool, now: Instant, grace: Duration) -> bool {
+        if !conflict {
+            self.since = None;
+            return true;
+        }
+        let since = *self.since.get_or_insert(now);
+        now.duration_since(since) >= grace
+    }
+}
+
+impl NetworkTimeouts {
+    /// How long a heartbeat conflict is held back ([`HeartbeatConflicts`]): two append
+    /// deadlines, longer than the replication stream takes to send its next request (a pending
+    /// append finishes or times out, then a backoff of a fraction of a second).
+    fn heartbeat_conflict_grace(&self) -> Duration {
+        self.append * 2
+    }
 }
 
 /// How this node reaches its peers: fixed addresses for host names (`--resolve`) and the CAs
@@ -121,6 +178,7 @@ impl NetworkFactory {
             channel,
             timeouts: self.timeouts,
             stats: self.stats.clone(),
+            conflicts: HeartbeatConflicts::default(),
         }
     }
 }
@@ -226,7 +284,22 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let timeout = self.append_timeout(&option);
-        self.call(wire::PATH_APPEND, &rpc, timeout).await.map_err(CallError::into_rpc)
+        let resp: AppendEntriesResponse<TypeConfig> =
+            self.call(wire::PATH_APPEND, &rpc, timeout).await.map_err(CallError::into_rpc)?;
+        if self.channel == Channel::Heartbeat {
+            let conflict = matches!(resp, AppendEntriesResponse::Conflict);
+            let grace = self.timeouts.heartbeat_conflict_grace();
+            if !self.conflicts.pass(conflict, Instant::now(), grace) {
+                let prev = rpc.prev_log_id.map(|l| l.index);
+                tracing::debug!(peer = self.target, ?prev, "heartbeat conflict held back for the replication stream");
+                return Err(CallError::Transport(format!(
+                    "node {} does not hold the entry at {prev:?} (heartbeat conflict held back for {grace:?})",
+                    self.target
+                ))
+                .into_rpc());
+            }
+        }
+        Ok(resp)
     }
 
     async fn vote(
@@ -358,5 +431,25 @@ where
             Poll::Pending => {}
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_conflict_is_held_back_for_the_grace_then_passes_until_a_success() {
+        let grace = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut c = HeartbeatConflicts::default();
+        assert!(c.pass(false, at(0), grace), "a success passes");
+        assert!(!c.pass(true, at(1), grace), "the first conflict is held back");
+        assert!(!c.pass(true, at(10), grace), "still within the grace");
+        assert!(c.pass(true, at(11), grace), "the grace is over: the conflict goes through");
+        assert!(c.pass(true, at(12), grace), "and the next ones too");
+        assert!(c.pass(false, at(13), grace), "a success ends the run");
+        assert!(!c.pass(true, at(14), grace), "a new run of conflicts is held back again");
     }
 }
