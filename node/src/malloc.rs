@@ -19,7 +19,9 @@ const TRIM_INTERVAL: Duration = Duration::from_millis(250);
 /// default of 8 × cores, MB-sized buffers freed on many blocking threads stay mapped in
 /// per-thread arenas: measured with 1 MiB values, peak RSS ~330 MiB with the default versus
 /// ~215 MiB with two arenas, at the same throughput. Call before any other thread exists.
+/// Elsewhere than on glibc: nothing.
 pub fn limit_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         #[allow(unsafe_code)]
         // SAFETY: mallopt only changes allocator tuning; it is called once, before any other
@@ -32,8 +34,15 @@ pub fn limit_arenas() {
 
 /// Starts a thread that returns the arenas' free pages to the kernel every
 /// [`TRIM_INTERVAL`] (`malloc_trim`, which also releases free chunks below the top of a heap,
-/// not only its top). A failure to start the thread leaves memory as glibc manages it.
+/// not only its top). A failure to start the thread leaves memory as glibc manages it. Other
+/// C libraries than glibc: nothing (both functions are glibc's).
 pub fn spawn_trimmer() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    spawn_glibc_trimmer();
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn spawn_glibc_trimmer() {
     let started = std::thread::Builder::new().name("malloc-trim".into()).spawn(|| {
         loop {
             std::thread::sleep(TRIM_INTERVAL);

@@ -56,7 +56,9 @@ async fn a_wiped_member_whose_members_file_lags_refuses_to_rejoin_under_its_old_
 /// the entries it acknowledged. The node's transport holds a heartbeat conflict back for a
 /// grace period (so that a busy stream meets the conflict itself and openraft's purge guard stays
 /// coherent, `raft::network::HeartbeatConflicts`), then lets it through: the member still
-/// catches up without a write.
+/// catches up without a write. This covers the idle path only; the race with a busy stream (the
+/// openraft bug the hold-back avoids) needs a snapshot and a purge to coincide with the restart,
+/// which `stress-large`'s restore phase exercises.
 #[tokio::test]
 async fn a_wiped_member_rejoins_an_idle_group_through_the_heartbeat_conflict() -> Result<()> {
     let mut c = Cluster::start(Path::new(BIN), 3, &[]).await?;
@@ -78,10 +80,8 @@ async fn a_wiped_member_rejoins_an_idle_group_through_the_heartbeat_conflict() -
     // No write from here on.
     let digest = c.wait_converged(&[1, 2, 3], Duration::from_secs(60)).await?;
     assert!(digest["records"].as_u64() >= Some(5), "{digest}");
-    // The conflicts were held back (openraft logs them as failed heartbeats) before one went
-    // through.
-    let log = c.log(leader)?;
-    assert!(log.contains("heartbeat conflict held back"), "{log}");
-    assert!(log.contains("follower log is reverted"), "{log}");
+    // The conflicts were held back before one went through.
+    assert!(c.logged(leader, "heartbeat conflict held back")?, "{}", c.log(leader)?);
+    assert!(c.log(leader)?.contains("follower log is reverted"), "{}", c.log(leader)?);
     Ok(())
 }

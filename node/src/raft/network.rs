@@ -97,21 +97,38 @@ pub struct PeerClient {
 /// answers conflicts after that, the stream is idle (the peer had every entry, and nothing was
 /// written since), no purge can be pending below its matched index, and the conflict goes
 /// through so that an idle group still notices the lost entries.
+///
+/// A held-back conflict is reported to openraft as a successful heartbeat: openraft counts a
+/// conflicting heartbeat as an acknowledgement of the leader too (the peer answered in this
+/// term), and an error would let the leader lease lapse while the peer rejoins. A heartbeat's
+/// success moves no replication progress. The workaround can go once openraft clears the
+/// replication session together with the progress (filed upstream: not yet).
 #[derive(Debug, Default)]
 struct HeartbeatConflicts {
-    since: Option<Instant>,
+    /// First and latest conflict of the current run.
+    run: Option<(Instant, Instant)>,
 }
 
 impl HeartbeatConflicts {
-    /// Whether this heartbeat answer may reach openraft, `grace` after the first conflict of a
-    /// run of them; any other answer ends the run.
+    /// Whether this heartbeat conflict may reach openraft: `grace` after the first conflict of
+    /// a run. A run ends with any other answer, or when no conflict came for `grace` (the peer
+    /// was unreachable meanwhile, e.g. restarting again, so its stream may be busy once more).
     fn pass(&mut self, conflict: bool, now: Instant, grace: Duration) -> bool {
         if !conflict {
-            self.since = None;
+            self.run = None;
             return true;
         }
-        let since = *self.since.get_or_insert(now);
-        now.duration_since(since) >= grace
+        let first = match self.run {
+            Some((first, last)) if now.duration_since(last) <= grace => first,
+            _ => now,
+        };
+        self.run = Some((first, now));
+        now.duration_since(first) >= grace
+    }
+
+    /// Whether the conflict just recorded started a run.
+    fn run_started(&self) -> bool {
+        matches!(self.run, Some((first, last)) if first == last)
     }
 }
 
@@ -290,13 +307,11 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             let conflict = matches!(resp, AppendEntriesResponse::Conflict);
             let grace = self.timeouts.heartbeat_conflict_grace();
             if !self.conflicts.pass(conflict, Instant::now(), grace) {
-                let prev = rpc.prev_log_id.map(|l| l.index);
-                tracing::debug!(peer = self.target, ?prev, "heartbeat conflict held back for the replication stream");
-                return Err(CallError::Transport(format!(
-                    "node {} does not hold the entry at {prev:?} (heartbeat conflict held back for {grace:?})",
-                    self.target
-                ))
-                .into_rpc());
+                if self.conflicts.run_started() {
+                    let prev = rpc.prev_log_id.map(|l| l.index);
+                    tracing::info!(peer = self.target, ?prev, ?grace, "heartbeat conflict held back");
+                }
+                return Ok(AppendEntriesResponse::Success);
             }
         }
         Ok(resp)
@@ -451,5 +466,21 @@ mod tests {
         assert!(c.pass(true, at(12), grace), "and the next ones too");
         assert!(c.pass(false, at(13), grace), "a success ends the run");
         assert!(!c.pass(true, at(14), grace), "a new run of conflicts is held back again");
+        assert!(c.run_started(), "and says so once");
+        assert!(!c.pass(true, at(15), grace), "held back");
+        assert!(!c.run_started());
+    }
+
+    #[test]
+    fn a_conflict_after_a_silence_longer_than_the_grace_starts_a_new_run() {
+        let grace = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut c = HeartbeatConflicts::default();
+        assert!(!c.pass(true, at(0), grace), "held back");
+        // The peer is unreachable from 1 s to 30 s (failed calls do not reach `pass`).
+        assert!(!c.pass(true, at(30), grace), "a fresh run: its stream may be busy again");
+        assert!(!c.pass(true, at(39), grace));
+        assert!(c.pass(true, at(40), grace), "the new run's grace is over");
     }
 }
