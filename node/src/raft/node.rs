@@ -27,7 +27,7 @@ use super::rpc_server;
 use super::settings::RaftSettings;
 use super::snapshot::{self, SnapshotStore};
 use super::state_machine::StateMachine;
-use super::status::{self, ClusterStatus};
+use super::status::{self, ClusterStatus, known_leader};
 use super::types::{NodeId, Raft};
 use crate::changes::ChangeFeed;
 use crate::cluster_token::ClusterToken;
@@ -63,6 +63,8 @@ pub struct RaftNode {
     snapshot_timeout: Duration,
     request_timeout: Duration,
     election_min: Duration,
+    /// How long a leader counts itself leader after its last quorum acknowledgement.
+    leader_lease: Duration,
 }
 
 impl RaftNode {
@@ -125,6 +127,7 @@ impl RaftNode {
             snapshot_timeout: ms(t.snapshot_timeout_ms),
             request_timeout: ms(t.request_timeout_ms),
             election_min: ms(t.election_min_ms),
+            leader_lease: ms(t.election_max_ms),
         }))
     }
 
@@ -261,7 +264,7 @@ impl RaftNode {
         };
         let m = self.raft.metrics();
         let m = m.borrow_watched();
-        status::from_metrics(self.id, &m, local)
+        status::from_metrics(self.id, &m, self.leader_lease, local)
     }
 
     /// Builds a snapshot now and waits until it covers what was applied when asked. A
@@ -303,7 +306,8 @@ impl RaftNode {
         m.current_leader.ok_or(RaftNodeError::NoLeader)
     }
 
-    /// Whether the node is ready to serve: a leader is known and this node has applied what it
+    /// Whether the node is ready to serve: a leader is known (a leader counts itself only
+    /// within its quorum lease, see [`known_leader`]) and this node has applied what it
     /// knows to be committed, give or take [`READY_APPLY_LAG`] entries. Exact equality failed
     /// about 7 % of kubelet probes under a steady write load (apply trails commit by an entry
     /// for a moment), which took healthy members out of the Service and the disruption budget.
@@ -312,7 +316,7 @@ impl RaftNode {
         let m = m.borrow_watched();
         let applied = m.last_applied.as_ref().map_or(0, |l| l.index);
         let committed = m.local_committed.as_ref().map_or(0, |l| l.index);
-        m.current_leader.is_some() && committed.saturating_sub(applied) <= READY_APPLY_LAG
+        known_leader(&m, self.leader_lease).is_some() && committed.saturating_sub(applied) <= READY_APPLY_LAG
     }
 
     /// Stops Raft (pending applies finish first), stops the log syncer after its last fsync,

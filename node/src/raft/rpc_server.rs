@@ -71,7 +71,7 @@ async fn member_progress(State(s): State<RpcState>, Path(id): Path<u64>) -> Resp
     let (leader, matched) = {
         let m = s.raft.metrics();
         let m = m.borrow_watched();
-        let leader = m.current_leader == Some(m.id);
+        let leader = m.state == openraft::ServerState::Leader;
         let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index);
         (leader, matched)
     };

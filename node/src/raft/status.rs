@@ -1,6 +1,7 @@
 //! A node's view of the cluster, as `/api/v1/cluster`, `/health/ready` and the metrics show it.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -67,8 +68,29 @@ pub(super) struct LocalFigures {
     pub snapshots: SnapshotStatsView,
 }
 
+/// The leader this node knows of, where a leader names itself only while a quorum has
+/// acknowledged it within `lease` (etcd's CheckQuorum, as a report). openraft restores a
+/// restarted former leader as leader from its persisted vote, and a leader cut off from its
+/// followers stays one: both reported themselves leader and ready for as long as they lasted,
+/// and a client that believed it waited out a request timeout or got 503 "no leader".
+pub(crate) fn known_leader(m: &openraft::RaftMetrics<TypeConfig>, lease: Duration) -> Option<NodeId> {
+    use openraft::Instant as _;
+    let leader = m.current_leader?;
+    if leader != m.id {
+        return Some(leader);
+    }
+    let alone = m.membership_config.membership().voter_ids().all(|id| id == m.id);
+    let acked = m.last_quorum_acked.as_ref().is_some_and(|at| at.elapsed() <= lease);
+    (m.state == openraft::ServerState::Leader && (alone || acked)).then_some(leader)
+}
+
 /// Builds the status of node `me` from openraft's metrics.
-pub(super) fn from_metrics(me: NodeId, m: &openraft::RaftMetrics<TypeConfig>, local: LocalFigures) -> ClusterStatus {
+pub(super) fn from_metrics(
+    me: NodeId,
+    m: &openraft::RaftMetrics<TypeConfig>,
+    lease: Duration,
+    local: LocalFigures,
+) -> ClusterStatus {
     use openraft::Instant as _;
     use openraft::ServerState;
 
@@ -95,11 +117,12 @@ pub(super) fn from_metrics(me: NodeId, m: &openraft::RaftMetrics<TypeConfig>, lo
         ServerState::Learner => "learner",
         ServerState::Shutdown => "shutdown",
     };
-    let leader_addr = m.current_leader.and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()));
+    let leader = known_leader(m, lease);
+    let leader_addr = leader.and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()));
     ClusterStatus {
         node_id: me,
         role: role.to_string(),
-        leader_id: m.current_leader,
+        leader_id: leader,
         leader_addr,
         term: m.current_term,
         last_log_index: m.last_log_index,
