@@ -142,6 +142,11 @@ settings_table!(node_config_type {
     /// Time a connection has to complete its TLS handshake, ms. [default: 10000]
     #[arg(long, env = "CONFMAN_TLS_HANDSHAKE_TIMEOUT_MS")]
     tls_handshake_timeout_ms: Option<u64>,
+    /// Bytes of client write bodies held at once, from reading the body until Raft answers
+    /// the write; a write that does not fit waits (its body unread) and gets 503 after half the
+    /// request timeout. A body larger than the budget runs alone. [default: 16777216]
+    #[arg(long, env = "CONFMAN_WRITE_BUDGET_BYTES")]
+    write_budget_bytes: Option<u64>,
 });
 
 #[cfg(test)]

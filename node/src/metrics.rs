@@ -68,8 +68,8 @@ impl Metrics {
         }
     }
 
-    /// Renders every metric, with Raft gauges from `status`.
-    pub fn render(&self, status: &ClusterStatus) -> String {
+    /// Renders every metric, with Raft gauges from `status` and the write budget's figures.
+    pub fn render(&self, status: &ClusterStatus, write_budget: &crate::api::write_budget::WriteBudget) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# HELP confman_http_requests_total HTTP requests by route, method and status.");
         let _ = writeln!(out, "# TYPE confman_http_requests_total counter");
@@ -136,6 +136,18 @@ impl Metrics {
             "confman_raft_members",
             "Members in the effective membership.",
             Some(status.members.len() as u64),
+        );
+        gauge(
+            &mut out,
+            "confman_write_budget_bytes",
+            "Bytes of client write bodies this node holds at once (write-budget-bytes).",
+            Some(write_budget.capacity()),
+        );
+        gauge(
+            &mut out,
+            "confman_write_budget_in_use_bytes",
+            "Bytes of the write budget reserved by writes being read or proposed now.",
+            Some(write_budget.in_use()),
         );
         let _ = writeln!(out, "# HELP confman_watch_storage_reads_total Storage reads made by watch streams.");
         let _ = writeln!(out, "# TYPE confman_watch_storage_reads_total counter");

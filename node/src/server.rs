@@ -221,6 +221,12 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
         metrics: Arc::new(Metrics::default()),
         forward_client,
         shutdown: shutdown_rx,
+        // Half the request timeout to wait for room leaves the other half for the write.
+        write_budget: api::write_budget::WriteBudget::new(
+            settings.write_budget_bytes,
+            Duration::from_millis(settings.tuning.request_timeout_ms / 2),
+            Duration::from_millis(settings.tuning.request_timeout_ms),
+        ),
     });
     let router = api::router(ctx);
     tracing::info!(node_id = settings.node_id, %local_addr, advertise = %settings.advertise, "confman node listening");

@@ -401,37 +401,199 @@ async fn a_leader_shutting_down_hands_over_to_a_live_voter() -> Result<()> {
     Ok(())
 }
 
-/// openraft restores a restarted former leader as leader from its persisted vote, and it stays
-/// one without a quorum: alone, it reported itself leader and ready for as long as it ran
-/// (and its clients waited out request timeouts). It now counts itself leader only within a
-/// quorum lease, and does again once its followers answer.
+/// openraft takes the leader from the persisted vote: a former leader restarted alone is
+/// restored as leader and stays one without a quorum, and a follower restarted alone keeps
+/// naming its old leader; both reported a leader and readiness for as long as they ran (and
+/// their clients waited out request timeouts). A leader now names itself only within a quorum
+/// lease, a follower its leader only while it hears from it, and both do again once the
+/// others are back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_former_leader_without_a_quorum_does_not_report_itself_leader() -> Result<()> {
+async fn members_restarted_without_a_quorum_do_not_report_a_leader() -> Result<()> {
     let all = [1, 2, 3];
     let mut c = Cluster::start(Path::new(BIN), 3, &[]).await?;
     let leader = c.wait_leader(&all, &all).await?;
+    let follower = all.into_iter().find(|id| *id != leader).ok_or("no follower")?;
     c.create_namespace(leader, "vote").await?;
     for id in all {
         c.kill(id)?;
     }
     c.spawn(leader)?;
-    // Sampled from its first answer for two election timeouts (the harness runs 400–800 ms).
+    // Sampled from its first answer for two election timeouts (the harness runs 400–800 ms):
+    // it holds the leader role all along (openraft restored it) without naming itself.
     let ready_url = format!("{}/health/ready", c.url(leader)?);
     let mut watched_since = None;
     while watched_since.is_none_or(|t: std::time::Instant| t.elapsed() < Duration::from_millis(1600)) {
         if let Ok(info) = c.cluster_info(leader).await {
             watched_since.get_or_insert_with(std::time::Instant::now);
+            assert_eq!(info["role"], "leader", "{info}");
             assert_eq!(info["leaderId"], serde_json::Value::Null, "{info}");
             let ready = reqwest::get(&ready_url).await?.status();
             assert_ne!(ready, StatusCode::OK, "ready without a quorum: {info}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for id in all.into_iter().filter(|id| *id != leader) {
+    // A follower alone stops naming the old leader once it has not heard from it.
+    c.kill(leader)?;
+    c.spawn(follower)?;
+    wait_for_no_leader(&c, follower).await?;
+    for id in all.into_iter().filter(|id| *id != follower) {
         c.spawn(id)?;
     }
     c.wait_leader(&all, &all).await?;
     c.wait_all_ready(&all).await?;
+    Ok(())
+}
+
+/// Waits (bounded) until node `id` names no leader and is not ready.
+async fn wait_for_no_leader(c: &Cluster, id: u64) -> Result<()> {
+    let ready_url = format!("{}/health/ready", c.url(id)?);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(info) = c.cluster_info(id).await
+            && info["leaderId"].is_null()
+            && reqwest::get(&ready_url).await?.status() == StatusCode::SERVICE_UNAVAILABLE
+        {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("node {id} kept naming a leader: {}", c.cluster_info(id).await?).into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A leader whose followers stop answering (paused here) stayed leader and ready for as long
+/// as they were gone. It now stops naming itself once its quorum lease runs out, and names
+/// itself again when they answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_followers_stops_reporting_itself_leader() -> Result<()> {
+    let all = [1, 2, 3];
+    let c = Cluster::start(Path::new(BIN), 3, &[]).await?;
+    let leader = c.wait_leader(&all, &all).await?;
+    let followers: Vec<u64> = all.into_iter().filter(|id| *id != leader).collect();
+    let signal = |id: u64, sig: &str| -> Result<()> {
+        let pid = c.pid(id).ok_or("not running")?;
+        let st = std::process::Command::new("kill").args([sig, &pid.to_string()]).status()?;
+        if st.success() { Ok(()) } else { Err(format!("kill {sig} {pid}").into()) }
+    };
+    for id in &followers {
+        signal(*id, "-STOP")?;
+    }
+    let cut_off = wait_for_no_leader(&c, leader).await;
+    let role = c.cluster_info(leader).await?["role"].clone();
+    for id in &followers {
+        signal(*id, "-CONT")?;
+    }
+    cut_off?;
+    assert_eq!(role, "leader", "openraft keeps the role; only the report changes");
+    c.wait_leader(&all, &all).await?;
+    c.wait_all_ready(&all).await?;
+    Ok(())
+}
+
+/// Polls a `/metrics` figure of node `id` until it equals `want` (bounded).
+async fn wait_for_figure(c: &Cluster, id: u64, name: &str, want: u64) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = counter(c, id, name).await?;
+        if now == want {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{name} stayed at {now}, expected {want}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads a raw response's status line (bounded).
+async fn status_line(stream: &mut tokio::net::TcpStream) -> Result<String> {
+    use tokio::io::AsyncReadExt;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !data.windows(2).any(|w| w == b"\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await??;
+        if n == 0 {
+            return Err("connection closed before the status line".into());
+        }
+        data.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&data);
+    Ok(text.lines().next().unwrap_or_default().to_string())
+}
+
+/// Eight clients writing 4 MiB values had all eight bodies (and their copies on the way to the
+/// log and the followers) in the leader's memory at once: memory followed the client count.
+/// A write now reserves its body's size in a byte budget (`write-budget-bytes`) before the body
+/// is read: a write that does not fit waits unread and gets 503 when no room comes in time,
+/// and a body that stops arriving gets 408 and gives its room back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_beyond_the_write_budget_wait_unread_and_a_stalled_body_gives_its_room_back() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    const BUDGET: u64 = 1 << 20;
+    const IN_USE: &str = "confman_write_budget_in_use_bytes";
+    let c =
+        Cluster::start(Path::new(BIN), 1, &["--write-budget-bytes", "1048576", "--request-timeout-ms", "2000"]).await?;
+    c.create_namespace(1, "wb").await?;
+    let addr = c.nodes.get(&1).ok_or("node 1")?.addr.clone();
+    let head = |key: &str| {
+        format!(
+            "PUT /api/v1/namespaces/wb/config/{key} HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/octet-stream\r\nContent-Length: {BUDGET}\r\n\r\n",
+            c.keys.editor
+        )
+    };
+    let mut big = tokio::net::TcpStream::connect(&addr).await?;
+    big.write_all(head("big").as_bytes()).await?;
+    big.write_all(&[1u8; 1000]).await?;
+    wait_for_figure(&c, 1, IN_USE, BUDGET).await?;
+
+    // The big body keeps arriving, slowly, while a small write asks for room.
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let trickle = tokio::spawn(async move {
+        let mut sent = 1000u64;
+        loop {
+            tokio::select! {
+                _ = &mut stop_rx => return Ok::<_, std::io::Error>((big, sent)),
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    big.write_all(&[1u8; 10]).await?;
+                    sent += 10;
+                }
+            }
+        }
+    });
+    let resp = c
+        .request(1, Method::PUT, "/api/v1/namespaces/wb/config/small")?
+        .bearer_auth(&c.keys.editor)
+        .header("content-type", "application/octet-stream")
+        // A large body, refused unread: the client still gets the 503 (not a reset).
+        .body(vec![b'x'; 16 * 1024 * 1024])
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.headers().contains_key("retry-after"));
+    let problem: serde_json::Value = resp.json().await?;
+    assert_eq!(problem["type"].as_str().map(|t| t.ends_with("/write-budget-exhausted")), Some(true), "{problem}");
+    assert_eq!(c.get(1, "wb", "small", false).await?, None, "a refused write changed nothing");
+
+    // The big body completes and its write succeeds.
+    let _ = stop_tx.send(());
+    let (mut big, sent) = trickle.await??;
+    big.write_all(&vec![2u8; (BUDGET - sent) as usize]).await?;
+    let line = status_line(&mut big).await?;
+    assert!(line.starts_with("HTTP/1.1 201"), "{line}");
+    wait_for_figure(&c, 1, IN_USE, 0).await?;
+
+    // A body that stops arriving is given up with 408 and frees its room.
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await?;
+    stalled.write_all(head("stalled").as_bytes()).await?;
+    stalled.write_all(&[3u8; 1000]).await?;
+    let line = status_line(&mut stalled).await?;
+    assert!(line.starts_with("HTTP/1.1 408"), "{line}");
+    wait_for_figure(&c, 1, IN_USE, 0).await?;
+    let (st, body) = c.put_text(1, "wb", "small", "v").await?;
+    assert_eq!(st, StatusCode::CREATED, "{body}");
+    assert_eq!(c.get(1, "wb", "stalled", false).await?, None);
     Ok(())
 }
 

@@ -118,7 +118,9 @@ pub async fn observe(
         });
         statuses.extend(status);
     }
-    let raft = statuses.iter().find(|s| s.role == "leader").map(|s| RaftView {
+    // The leader is the node that names itself: a leader outside its quorum lease keeps the
+    // role but no longer names itself, and its view may be stale.
+    let raft = statuses.iter().find(|s| s.leader_id == Some(s.node_id)).map(|s| RaftView {
         leader: Some(s.node_id),
         members: s.members.iter().map(|m| (m.id, m.role == "voter")).collect(),
         commit_index: s.commit_index.unwrap_or(0),

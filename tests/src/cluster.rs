@@ -145,6 +145,14 @@ pub const TEST_TIMING: &[&str] = &[
     "10000",
 ];
 
+/// [`TEST_TIMING`] without the flags `extra_args` sets, then `extra_args`.
+fn with_test_timing<'a>(extra_args: &[&'a str]) -> Vec<&'a str> {
+    let mut args: Vec<&str> =
+        TEST_TIMING.chunks(2).filter(|pair| !extra_args.contains(&pair[0])).flatten().copied().collect();
+    args.extend_from_slice(extra_args);
+    args
+}
+
 /// One node process.
 pub struct NodeProc {
     /// Raft id.
@@ -204,11 +212,10 @@ pub fn free_ports(ip: std::net::Ipv4Addr, n: usize) -> Result<Vec<u16>> {
 }
 
 impl Cluster {
-    /// Starts `n` nodes (ids 1..=n) with the test timing plus `extra_args`.
+    /// Starts `n` nodes (ids 1..=n) with the test timing plus `extra_args` (a flag given in
+    /// `extra_args` replaces the test timing's value: the node accepts a flag once).
     pub async fn start(binary: &Path, n: u64, extra_args: &[&str]) -> Result<Cluster> {
-        let mut args: Vec<&str> = TEST_TIMING.to_vec();
-        args.extend_from_slice(extra_args);
-        Self::start_with(binary, n, &args).await
+        Self::start_with(binary, n, &with_test_timing(extra_args)).await
     }
 
     /// Starts `n` nodes (ids 1..=n) with exactly `extra_args` (node defaults otherwise).
@@ -219,9 +226,7 @@ impl Cluster {
     /// Like `start`, with every node serving TLS (a test CA generated for this cluster; the
     /// certificate names `localhost` and `127.0.0.1`; peers and the harness trust the CA).
     pub async fn start_tls(binary: &Path, n: u64, extra_args: &[&str]) -> Result<Cluster> {
-        let mut args: Vec<&str> = TEST_TIMING.to_vec();
-        args.extend_from_slice(extra_args);
-        Self::start_opts(binary, n, &args, true, &[]).await
+        Self::start_opts(binary, n, &with_test_timing(extra_args), true, &[]).await
     }
 
     /// Like `start_with`, with environment variables for every node (e.g. a benchmark's
@@ -409,6 +414,19 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Nodes whose process exited on its own (not through `kill`/`terminate`), with how.
+    pub fn exited(&mut self) -> Result<Vec<(u64, ExitStatus)>> {
+        let mut out = Vec::new();
+        for (id, node) in self.nodes.iter_mut() {
+            if let Some(child) = node.child.as_mut()
+                && let Some(st) = child.try_wait()?
+            {
+                out.push((*id, st));
+            }
+        }
+        Ok(out)
     }
 
     /// Process ids of the running nodes.

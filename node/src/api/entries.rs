@@ -15,22 +15,30 @@ use serde::{Deserialize, Serialize};
 
 use super::namespaces::parse_limit;
 use super::problem::Problem;
-use super::{AppContext, Ctx, HEADER_REVISION, HEADER_VERSION, Q};
+use super::{AppContext, Ctx, HEADER_REVISION, HEADER_VERSION, Q, write_budget};
 use crate::auth::Role;
 use crate::command::{Command, CommandOutcome, Operation, Precondition};
 use crate::model::{format_time_ms, now_ms, validate_key, validate_namespace};
 use crate::store::state::EntryMeta;
 use crate::store::{request_blocking, state};
 
-/// Reads the whole request body, refusing more than the configured body limit with 413.
-pub async fn read_body(ctx: &AppContext, headers: &HeaderMap, body: Body) -> Result<Bytes, Problem> {
+/// Reads the whole request body inside the node's write budget (`write_budget`), refusing more
+/// than the configured body limit with 413. Keep the reservation until the write is answered.
+pub async fn read_body(
+    ctx: &AppContext,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Bytes, write_budget::Reservation), Problem> {
     let limit = ctx.tuning.body_limit_bytes;
-    let declared =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(headers);
     if declared.is_some_and(|n| n > limit) {
         return Err(Problem::too_large("request body", limit));
     }
-    axum::body::to_bytes(body, limit as usize).await.map_err(|_| Problem::too_large("request body", limit))
+    ctx.write_budget.read(body, declared, limit, || Problem::too_large("request body", limit)).await
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
 }
 
 fn content_type(headers: &HeaderMap) -> Option<String> {
@@ -42,15 +50,25 @@ fn is_json(ct: &str) -> bool {
     essence == "application/json" || essence.ends_with("+json")
 }
 
-/// Reads a JSON body (`Content-Type: application/json`, unknown fields refused). An empty
-/// body gives `None` when `allow_empty`.
+/// The most a JSON body of the namespace and cluster endpoints may carry. They are read
+/// outside the write budget so that administration (the operator's membership calls among
+/// them) never queues behind large values; this cap bounds them instead.
+pub const JSON_BODY_LIMIT: u64 = 1024 * 1024;
+
+/// Reads a JSON body (`Content-Type: application/json`, unknown fields refused) of at most
+/// [`JSON_BODY_LIMIT`]. An empty body gives `None` when `allow_empty`.
 pub async fn read_json_body<T: DeserializeOwned>(
     ctx: &AppContext,
     headers: &HeaderMap,
     body: Body,
     allow_empty: bool,
 ) -> Result<Option<T>, Problem> {
-    let bytes = read_body(ctx, headers, body).await?;
+    let limit = JSON_BODY_LIMIT.min(ctx.tuning.body_limit_bytes);
+    if declared_length(headers).is_some_and(|n| n > limit) {
+        return Err(Problem::too_large("request body", limit));
+    }
+    let bytes =
+        axum::body::to_bytes(body, limit as usize).await.map_err(|_| Problem::too_large("request body", limit))?;
     if bytes.is_empty() && allow_empty {
         return Ok(None);
     }
@@ -378,7 +396,7 @@ pub async fn put(
     check_names(&ns, &key)?;
     let pre = precondition(&headers)?;
     let idem = idempotency_key(&headers)?;
-    let bytes = read_body(&ctx, &headers, body).await?;
+    let (bytes, reservation) = read_body(&ctx, &headers, body).await?;
     let (value, content_type) = decode_value(&headers, bytes)?;
     let max = ctx.tuning.max_value_bytes;
     if value.len() as u64 > max {
@@ -392,7 +410,8 @@ pub async fn put(
             idem,
         ),
     };
-    let (outcome, replayed) = unwrap_replay(ctx.node.write(cmd).await?.0)?;
+    let waited = reservation.waited();
+    let (outcome, replayed) = unwrap_replay(ctx.node.write_holding(cmd, reservation, waited).await?.0)?;
     let result = match outcome {
         CommandOutcome::EntryWritten { created, version, revision } => {
             let status = if created { StatusCode::CREATED } else { StatusCode::OK };

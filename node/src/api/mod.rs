@@ -11,6 +11,7 @@ pub mod health;
 pub mod namespaces;
 pub mod problem;
 pub mod watch;
+pub mod write_budget;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -49,6 +50,8 @@ pub struct AppContext {
     pub forward_client: reqwest::Client,
     /// Becomes true when the node shuts down (ends long-lived watch streams).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Bytes of client write bodies this node holds at once.
+    pub write_budget: write_budget::WriteBudget,
 }
 
 /// How handlers receive the `AppContext` (axum state).

@@ -75,6 +75,22 @@ fn listener_limits(o: &NodeConfig) -> Result<Limits, ConfigError> {
     })
 }
 
+/// `write-budget-bytes`, the default where unset.
+fn write_budget(v: Option<u64>) -> Result<u64, ConfigError> {
+    use crate::api::write_budget::{DEFAULT_WRITE_BUDGET_BYTES, MAX_WRITE_BUDGET_BYTES, MIN_WRITE_BUDGET_BYTES};
+    let invalid = |reason: String| ConfigError::Invalid { setting: "write-budget-bytes", reason };
+    match v {
+        None => Ok(DEFAULT_WRITE_BUDGET_BYTES),
+        Some(n) if n < MIN_WRITE_BUDGET_BYTES => {
+            Err(invalid(format!("{n} is below the minimum of {MIN_WRITE_BUDGET_BYTES} (1 MiB)")))
+        }
+        Some(n) if n > MAX_WRITE_BUDGET_BYTES => {
+            Err(invalid(format!("{n} is above the maximum of {MAX_WRITE_BUDGET_BYTES} (1 GiB)")))
+        }
+        Some(n) => Ok(n),
+    }
+}
+
 /// Fills node id, peers and join from a membership file: the id is the pod's entry; a pod that is
 /// one of the bootstrap peers bootstraps with them, any other waits to be added. Explicit
 /// --node-id/--peers/--join win. Also returns whether the node id was admitted (has held a place
@@ -213,6 +229,7 @@ impl Settings {
                 reason: format!("{history_depth} is above the maximum of {}", crate::api::cluster::MAX_HISTORY_DEPTH),
             });
         }
+        let write_budget_bytes = write_budget(o.write_budget_bytes)?;
         Ok(Settings {
             node_id,
             listen,
@@ -233,6 +250,7 @@ impl Settings {
             tls_ca_file: o.tls_ca_file,
             tls_reload: Duration::from_millis(tls_reload_ms),
             limits,
+            write_budget_bytes,
             was_member,
         })
     }
@@ -380,6 +398,22 @@ mod tests {
             let err = settings(o).err().ok_or("expected an error")?;
             assert!(matches!(err, ConfigError::Invalid { setting: s, .. } if s == setting), "{err}");
             assert!(err.to_string().contains(setting), "{err}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_write_budget_defaults_and_is_checked_by_name() -> Result<(), Box<dyn std::error::Error>> {
+        use crate::api::write_budget::DEFAULT_WRITE_BUDGET_BYTES;
+        assert_eq!(settings(NodeConfig::default())?.write_budget_bytes, DEFAULT_WRITE_BUDGET_BYTES);
+        let s = Settings::resolve(parse(&["--write-budget-bytes", "67108864"]))?;
+        assert_eq!(s.write_budget_bytes, 64 << 20);
+        for n in [1000, 2 << 30] {
+            let err = settings(NodeConfig { write_budget_bytes: Some(n), ..Default::default() })
+                .err()
+                .ok_or("expected an error")?;
+            assert!(matches!(err, ConfigError::Invalid { setting: "write-budget-bytes", .. }), "{err}");
+            assert!(err.to_string().contains("write-budget-bytes"), "{err}");
         }
         Ok(())
     }

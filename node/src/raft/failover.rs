@@ -29,7 +29,8 @@ impl LeaderContact {
         self.last_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    fn since(&self) -> Duration {
+    /// Time since the last contact (since the start before the first).
+    pub(super) fn since(&self) -> Duration {
         self.started.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
     }
 }

@@ -261,6 +261,7 @@ impl RaftNode {
             log_bytes_since_snapshot: self.log_bytes.current(),
             leader_changes: self.leader_changes.load(Ordering::Relaxed),
             snapshots: self.snapshots.stats().view(),
+            since_leader_contact: self.contact.since(),
         };
         let m = self.raft.metrics();
         let m = m.borrow_watched();
@@ -316,7 +317,8 @@ impl RaftNode {
         let m = m.borrow_watched();
         let applied = m.last_applied.as_ref().map_or(0, |l| l.index);
         let committed = m.local_committed.as_ref().map_or(0, |l| l.index);
-        known_leader(&m, self.leader_lease).is_some() && committed.saturating_sub(applied) <= READY_APPLY_LAG
+        known_leader(&m, self.leader_lease, self.contact.since()).is_some()
+            && committed.saturating_sub(applied) <= READY_APPLY_LAG
     }
 
     /// Stops Raft (pending applies finish first), stops the log syncer after its last fsync,

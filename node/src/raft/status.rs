@@ -66,18 +66,27 @@ pub(super) struct LocalFigures {
     pub log_bytes_since_snapshot: u64,
     pub leader_changes: u64,
     pub snapshots: SnapshotStatsView,
+    /// Time since this node last heard from a leader.
+    pub since_leader_contact: Duration,
 }
 
-/// The leader this node knows of, where a leader names itself only while a quorum has
-/// acknowledged it within `lease` (etcd's CheckQuorum, as a report). openraft restores a
-/// restarted former leader as leader from its persisted vote, and a leader cut off from its
-/// followers stays one: both reported themselves leader and ready for as long as they lasted,
-/// and a client that believed it waited out a request timeout or got 503 "no leader".
-pub(crate) fn known_leader(m: &openraft::RaftMetrics<TypeConfig>, lease: Duration) -> Option<NodeId> {
+/// The leader this node knows of: a leader names itself only while a quorum has acknowledged
+/// it within `lease` (etcd's CheckQuorum, as a report), and a follower names its leader only
+/// while it heard from it within two leases (`since_contact`; by then its watchdog has started
+/// a pre-vote, where etcd forgets its leader). openraft takes the leader from the persisted
+/// vote: a restarted former leader is restored as leader, a leader cut off from its followers
+/// stays one, and a follower keeps naming a leader it cannot reach; all of them reported a
+/// leader and readiness for as long as that lasted, and clients that believed it waited out
+/// request timeouts.
+pub(crate) fn known_leader(
+    m: &openraft::RaftMetrics<TypeConfig>,
+    lease: Duration,
+    since_contact: Duration,
+) -> Option<NodeId> {
     use openraft::Instant as _;
     let leader = m.current_leader?;
     if leader != m.id {
-        return Some(leader);
+        return (since_contact <= lease * 2).then_some(leader);
     }
     let alone = m.membership_config.membership().voter_ids().all(|id| id == m.id);
     let acked = m.last_quorum_acked.as_ref().is_some_and(|at| at.elapsed() <= lease);
@@ -117,7 +126,7 @@ pub(super) fn from_metrics(
         ServerState::Learner => "learner",
         ServerState::Shutdown => "shutdown",
     };
-    let leader = known_leader(m, lease);
+    let leader = known_leader(m, lease, local.since_leader_contact);
     let leader_addr = leader.and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()));
     ClusterStatus {
         node_id: me,

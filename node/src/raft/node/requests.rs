@@ -2,6 +2,7 @@
 //! read.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use openraft::ReadPolicy;
 use openraft::error::RaftError;
@@ -15,14 +16,34 @@ impl RaftNode {
     /// Proposes a command on this node, which must be the leader; returns the outcome and the
     /// revision (log index) it was applied at.
     pub async fn write(&self, cmd: Command) -> Result<(CommandOutcome, u64), RaftNodeError> {
+        self.write_holding(cmd, (), Duration::ZERO).await
+    }
+
+    /// Like [`RaftNode::write`], keeping `hold` (a reservation of the write budget) until Raft
+    /// has answered — past this call's timeout or a client that went away, since the command
+    /// stays in Raft's queue and log either way — and waiting only what is left of the request
+    /// timeout after `already_waited`.
+    pub async fn write_holding<H: Send + 'static>(
+        &self,
+        cmd: Command,
+        hold: H,
+        already_waited: Duration,
+    ) -> Result<(CommandOutcome, u64), RaftNodeError> {
         if !self.settings_recorded.load(Ordering::Acquire) {
             self.record_initial_settings().await?;
         }
-        let fut = self.raft.client_write(cmd);
-        match tokio::time::timeout(self.request_timeout, fut).await {
+        let raft = self.raft.clone();
+        let proposal = tokio::spawn(async move {
+            let answer = raft.client_write(cmd).await;
+            drop(hold);
+            answer
+        });
+        let timeout = self.request_timeout.saturating_sub(already_waited);
+        match tokio::time::timeout(timeout, proposal).await {
             Err(_) => Err(RaftNodeError::Timeout(self.request_timeout)),
-            Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
-            Ok(Err(e)) => Err(from_write_error(self.id, e)),
+            Ok(Err(join)) => Err(RaftNodeError::Stopped(format!("the proposal task ended: {join}"))),
+            Ok(Ok(Ok(resp))) => Ok((resp.data, resp.log_id.index)),
+            Ok(Ok(Err(e))) => Err(from_write_error(self.id, e)),
         }
     }
 
