@@ -5,8 +5,10 @@
 pub mod certs;
 pub mod cluster;
 pub mod etcd;
+pub mod faults;
 pub mod floors;
 pub mod kube;
+pub mod linearizability;
 pub mod stats;
 
 /// The `confman-node` binary a benchmark runs: `given`, or the one built next to the running
