@@ -2,7 +2,7 @@
 //! compare-and-sets from six clients (random member per operation) while one kind of fault
 //! repeats; every key's history must be linearizable (so no acknowledged write is lost and no
 //! read is stale), no node may exit on its own, and the members must converge afterwards.
-//! The long form is `fault-suite` (see README).
+//! Partitions run with each node in a network namespace of its own (root needed).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -20,7 +20,11 @@ const MAX_STEPS: u64 = 20_000_000;
 
 async fn survives(nemesis: Nemesis) -> Result<()> {
     let ids = [1, 2, 3];
-    let mut c = Cluster::start(Path::new(BIN), 3, &[]).await?;
+    let mut c = if nemesis.needs_isolation() {
+        Cluster::start_isolated(Path::new(BIN), 3, &[]).await?
+    } else {
+        Cluster::start(Path::new(BIN), 3, &[]).await?
+    };
     let leader = c.wait_leader(&ids, &ids).await?;
     c.create_namespace(leader, faults::NAMESPACE).await?;
     let urls: Vec<String> = ids.iter().map(|id| c.url(*id)).collect::<std::result::Result<_, _>>()?;
@@ -74,4 +78,19 @@ async fn a_paused_leader_serves_no_stale_read_and_loses_no_write() -> Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_follower_serves_no_stale_read_and_loses_no_write() -> Result<()> {
     survives(Nemesis::PauseFollower).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_followers_loses_no_write_and_serves_no_stale_read() -> Result<()> {
+    survives(Nemesis::PartitionLeader).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_loses_no_write_and_serves_no_stale_read() -> Result<()> {
+    survives(Nemesis::PartitionFollower).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_cut_off_from_each_other_lose_no_write_and_serve_no_stale_read() -> Result<()> {
+    survives(Nemesis::PartitionBridge).await
 }

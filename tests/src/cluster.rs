@@ -190,6 +190,9 @@ pub struct Cluster {
     /// The loopback address every node of this cluster listens on (its own, per cluster).
     pub ip: std::net::Ipv4Addr,
     windows: std::sync::Mutex<Windows>,
+    /// Each node in a network namespace of its own (`start_isolated`), so links can be cut.
+    /// Dropped after the nodes (fields drop after `Drop::drop`).
+    pub network: Option<crate::netns::Network>,
 }
 
 /// A loopback address of its own for one cluster: `127.x.y.z` chosen at random (not
@@ -220,19 +223,25 @@ impl Cluster {
 
     /// Starts `n` nodes (ids 1..=n) with exactly `extra_args` (node defaults otherwise).
     pub async fn start_with(binary: &Path, n: u64, extra_args: &[&str]) -> Result<Cluster> {
-        Self::start_opts(binary, n, extra_args, false, &[]).await
+        Self::start_opts(binary, n, extra_args, false, &[], false).await
+    }
+
+    /// Like `start`, with every node in a network namespace of its own on a private bridge
+    /// (`crate::netns`), so a test can partition them. Needs root.
+    pub async fn start_isolated(binary: &Path, n: u64, extra_args: &[&str]) -> Result<Cluster> {
+        Self::start_opts(binary, n, &with_test_timing(extra_args), false, &[], true).await
     }
 
     /// Like `start`, with every node serving TLS (a test CA generated for this cluster; the
     /// certificate names `localhost` and `127.0.0.1`; peers and the harness trust the CA).
     pub async fn start_tls(binary: &Path, n: u64, extra_args: &[&str]) -> Result<Cluster> {
-        Self::start_opts(binary, n, &with_test_timing(extra_args), true, &[]).await
+        Self::start_opts(binary, n, &with_test_timing(extra_args), true, &[], false).await
     }
 
     /// Like `start_with`, with environment variables for every node (e.g. a benchmark's
     /// baseline switch).
     pub async fn start_with_env(binary: &Path, n: u64, extra_args: &[&str], env: &[(&str, &str)]) -> Result<Cluster> {
-        Self::start_opts(binary, n, extra_args, false, env).await
+        Self::start_opts(binary, n, extra_args, false, env, false).await
     }
 
     async fn start_opts(
@@ -241,6 +250,7 @@ impl Cluster {
         extra_args: &[&str],
         tls: bool,
         env: &[(&str, &str)],
+        isolated: bool,
     ) -> Result<Cluster> {
         let tmp = tempfile::tempdir()?;
         let root = tmp.path().to_path_buf();
@@ -253,8 +263,14 @@ impl Cluster {
         let keys = TestKeys::generate();
         std::fs::write(root.join("keys.yaml"), keys.keys_file())?;
         std::fs::write(root.join("cluster.token"), &keys.token)?;
+        let network = if isolated { Some(crate::netns::Network::create(&(1..=n).collect::<Vec<_>>())?) } else { None };
         let ip = private_loopback();
-        let ports: BTreeMap<u64, u16> = (1..=n).zip(free_ports(ip, n as usize)?).collect();
+        // In namespaces of their own every node has the whole port range to itself.
+        let ports: BTreeMap<u64, u16> = match &network {
+            Some(_) => (1..=n).map(|id| (id, 7100)).collect(),
+            None => (1..=n).zip(free_ports(ip, n as usize)?).collect(),
+        };
+        let host = |id: u64| network.as_ref().map_or(ip, |net| net.ip(id));
         let mut extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let ip_name = ip.to_string();
         let certs = if tls {
@@ -270,7 +286,8 @@ impl Cluster {
             http = http.add_root_certificate(reqwest::Certificate::from_pem(c.ca_pem.as_bytes())?);
         }
         let scheme = if tls { "https" } else { "http" };
-        let peers = ports.iter().map(|(id, p)| format!("{id}={scheme}://{ip}:{p}")).collect::<Vec<_>>().join(",");
+        let peers =
+            ports.iter().map(|(id, p)| format!("{id}={scheme}://{}:{p}", host(*id))).collect::<Vec<_>>().join(",");
         let mut nodes = BTreeMap::new();
         for (id, port) in ports {
             let data_dir = root.join(format!("node{id}"));
@@ -278,8 +295,8 @@ impl Cluster {
                 id,
                 NodeProc {
                     id,
-                    url: format!("{scheme}://{ip}:{port}"),
-                    addr: format!("{ip}:{port}"),
+                    url: format!("{scheme}://{}:{port}", host(id)),
+                    addr: format!("{}:{port}", host(id)),
                     log_path: root.join(format!("node{id}.log")),
                     data_dir,
                     child: None,
@@ -300,6 +317,7 @@ impl Cluster {
             keys,
             ip,
             windows: std::sync::Mutex::new(Windows::default()),
+            network,
         };
         let ids: Vec<u64> = c.nodes.keys().copied().collect();
         for id in &ids {
@@ -345,7 +363,11 @@ impl Cluster {
         let node = self.nodes.get_mut(&id).ok_or_else(|| HarnessError::Unexpected(format!("no node {id}")))?;
         node.restarts += 1;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log_path)?;
-        let child = Command::new(&binary)
+        let mut command = match &self.network {
+            Some(net) => net.command(id, &binary)?,
+            None => Command::new(&binary),
+        };
+        let child = command
             .args(["--node-id", &id.to_string(), "--listen", &node.addr, "--advertise", &node.url])
             .arg("--data-dir")
             .arg(&node.data_dir)

@@ -281,6 +281,21 @@ pub enum Nemesis {
     PauseLeader,
     /// `SIGSTOP` of a follower; `SIGCONT` after a random delay.
     PauseFollower,
+    /// The leader cut off from both followers; healed after a random delay. Needs a cluster
+    /// from `Cluster::start_isolated`.
+    PartitionLeader,
+    /// One follower cut off from the other two.
+    PartitionFollower,
+    /// The two followers cut off from each other, the leader still linked to both: each
+    /// follower sees a different majority.
+    PartitionBridge,
+}
+
+impl Nemesis {
+    /// Whether it needs each node in a namespace of its own.
+    pub fn needs_isolation(self) -> bool {
+        matches!(self, Nemesis::PartitionLeader | Nemesis::PartitionFollower | Nemesis::PartitionBridge)
+    }
 }
 
 /// What a nemesis did.
@@ -318,10 +333,10 @@ pub async fn run_nemesis(c: &mut Cluster, nemesis: Nemesis, until: Instant) -> R
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(rand::rng().random_range(500..1500))).await;
         let Some(leader) = current_leader(c, &ids).await else { continue };
+        let followers: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
         let target = match nemesis {
-            Nemesis::KillLeader | Nemesis::PauseLeader => leader,
-            Nemesis::KillFollower | Nemesis::PauseFollower => {
-                let followers: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
+            Nemesis::KillLeader | Nemesis::PauseLeader | Nemesis::PartitionLeader | Nemesis::PartitionBridge => leader,
+            Nemesis::KillFollower | Nemesis::PauseFollower | Nemesis::PartitionFollower => {
                 followers[rand::rng().random_range(0..followers.len())]
             }
         };
@@ -344,6 +359,22 @@ pub async fn run_nemesis(c: &mut Cluster, nemesis: Nemesis, until: Instant) -> R
                 signal(pid, "-STOP")?;
                 tokio::time::sleep(hold).await;
                 signal(pid, "-CONT")?;
+            }
+            Nemesis::PartitionLeader | Nemesis::PartitionFollower | Nemesis::PartitionBridge => {
+                let net = c.network.as_ref().ok_or_else(|| {
+                    HarnessError::Unexpected(format!("{nemesis:?} needs a cluster from Cluster::start_isolated"))
+                })?;
+                let cuts: Vec<(u64, u64)> = match nemesis {
+                    Nemesis::PartitionBridge => vec![(followers[0], followers[1])],
+                    _ => ids.iter().filter(|id| **id != target).map(|id| (target, *id)).collect(),
+                };
+                let cut = cuts.iter().try_for_each(|(a, b)| net.cut(*a, *b));
+                if cut.is_ok() {
+                    tokio::time::sleep(hold).await;
+                }
+                // Healed on every path, a failed cut included.
+                net.heal()?;
+                cut?;
             }
         }
     }

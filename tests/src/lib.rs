@@ -9,6 +9,7 @@ pub mod faults;
 pub mod floors;
 pub mod kube;
 pub mod linearizability;
+pub mod netns;
 pub mod stats;
 
 /// The `confman-node` binary a benchmark runs: `given`, or the one built next to the running
