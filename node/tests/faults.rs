@@ -34,15 +34,15 @@ async fn survives(nemesis: Nemesis) -> Result<()> {
         duration: Duration::from_secs(8),
         request_timeout: Duration::from_secs(3),
         value_bytes: 64,
+        key_prefix: "k".into(),
     };
     let faults_until = Instant::now() + w.duration - Duration::from_secs(1);
-    let keys = w.keys;
     let load = tokio::spawn(faults::run_workload(urls.clone(), c.keys.editor.clone(), w));
     let fault_log = faults::run_nemesis(&mut c, nemesis, faults_until).await?;
     let mut recorded = load.await??;
     assert_eq!(c.exited()?, vec![], "a node exited on its own");
     c.wait_converged(&ids, Duration::from_secs(60)).await?;
-    faults::final_reads(&urls, &c.keys.editor, keys, &mut recorded).await?;
+    faults::final_reads(&urls, &c.keys.editor, &mut recorded).await?;
 
     eprintln!("{nemesis:?}: {} faults {:?}; outcomes {:?}", fault_log.faults, fault_log.events, recorded.outcomes);
     assert!(fault_log.faults >= 1, "no fault was injected");

@@ -27,6 +27,9 @@ pub struct Workload {
     pub clients: usize,
     /// Keys they share (each a register).
     pub keys: usize,
+    /// Names of the keys: the prefix and a number (a long run uses fresh keys per window, so
+    /// each window's histories are judged on their own).
+    pub key_prefix: String,
     /// How long they run.
     pub duration: Duration,
     /// Per-request timeout: a request without an answer by then has an unknown outcome.
@@ -98,7 +101,7 @@ pub async fn run_workload(urls: Vec<String>, editor_key: String, w: Workload) ->
         let (shared, http, w) = (shared.clone(), http.clone(), w.clone());
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
-                let key = format!("k{}", rand::rng().random_range(0..w.keys));
+                let key = format!("{}{}", w.key_prefix, rand::rng().random_range(0..w.keys));
                 one_operation(&shared, &http, client, &key, w.value_bytes).await;
             }
         }));
@@ -110,15 +113,15 @@ pub async fn run_workload(urls: Vec<String>, editor_key: String, w: Workload) ->
     Ok(recorded)
 }
 
-/// Reads every key once through each of `urls` (after the faults healed), adding the reads
-/// to `recorded`, so the final state of every key is judged too.
-pub async fn final_reads(urls: &[String], editor_key: &str, keys: usize, recorded: &mut Recorded) -> Result<()> {
+/// Reads every key of `recorded` once through each of `urls` (after the faults healed),
+/// adding the reads to it, so the final state of every key is judged too.
+pub async fn final_reads(urls: &[String], editor_key: &str, recorded: &mut Recorded) -> Result<()> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(HarnessError::Http)?;
     let clock = Clock(Instant::now());
     // Continue the history's clock: every final read comes after every recorded operation.
     let offset = recorded.keys.values().flatten().filter_map(|o| o.ret.or(Some(o.call))).max().unwrap_or(0) + 1;
-    for k in 0..keys {
-        let key = format!("k{k}");
+    let keys: Vec<String> = recorded.keys.keys().cloned().collect();
+    for key in keys {
         for url in urls {
             let call = offset + clock.now();
             let (out, _) = read(&http, url, editor_key, &key).await;

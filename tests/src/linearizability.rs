@@ -33,7 +33,7 @@ pub trait Model {
 }
 
 /// One operation as a client saw it. Times are from one monotonic clock, any unit.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Operation<I, O> {
     /// Which client issued it (for reports).
     pub client: usize,
@@ -255,7 +255,7 @@ pub fn describe<I: fmt::Debug, O: fmt::Debug>(history: &[Operation<I, O>], verdi
 pub type RegisterState = Option<(u64, u64)>;
 
 /// What a client does to a key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum RegisterInput {
     /// `GET` (linearizable).
     Read,
@@ -272,7 +272,7 @@ pub enum RegisterInput {
 }
 
 /// What the key answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum RegisterOutput {
     /// A read: the value and version, or absent.
     Read(RegisterState),

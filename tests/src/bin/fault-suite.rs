@@ -1,0 +1,171 @@
+#![allow(clippy::print_stdout)] // a command-line tool: its output is the report
+//! `fault-suite`: the long form of the fault suite. For each nemesis, a fresh 3-node cluster
+//! takes the recorded read/write/compare-and-set load for `--minutes` while the fault repeats;
+//! the load uses fresh keys every `--window-secs`, so each window's histories are judged on
+//! their own (a search over minutes of one key's history would not fit in memory). Prints a
+//! Markdown report (operations by outcome, faults, verdicts, node exits, time to converge);
+//! `--histories DIR` keeps every history as JSON.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use confman_tests::cluster::Cluster;
+use confman_tests::faults::{self, Nemesis, Recorded, Workload};
+use confman_tests::linearizability::{Register, Verdict, check, describe};
+
+#[derive(Debug, Parser)]
+#[command(about = "Long fault-suite runs against 3-node Confman clusters, judged by a linearizability checker")]
+struct Args {
+    /// Path of the confman-node binary (default: next to this binary).
+    #[arg(long)]
+    node_bin: Option<PathBuf>,
+    /// Minutes per nemesis.
+    #[arg(long, default_value_t = 10.0)]
+    minutes: f64,
+    /// Seconds per key window.
+    #[arg(long, default_value_t = 30)]
+    window_secs: u64,
+    /// Nemeses to run (default: all): kill-leader, kill-follower, pause-leader, pause-follower,
+    /// partition-leader, partition-follower, partition-bridge.
+    #[arg(long, value_delimiter = ',')]
+    nemesis: Vec<String>,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 6)]
+    clients: usize,
+    /// Keys per window.
+    #[arg(long, default_value_t = 3)]
+    keys: usize,
+    /// Size of every written value.
+    #[arg(long, default_value_t = 64)]
+    value_bytes: usize,
+    /// Write every window's histories here as JSON.
+    #[arg(long)]
+    histories: Option<PathBuf>,
+}
+
+const ALL: [(&str, Nemesis); 7] = [
+    ("kill-leader", Nemesis::KillLeader),
+    ("kill-follower", Nemesis::KillFollower),
+    ("pause-leader", Nemesis::PauseLeader),
+    ("pause-follower", Nemesis::PauseFollower),
+    ("partition-leader", Nemesis::PartitionLeader),
+    ("partition-follower", Nemesis::PartitionFollower),
+    ("partition-bridge", Nemesis::PartitionBridge),
+];
+
+/// Search budget per key and window.
+const MAX_STEPS: u64 = 50_000_000;
+
+async fn run(args: &Args, name: &str, nemesis: Nemesis) -> anyhow::Result<()> {
+    let bin = confman_tests::node_binary(args.node_bin.clone())?;
+    let ids = [1, 2, 3];
+    let mut c = if nemesis.needs_isolation() {
+        Cluster::start_isolated(&bin, 3, &[]).await?
+    } else {
+        Cluster::start(&bin, 3, &[]).await?
+    };
+    let leader = c.wait_leader(&ids, &ids).await?;
+    c.create_namespace(leader, faults::NAMESPACE).await?;
+    let urls: Vec<String> = ids.iter().map(|id| c.url(*id)).collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    let until = started + Duration::from_secs_f64(args.minutes * 60.0);
+    let (window, clients, keys, value_bytes) =
+        (Duration::from_secs(args.window_secs), args.clients, args.keys, args.value_bytes);
+    let (load_urls, editor) = (urls.clone(), c.keys.editor.clone());
+    let load = tokio::spawn(async move {
+        let mut windows: Vec<Recorded> = Vec::new();
+        while Instant::now() < until {
+            let w = Workload {
+                clients,
+                keys,
+                duration: window.min(until.saturating_duration_since(Instant::now())),
+                request_timeout: Duration::from_secs(3),
+                value_bytes,
+                key_prefix: format!("w{}k", windows.len()),
+            };
+            windows.push(faults::run_workload(load_urls.clone(), editor.clone(), w).await?);
+        }
+        Ok::<_, confman_tests::cluster::HarnessError>(windows)
+    });
+    let fault_log = faults::run_nemesis(&mut c, nemesis, until).await?;
+    let mut windows = load.await??;
+    let exits = c.exited()?;
+    let healed = Instant::now();
+    c.wait_converged(&ids, Duration::from_secs(120)).await.context("members converging after the faults")?;
+    let converge = healed.elapsed();
+
+    let (mut judged, mut linearizable, mut failures, mut gave_up) = (0, 0, Vec::new(), 0);
+    let mut outcomes = std::collections::BTreeMap::<String, u64>::new();
+    for (i, rec) in windows.iter_mut().enumerate() {
+        faults::final_reads(&urls, &c.keys.editor, rec).await?;
+        for (k, v) in &rec.outcomes {
+            *outcomes.entry(k.clone()).or_default() += v;
+        }
+        for (key, history) in &rec.keys {
+            judged += 1;
+            match check(&Register, history, MAX_STEPS) {
+                Verdict::Linearizable => linearizable += 1,
+                Verdict::GaveUp { .. } => gave_up += 1,
+                v => failures.push(format!("window {i} key {key}: {}", describe(history, &v))),
+            }
+        }
+        if let Some(dir) = &args.histories {
+            std::fs::create_dir_all(dir)?;
+            let file = dir.join(format!("{name}-window{i}.json"));
+            std::fs::write(&file, serde_json::to_vec(&rec.keys)?)?;
+        }
+    }
+    let ops: u64 = outcomes.values().sum();
+    println!("### {name}\n");
+    println!(
+        "- {:.1} min, {} windows of {} s, {clients} clients on {keys} keys per window, values of {value_bytes} B",
+        started.elapsed().as_secs_f64() / 60.0,
+        windows.len(),
+        args.window_secs
+    );
+    println!("- faults injected: {}", fault_log.faults);
+    println!("- operations: {ops} ({:.0}/s); by outcome: {outcomes:?}", ops as f64 / started.elapsed().as_secs_f64());
+    println!(
+        "- key histories judged: {judged}; linearizable: {linearizable}; not linearizable: {}; search gave up: {gave_up}",
+        failures.len()
+    );
+    println!(
+        "- node exits other than the nemesis's: {exits:?}; converged {:.1} s after the last heal",
+        converge.as_secs_f64()
+    );
+    for f in &failures {
+        println!("\n```\n{f}```");
+    }
+    println!();
+    if !failures.is_empty() || !exits.is_empty() {
+        bail!("{name}: {} non-linearizable histories, {} unexpected exits", failures.len(), exits.len());
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let chosen: Vec<(&str, Nemesis)> = if args.nemesis.is_empty() {
+        ALL.to_vec()
+    } else {
+        args.nemesis
+            .iter()
+            .map(|n| ALL.iter().find(|(name, _)| name == n).copied().with_context(|| format!("unknown nemesis {n:?}")))
+            .collect::<anyhow::Result<_>>()?
+    };
+    println!("## fault-suite: {} min per nemesis\n", args.minutes);
+    let mut failed = Vec::new();
+    for (name, nemesis) in chosen {
+        if let Err(e) = run(&args, name, nemesis).await {
+            println!("**{name} failed**: {e:#}\n");
+            failed.push(name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("failed: {failed:?}");
+    }
+    Ok(())
+}
