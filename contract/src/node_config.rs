@@ -144,7 +144,7 @@ settings_table!(node_config_type {
     tls_handshake_timeout_ms: Option<u64>,
     /// Bytes of client write bodies held at once, from reading the body until Raft answers
     /// the write; a write that does not fit waits (its body unread) and gets 503 after half the
-    /// request timeout. A body larger than the budget runs alone. [default: 16777216]
+    /// request timeout. A body larger than the budget runs alone. [default: 8388608]
     #[arg(long, env = "CONFMAN_WRITE_BUDGET_BYTES")]
     write_budget_bytes: Option<u64>,
 });

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use confman_tests::cluster::Cluster;
 use confman_tests::faults::{self, Nemesis, Workload};
-use confman_tests::linearizability::{Register, Verdict, check, describe};
+use confman_tests::linearizability::{RegisterOutput, Verdict, check_register, describe};
 
 const BIN: &str = env!("CARGO_BIN_EXE_confman-node");
 
@@ -45,16 +45,17 @@ async fn survives(nemesis: Nemesis) -> Result<()> {
     faults::final_reads(&urls, &c.keys.editor, &mut recorded).await?;
 
     eprintln!("{nemesis:?}: {} faults {:?}; outcomes {:?}", fault_log.faults, fault_log.events, recorded.outcomes);
-    assert!(fault_log.faults >= 1, "no fault was injected");
-    let written = recorded
-        .keys
-        .values()
-        .flatten()
-        .filter(|o| matches!(o.output, Some(confman_tests::linearizability::RegisterOutput::Written(_))))
-        .count();
-    assert!(written > 0, "no write was acknowledged: {:?}", recorded.outcomes);
+    assert!(fault_log.faults >= 2, "too few faults: {:?}", fault_log.events);
+    assert_eq!(recorded.anomalies, Vec::<String>::new(), "answers no correct node gives");
+    let ops: Vec<_> = recorded.keys.values().flatten().collect();
+    let written = ops.iter().filter(|o| matches!(o.output, Some(RegisterOutput::Written(_)))).count();
+    let read = ops.iter().filter(|o| matches!(o.output, Some(RegisterOutput::Read(_)))).count();
+    assert!(written >= 50 && read >= 50, "too little load to judge: {:?}", recorded.outcomes);
+    // Unknown outcomes weaken the check (each may or may not have happened): keep them rare.
+    let unknown = ops.iter().filter(|o| o.output.is_none()).count();
+    assert!(unknown * 20 <= ops.len(), "{unknown} of {} operations ended unknown", ops.len());
     for (key, history) in &recorded.keys {
-        let verdict = check(&Register, history, MAX_STEPS);
+        let verdict = check_register(history, MAX_STEPS);
         assert_eq!(verdict, Verdict::Linearizable, "key {key}: {}", describe(history, &verdict));
     }
     Ok(())
@@ -91,6 +92,6 @@ async fn a_follower_cut_off_loses_no_write_and_serves_no_stale_read() -> Result<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn followers_cut_off_from_each_other_lose_no_write_and_serve_no_stale_read() -> Result<()> {
+async fn a_bridge_partition_loses_no_write_and_serves_no_stale_read() -> Result<()> {
     survives(Nemesis::PartitionBridge).await
 }

@@ -7,17 +7,23 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::cluster::{HarnessError, Result};
 
 /// Prefix of every name this module creates (links, namespaces), for the sweep.
 const PREFIX: &str = "cfn";
 
+/// Networks created by this process so far: part of every name, so two test clusters of one
+/// process (cargo runs tests as threads) never share one.
+static CREATED: AtomicU32 = AtomicU32::new(0);
+
 /// The network of one cluster.
 #[derive(Debug)]
 pub struct Network {
     tag: String,
-    bridge: String,
+    /// The bridge, once created (only what was created is removed).
+    bridge: Option<String>,
     subnet: [u8; 3],
     namespaces: BTreeMap<u64, String>,
 }
@@ -66,13 +72,20 @@ impl Network {
         let [x, y]: [u8; 2] = rand::random();
         // Kept clear of the ranges container and Kubernetes networks here use (10.0–10.199).
         let subnet = [10, 200 + x % 50, y];
-        // Link names are limited to 15 bytes: "cfn<pid>x<n>b" stays below.
-        let tag = format!("{PREFIX}{}x{}", std::process::id(), rand::random::<u8>() % 100);
-        let mut net = Network { bridge: format!("{tag}b"), tag, subnet, namespaces: BTreeMap::new() };
-        run(&["ip", "link", "add", &net.bridge, "type", "bridge"])?;
+        // Link names are limited to 15 bytes: "cfn" + pid (≤ 7 digits) + "x" + a counter below
+        // 100 + "h" + a one-digit id.
+        let n = CREATED.fetch_add(1, Ordering::Relaxed) % 100;
+        let tag = format!("{PREFIX}{}x{n}", std::process::id());
+        if ids.iter().any(|id| *id > 9) {
+            return Err(HarnessError::Unexpected("node ids of an isolated cluster must be 1–9".into()));
+        }
+        let mut net = Network { bridge: None, tag, subnet, namespaces: BTreeMap::new() };
+        let bridge = format!("{}b", net.tag);
+        run(&["ip", "link", "add", &bridge, "type", "bridge"])?;
+        net.bridge = Some(bridge.clone());
         let bridge_ip = format!("{}/24", net.addr(254));
-        run(&["ip", "addr", "add", &bridge_ip, "dev", &net.bridge])?;
-        run(&["ip", "link", "set", &net.bridge, "up"])?;
+        run(&["ip", "addr", "add", &bridge_ip, "dev", &bridge])?;
+        run(&["ip", "link", "set", &bridge, "up"])?;
         for id in ids {
             let ns = format!("{}-{id}", net.tag);
             let (host, peer) = (format!("{}h{id}", net.tag), format!("{}p{id}", net.tag));
@@ -80,7 +93,7 @@ impl Network {
             net.namespaces.insert(*id, ns.clone());
             run(&["ip", "link", "add", &host, "type", "veth", "peer", "name", &peer])?;
             run(&["ip", "link", "set", &peer, "netns", &ns])?;
-            run(&["ip", "link", "set", &host, "master", &net.bridge, "up"])?;
+            run(&["ip", "link", "set", &host, "master", &bridge, "up"])?;
             let ip = format!("{}/24", net.addr(*id as u8));
             run(&["ip", "-n", &ns, "addr", "add", &ip, "dev", &peer])?;
             run(&["ip", "-n", &ns, "link", "set", &peer, "up"])?;
@@ -111,7 +124,10 @@ impl Network {
     /// Drops every packet between nodes `a` and `b`, both ways.
     pub fn cut(&self, a: u64, b: u64) -> Result<()> {
         for (from, to) in [(a, b), (b, a)] {
-            let ns = &self.namespaces[&from];
+            let ns = self
+                .namespaces
+                .get(&from)
+                .ok_or_else(|| HarnessError::Unexpected(format!("no namespace for {from}")))?;
             let peer = self.ip(to).to_string();
             run(&["ip", "netns", "exec", ns, "iptables", "-A", "INPUT", "-s", &peer, "-j", "DROP"])?;
             run(&["ip", "netns", "exec", ns, "iptables", "-A", "OUTPUT", "-d", &peer, "-j", "DROP"])?;
@@ -119,12 +135,11 @@ impl Network {
         Ok(())
     }
 
-    /// Removes every cut.
+    /// Removes every cut (tries every namespace, then reports the first failure).
     pub fn heal(&self) -> Result<()> {
-        for ns in self.namespaces.values() {
-            run(&["ip", "netns", "exec", ns, "iptables", "-F"])?;
-        }
-        Ok(())
+        let results: Vec<Result<()>> =
+            self.namespaces.values().map(|ns| run(&["ip", "netns", "exec", ns, "iptables", "-F"])).collect();
+        results.into_iter().collect()
     }
 }
 
@@ -133,6 +148,8 @@ impl Drop for Network {
         for ns in self.namespaces.values() {
             let _ = run(&["ip", "netns", "del", ns]);
         }
-        let _ = run(&["ip", "link", "del", &self.bridge]);
+        if let Some(bridge) = &self.bridge {
+            let _ = run(&["ip", "link", "del", bridge]);
+        }
     }
 }

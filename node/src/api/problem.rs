@@ -75,7 +75,7 @@ impl Problem {
     pub fn precondition_failed(version: Option<u64>, revision: Option<u64>) -> Self {
         let detail = match (version, revision) {
             (Some(v), Some(r)) => {
-                format!("the precondition does not hold: the key is at version {v}, ETag \"{r}\"")
+                format!("the precondition does not hold: the key is at version {v}, ETag \"r{r}\"")
             }
             _ => "the precondition does not hold: the key does not exist".to_string(),
         };

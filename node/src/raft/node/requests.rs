@@ -41,7 +41,8 @@ impl RaftNode {
         let timeout = self.request_timeout.saturating_sub(already_waited);
         match tokio::time::timeout(timeout, proposal).await {
             Err(_) => Err(RaftNodeError::Timeout(self.request_timeout)),
-            Ok(Err(join)) => Err(RaftNodeError::Stopped(format!("the proposal task ended: {join}"))),
+            // The command may be in the log already: the outcome is not known.
+            Ok(Err(join)) => Err(RaftNodeError::OutcomeUnknown(format!("the proposal task ended: {join}"))),
             Ok(Ok(Ok(resp))) => Ok((resp.data, resp.log_id.index)),
             Ok(Ok(Err(e))) => Err(from_write_error(self.id, e)),
         }

@@ -1,6 +1,6 @@
-//! The fault suite's moving parts: clients that record a history of reads, writes and
-//! compare-and-sets on a few keys (each operation to a random member), and nemeses that
-//! crash or pause a member while they run. `linearizability` judges the histories.
+//! Clients that record a history of reads, writes and compare-and-sets on a few keys, each
+//! operation to a random member, classifying every answer: done (with its output), certainly
+//! not applied, or unknown.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use rand::Rng;
 use reqwest::StatusCode;
 use tokio::sync::Mutex;
 
-use crate::cluster::{Cluster, HarnessError, Result};
+use crate::cluster::{HarnessError, Result};
 use crate::linearizability::{Operation, RegisterInput, RegisterOutput};
 
 /// One key's operations.
@@ -55,8 +55,11 @@ fn encode_value(id: u64, size: usize) -> Vec<u8> {
     v
 }
 
+/// The id of a value, if the whole value is exactly what that id's write sent (a torn or
+/// truncated value is not).
 fn decode_value(bytes: &[u8]) -> Option<u64> {
-    std::str::from_utf8(bytes.get(..20)?).ok()?.trim().parse().ok()
+    let id: u64 = std::str::from_utf8(bytes.get(..20)?).ok()?.trim().parse().ok()?;
+    (encode_value(id, bytes.len()) == bytes).then_some(id)
 }
 
 /// What the workload recorded, per key, and what it counted.
@@ -64,8 +67,11 @@ fn decode_value(bytes: &[u8]) -> Option<u64> {
 pub struct Recorded {
     /// The history of each key.
     pub keys: BTreeMap<String, KeyHistory>,
-    /// Answers by kind: `ok`, `failed: <why>` (certainly without effect), `unknown: <why>`.
+    /// Answers by kind: `ok`, `failed: <why>` (certainly without effect), `unknown: <why>`,
+    /// `anomaly`.
     pub outcomes: BTreeMap<String, u64>,
+    /// Answers no correct node gives (a torn value, a 500), one line each.
+    pub anomalies: Vec<String>,
 }
 
 /// Shared state of the clients.
@@ -80,11 +86,13 @@ struct Shared {
 }
 
 /// Runs the workload against `urls` with the editor key; returns the history when the clients
-/// stop. `stop_early` ends it sooner when it fires.
+/// stop.
 pub async fn run_workload(urls: Vec<String>, editor_key: String, w: Workload) -> Result<Recorded> {
     let http = reqwest::Client::builder()
         .timeout(w.request_timeout)
         .pool_idle_timeout(Duration::from_secs(5))
+        // A proxy's own 503 would pass for the node's.
+        .no_proxy()
         .build()
         .map_err(HarnessError::Http)?;
     let shared = Arc::new(Shared {
@@ -123,10 +131,20 @@ pub async fn final_reads(urls: &[String], editor_key: &str, recorded: &mut Recor
     let keys: Vec<String> = recorded.keys.keys().cloned().collect();
     for key in keys {
         for url in urls {
-            let call = offset + clock.now();
-            let (out, _) = read(&http, url, editor_key, &key).await;
-            let ret = offset + clock.now();
-            let output = out.map_err(|e| HarnessError::Unexpected(format!("final read of {key} on {url}: {e}")))?;
+            // Retried for a while (a read has no effect): only the attempt that answered counts.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let (call, ret, output) = loop {
+                let call = offset + clock.now();
+                let (out, _) = read(&http, url, editor_key, &key).await;
+                let ret = offset + clock.now();
+                match out {
+                    Ok(output) => break (call, ret, output),
+                    Err(e) if e.starts_with("anomaly") || Instant::now() > deadline => {
+                        return Err(HarnessError::Unexpected(format!("final read of {key} on {url}: {e}")));
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            };
             recorded.keys.entry(key.clone()).or_default().push(Operation {
                 client: usize::MAX,
                 input: RegisterInput::Read,
@@ -154,17 +172,24 @@ async fn read(http: &reqwest::Client, url: &str, key_token: &str, key: &str) -> 
         Err(e) => return (Err(e.to_string()), None),
     };
     match resp.status() {
-        StatusCode::NOT_FOUND => (Ok(RegisterOutput::Read(None)), None),
+        StatusCode::NOT_FOUND => {
+            let body: serde_json::Value = resp.json().await.unwrap_or_default();
+            if body["type"].as_str().is_some_and(|t| t.ends_with("/key-not-found")) {
+                (Ok(RegisterOutput::Read(None)), None)
+            } else {
+                (Err(format!("anomaly: 404 that is not key-not-found: {body}")), None)
+            }
+        }
         StatusCode::OK => {
             let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
             let (version, etag) = (header("x-confman-version").and_then(|v| v.parse::<u64>().ok()), header("etag"));
             match (resp.bytes().await, version) {
                 (Ok(body), Some(version)) => match decode_value(&body) {
                     Some(id) => (Ok(RegisterOutput::Read(Some((id, version)))), etag),
-                    None => (Err("a value without an id".into()), None),
+                    None => (Err(format!("anomaly: a value no write sent ({} bytes)", body.len())), None),
                 },
                 (Err(e), _) => (Err(e.to_string()), None),
-                (Ok(_), None) => (Err("no version header".into()), None),
+                (Ok(_), None) => (Err("anomaly: 200 without a version header".into()), None),
             }
         }
         other => (Err(format!("status {other}")), None),
@@ -184,6 +209,7 @@ async fn one_operation(s: &Shared, http: &reqwest::Client, client: usize, key: &
         }
         let answer = match answer {
             Ok(out) => WriteAnswer::Done(out),
+            Err(e) if e.starts_with("anomaly") => WriteAnswer::Anomaly(e),
             // A read that got no answer observed nothing: it is left out.
             Err(_) => WriteAnswer::Refused("read without an answer".into()),
         };
@@ -216,6 +242,11 @@ async fn one_operation(s: &Shared, http: &reqwest::Client, client: usize, key: &
             return;
         }
         WriteAnswer::Unknown(why) => (None, None, format!("unknown: {why}")),
+        WriteAnswer::Anomaly(what) => {
+            *rec.outcomes.entry("anomaly".into()).or_default() += 1;
+            rec.anomalies.push(format!("client {client}, key {key}: {what}"));
+            return;
+        }
     };
     *rec.outcomes.entry(kind).or_default() += 1;
     rec.keys.entry(key.to_string()).or_default().push(Operation { client, input, call, ret, output });
@@ -234,15 +265,18 @@ async fn write_answer(resp: reqwest::Result<reqwest::Response>) -> WriteAnswer {
                 return WriteAnswer::Refused(format!("status {status}"));
             }
             if status == StatusCode::SERVICE_UNAVAILABLE {
-                // Every 503 but `timeout` says the write was not proposed; the checker holds the
-                // node to that (a write that took effect anyway shows up in a read).
+                // These 503s say the write was not proposed; the checker holds the node to it (a
+                // write that took effect anyway shows up in a read). Any other may have been.
                 let body: serde_json::Value = resp.json().await.unwrap_or_default();
                 let kind = body["type"].as_str().unwrap_or_default().rsplit('/').next().unwrap_or_default().to_string();
-                return if kind == "timeout" {
-                    WriteAnswer::Unknown(format!("503 {kind}"))
-                } else {
+                return if NOT_PROPOSED.contains(&kind.as_str()) {
                     WriteAnswer::Refused(format!("503 {kind}"))
+                } else {
+                    WriteAnswer::Unknown(format!("503 {kind}"))
                 };
+            }
+            if status.is_server_error() {
+                return WriteAnswer::Anomaly(format!("status {status}"));
             }
             match definite_write(resp).await {
                 Ok(out) => WriteAnswer::Done(out),
@@ -252,6 +286,9 @@ async fn write_answer(resp: reqwest::Result<reqwest::Response>) -> WriteAnswer {
     }
 }
 
+/// The 503 problem types that mean "not proposed".
+const NOT_PROPOSED: [&str; 3] = ["unavailable", "write-budget-exhausted", "too-many-connections"];
+
 /// The answer to a write.
 enum WriteAnswer {
     /// It took effect with this output (or was refused by its precondition).
@@ -260,6 +297,8 @@ enum WriteAnswer {
     Refused(String),
     /// It may or may not have.
     Unknown(String),
+    /// An answer no correct node gives.
+    Anomaly(String),
 }
 
 async fn definite_write(resp: reqwest::Response) -> Answer {
@@ -271,115 +310,4 @@ async fn definite_write(resp: reqwest::Response) -> Answer {
         }
         other => Err(format!("status {other}")),
     }
-}
-
-/// A fault the suite injects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Nemesis {
-    /// `kill -9` of the current leader; restarted after a random delay.
-    KillLeader,
-    /// `kill -9` of a follower; restarted after a random delay.
-    KillFollower,
-    /// `SIGSTOP` of the current leader; `SIGCONT` after a random delay.
-    PauseLeader,
-    /// `SIGSTOP` of a follower; `SIGCONT` after a random delay.
-    PauseFollower,
-    /// The leader cut off from both followers; healed after a random delay. Needs a cluster
-    /// from `Cluster::start_isolated`.
-    PartitionLeader,
-    /// One follower cut off from the other two.
-    PartitionFollower,
-    /// The two followers cut off from each other, the leader still linked to both: each
-    /// follower sees a different majority.
-    PartitionBridge,
-}
-
-impl Nemesis {
-    /// Whether it needs each node in a namespace of its own.
-    pub fn needs_isolation(self) -> bool {
-        matches!(self, Nemesis::PartitionLeader | Nemesis::PartitionFollower | Nemesis::PartitionBridge)
-    }
-}
-
-/// What a nemesis did.
-#[derive(Debug, Default, Clone)]
-pub struct FaultLog {
-    /// Faults injected (each healed before the next).
-    pub faults: u64,
-    /// One line per fault: when, what, on which node.
-    pub events: Vec<String>,
-}
-
-fn signal(pid: u32, sig: &str) -> Result<()> {
-    let st = std::process::Command::new("kill").args([sig, &pid.to_string()]).status()?;
-    if st.success() { Ok(()) } else { Err(HarnessError::Unexpected(format!("kill {sig} {pid} failed"))) }
-}
-
-/// The member every running node names as leader, if they agree.
-async fn current_leader(c: &Cluster, ids: &[u64]) -> Option<u64> {
-    for id in ids {
-        if let Ok(info) = c.cluster_info(*id).await
-            && let Some(l) = info["leaderId"].as_u64()
-        {
-            return Some(l);
-        }
-    }
-    None
-}
-
-/// Injects `nemesis` over and over until `until`: a fault, a random 0.5–2 s with it, the heal,
-/// then a random 0.5–1.5 s of calm. Every fault is healed before this returns.
-pub async fn run_nemesis(c: &mut Cluster, nemesis: Nemesis, until: Instant) -> Result<FaultLog> {
-    let ids: Vec<u64> = c.nodes.keys().copied().collect();
-    let mut log = FaultLog::default();
-    let started = Instant::now();
-    while Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(rand::rng().random_range(500..1500))).await;
-        let Some(leader) = current_leader(c, &ids).await else { continue };
-        let followers: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
-        let target = match nemesis {
-            Nemesis::KillLeader | Nemesis::PauseLeader | Nemesis::PartitionLeader | Nemesis::PartitionBridge => leader,
-            Nemesis::KillFollower | Nemesis::PauseFollower | Nemesis::PartitionFollower => {
-                followers[rand::rng().random_range(0..followers.len())]
-            }
-        };
-        let hold = Duration::from_millis(rand::rng().random_range(500..2000));
-        log.faults += 1;
-        log.events.push(format!(
-            "{:.1}s {nemesis:?} node {target} for {} ms",
-            started.elapsed().as_secs_f64(),
-            hold.as_millis()
-        ));
-        match nemesis {
-            Nemesis::KillLeader | Nemesis::KillFollower => {
-                c.kill(target)?;
-                tokio::time::sleep(hold).await;
-                c.spawn(target)?;
-            }
-            Nemesis::PauseLeader | Nemesis::PauseFollower => {
-                let pid =
-                    c.pid(target).ok_or_else(|| HarnessError::Unexpected(format!("node {target} is not running")))?;
-                signal(pid, "-STOP")?;
-                tokio::time::sleep(hold).await;
-                signal(pid, "-CONT")?;
-            }
-            Nemesis::PartitionLeader | Nemesis::PartitionFollower | Nemesis::PartitionBridge => {
-                let net = c.network.as_ref().ok_or_else(|| {
-                    HarnessError::Unexpected(format!("{nemesis:?} needs a cluster from Cluster::start_isolated"))
-                })?;
-                let cuts: Vec<(u64, u64)> = match nemesis {
-                    Nemesis::PartitionBridge => vec![(followers[0], followers[1])],
-                    _ => ids.iter().filter(|id| **id != target).map(|id| (target, *id)).collect(),
-                };
-                let cut = cuts.iter().try_for_each(|(a, b)| net.cut(*a, *b));
-                if cut.is_ok() {
-                    tokio::time::sleep(hold).await;
-                }
-                // Healed on every path, a failed cut included.
-                net.heal()?;
-                cut?;
-            }
-        }
-    }
-    Ok(log)
 }

@@ -1,0 +1,127 @@
+//! Faults injected while the workload runs: crashes, pauses and partitions of the leader or
+//! of a follower, each healed after a random delay.
+
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use crate::cluster::{Cluster, HarnessError, Result};
+
+/// A fault the suite injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nemesis {
+    /// `kill -9` of the current leader; restarted after a random delay.
+    KillLeader,
+    /// `kill -9` of a follower; restarted after a random delay.
+    KillFollower,
+    /// `SIGSTOP` of the current leader; `SIGCONT` after a random delay.
+    PauseLeader,
+    /// `SIGSTOP` of a follower; `SIGCONT` after a random delay.
+    PauseFollower,
+    /// The leader cut off from both followers; healed after a random delay. Needs a cluster
+    /// from `Cluster::start_isolated`.
+    PartitionLeader,
+    /// One follower cut off from the other two.
+    PartitionFollower,
+    /// The leader cut off from one follower, the other follower linked to both: the cut-off
+    /// follower campaigns, and each side sees a different majority through the bridge.
+    PartitionBridge,
+}
+
+impl Nemesis {
+    /// Whether it needs each node in a namespace of its own.
+    pub fn needs_isolation(self) -> bool {
+        matches!(self, Nemesis::PartitionLeader | Nemesis::PartitionFollower | Nemesis::PartitionBridge)
+    }
+}
+
+/// What a nemesis did.
+#[derive(Debug, Default, Clone)]
+pub struct FaultLog {
+    /// Faults injected (each healed before the next).
+    pub faults: u64,
+    /// One line per fault: when, what, on which node.
+    pub events: Vec<String>,
+}
+
+fn signal(pid: u32, sig: &str) -> Result<()> {
+    let st = std::process::Command::new("kill").args([sig, &pid.to_string()]).status()?;
+    if st.success() { Ok(()) } else { Err(HarnessError::Unexpected(format!("kill {sig} {pid} failed"))) }
+}
+
+/// The leader every node that answers names (at least two, all the same), if any.
+async fn current_leader(c: &Cluster, ids: &[u64]) -> Option<u64> {
+    let mut named = Vec::new();
+    for id in ids {
+        if let Ok(info) = c.cluster_info(*id).await {
+            named.push(info["leaderId"].as_u64());
+        }
+    }
+    match named.first() {
+        Some(Some(l)) if named.len() >= 2 && named.iter().all(|n| *n == Some(*l)) => Some(*l),
+        _ => None,
+    }
+}
+
+/// Injects `nemesis` over and over until `until`: a fault, a random 0.5–2 s with it, the heal,
+/// then a random 0.5–1.5 s of calm. Every fault is healed before this returns.
+pub async fn run_nemesis(c: &mut Cluster, nemesis: Nemesis, until: Instant) -> Result<FaultLog> {
+    let ids: Vec<u64> = c.nodes.keys().copied().collect();
+    let mut log = FaultLog::default();
+    let started = Instant::now();
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(rand::rng().random_range(500..1500))).await;
+        // A node that exited on its own is found before a restart could hide it.
+        let exits = c.exited()?;
+        if !exits.is_empty() {
+            return Err(HarnessError::Unexpected(format!("nodes exited on their own: {exits:?}")));
+        }
+        let Some(leader) = current_leader(c, &ids).await else { continue };
+        let followers: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
+        let target = match nemesis {
+            Nemesis::KillLeader | Nemesis::PauseLeader | Nemesis::PartitionLeader | Nemesis::PartitionBridge => leader,
+            Nemesis::KillFollower | Nemesis::PauseFollower | Nemesis::PartitionFollower => {
+                followers[rand::rng().random_range(0..followers.len())]
+            }
+        };
+        let hold = Duration::from_millis(rand::rng().random_range(500..2000));
+        log.faults += 1;
+        log.events.push(format!(
+            "{:.1}s {nemesis:?} node {target} for {} ms",
+            started.elapsed().as_secs_f64(),
+            hold.as_millis()
+        ));
+        match nemesis {
+            Nemesis::KillLeader | Nemesis::KillFollower => {
+                c.kill(target)?;
+                tokio::time::sleep(hold).await;
+                c.spawn(target)?;
+            }
+            Nemesis::PauseLeader | Nemesis::PauseFollower => {
+                let pid =
+                    c.pid(target).ok_or_else(|| HarnessError::Unexpected(format!("node {target} is not running")))?;
+                signal(pid, "-STOP")?;
+                tokio::time::sleep(hold).await;
+                signal(pid, "-CONT")?;
+            }
+            Nemesis::PartitionLeader | Nemesis::PartitionFollower | Nemesis::PartitionBridge => {
+                let net = c.network.as_ref().ok_or_else(|| {
+                    HarnessError::Unexpected(format!("{nemesis:?} needs a cluster from Cluster::start_isolated"))
+                })?;
+                let cuts: Vec<(u64, u64)> = match nemesis {
+                    // The leader loses one follower; the other follower bridges the two halves.
+                    Nemesis::PartitionBridge => vec![(leader, followers[0])],
+                    _ => ids.iter().filter(|id| **id != target).map(|id| (target, *id)).collect(),
+                };
+                let cut = cuts.iter().try_for_each(|(a, b)| net.cut(*a, *b));
+                if cut.is_ok() {
+                    tokio::time::sleep(hold).await;
+                }
+                // Healed on every path, a failed cut included.
+                net.heal()?;
+                cut?;
+            }
+        }
+    }
+    Ok(log)
+}
