@@ -204,16 +204,23 @@ pub fn read_log_range(
     if let Some(end) = end {
         opts.set_iterate_upper_bound(be_u64(end).to_vec());
     }
+    // A raw iterator: each value is decoded straight from RocksDB's buffer (the plain iterator
+    // copied every value into a Box first, and copied the entry after the last one it kept
+    // only to see its size).
+    let mut it = db.raw_iterator_cf_opt(&cf, opts);
+    it.seek(be_u64(start));
     let mut out = Vec::new();
     let mut bytes = 0u64;
-    for item in db.iterator_cf_opt(&cf, opts, IteratorMode::From(&be_u64(start), Direction::Forward)) {
-        let (_, v) = item?;
-        if !out.is_empty() && (bytes + v.len() as u64 > max_bytes || out.len() as u64 >= max_entries) {
+    while it.valid() && (out.is_empty() || (bytes < max_bytes && (out.len() as u64) < max_entries)) {
+        let Some(v) = it.value() else { break };
+        if !out.is_empty() && bytes + v.len() as u64 > max_bytes {
             break;
         }
         bytes += v.len() as u64;
-        out.push(decode::<Entry>(&v)?);
+        out.push(decode::<Entry>(v)?);
+        it.next();
     }
+    it.status()?;
     Ok(out)
 }
 

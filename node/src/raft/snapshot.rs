@@ -185,6 +185,9 @@ pub struct SnapshotStore {
     publishing: std::sync::Mutex<()>,
 }
 
+/// Values read by one snapshot-build iterator before it is replaced (see `SnapshotStore::build`).
+const ITERATOR_REFRESH_BYTES: usize = 16 << 20;
+
 impl SnapshotStore {
     /// Opens `<data>/snapshots`, removing leftovers of interrupted builds and receives.
     pub fn open(data_dir: &Path) -> Result<Arc<Self>, StoreError> {
@@ -253,9 +256,12 @@ impl SnapshotStore {
         let data_path = staging.join(DATA_FILE);
 
         let state_cf = cf(db, CF_STATE)?;
-        let mut opts = ReadOptions::default();
-        opts.fill_cache(false);
-        opts.set_readahead_size(4 << 20);
+        let read_options = || {
+            let mut opts = ReadOptions::default();
+            opts.fill_cache(false);
+            opts.set_readahead_size(4 << 20);
+            opts
+        };
         let sst_opts = state_options();
         let mut writer = SstFileWriter::create(&sst_opts);
         writer.open(&data_path)?;
@@ -263,11 +269,33 @@ impl SnapshotStore {
         // (it hides the older keys, not the file's own), so an install is one atomic step.
         writer.delete_range(STATE_START, STATE_END)?;
         let mut records = 0u64;
-        for item in snap.iterator_cf_opt(&state_cf, opts, IteratorMode::Start) {
-            let (k, v) = item?;
-            writer.put(&k, &v)?;
+        // An iterator pins the memtables that exist when it is made until it is dropped, and
+        // applies go on filling the active one during a build of seconds: one iterator held
+        // up to a whole memtable (32 MiB) for the build. Every `ITERATOR_REFRESH_BYTES` a new
+        // iterator over the same DB snapshot (the same point in time) continues after the
+        // last key, and the old one lets go of what has been flushed since.
+        let mut it = snap.raw_iterator_cf_opt(&state_cf, read_options());
+        it.seek_to_first();
+        let mut since_refresh = 0usize;
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+            writer.put(k, v)?;
             records += 1;
+            since_refresh += k.len() + v.len();
+            if since_refresh >= ITERATOR_REFRESH_BYTES {
+                let last = k.to_vec();
+                it.status()?;
+                it = snap.raw_iterator_cf_opt(&state_cf, read_options());
+                it.seek(&last);
+                if it.valid() && it.key() == Some(last.as_slice()) {
+                    it.next();
+                }
+                since_refresh = 0;
+            } else {
+                it.next();
+            }
         }
+        it.status()?;
         writer.finish()?;
         File::open(&data_path)?.sync_all()?;
         let (data_size, data_crc32) = crc_of_file(&data_path)?;
@@ -558,6 +586,33 @@ mod tests {
         // had the window (which is what this test would see without the fix).
         let legacy = install_observed(false)?;
         assert!(legacy.iter().any(|(step, n)| step == "install-after-clear" && *n == 0), "{legacy:?}");
+        Ok(())
+    }
+
+    /// The build replaces its iterator every `ITERATOR_REFRESH_BYTES`: each key must still be
+    /// copied exactly once, with its value, across the refreshes.
+    #[test]
+    fn a_build_across_iterator_refreshes_copies_every_key_once() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir()?;
+        let (src, dst) = (crate::store::open(&dir.path().join("src"))?, crate::store::open(&dir.path().join("dst"))?);
+        let value_len = 1 << 20;
+        let n = 3 * ITERATOR_REFRESH_BYTES / value_len + 1;
+        let (src_cf, dst_cf) = (cf(&src, CF_STATE)?, cf(&dst, CF_STATE)?);
+        for i in 0..n {
+            src.put_cf(&src_cf, format!("n\0k{i:04}"), vec![(i % 251) as u8; value_len])?;
+        }
+        let built = SnapshotStore::open(&dir.path().join("src-data"))?.build(&src)?;
+        assert_eq!(built.manifest.records, n as u64);
+        let store = SnapshotStore::open(&dir.path().join("dst-data"))?;
+        let adopted = store.adopt(&built)?;
+        store.install(&dst, &adopted)?;
+        type Pair = (Box<[u8]>, Box<[u8]>);
+        let copied: Vec<Pair> = dst.iterator_cf(&dst_cf, IteratorMode::Start).collect::<Result<_, _>>()?;
+        assert_eq!(copied.len(), n);
+        for (i, (k, v)) in copied.iter().enumerate() {
+            assert_eq!(&k[..], format!("n\0k{i:04}").as_bytes());
+            assert_eq!((v.len(), v[0]), (value_len, (i % 251) as u8));
+        }
         Ok(())
     }
 
