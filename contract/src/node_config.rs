@@ -147,6 +147,11 @@ settings_table!(node_config_type {
     /// request timeout. A body larger than the budget runs alone. [default: 8388608]
     #[arg(long, env = "CONFMAN_WRITE_BUDGET_BYTES")]
     write_budget_bytes: Option<u64>,
+    /// Free space kept on the data directory's filesystem: below it the node refuses writes
+    /// (507), a leader hands over, a follower takes no new log entries until space is freed.
+    /// [default: 268435456]
+    #[arg(long, env = "CONFMAN_DISK_RESERVE_BYTES")]
+    disk_reserve_bytes: Option<u64>,
 });
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! accept loop, connection limits and timeouts), `tls` (rustls for the listener, the CAs peer
 //! calls trust; the HTTP client setup is `confman-http`'s, shared with `confman-client`),
 //! `lost_member` (a member that lost its data does not rejoin under its id), `files` (durable
-//! private files), `malloc` (glibc tuning for MB-sized buffers). The design is described in
+//! private files), `disk_space` (the free-space reserve that keeps Raft from a failed write), `malloc` (glibc tuning for MB-sized buffers). The design is described in
 //! the repository's `docs/`.
 
 pub mod api;
@@ -17,6 +17,7 @@ pub mod changes;
 pub mod cluster_token;
 pub mod command;
 pub mod config;
+pub mod disk_space;
 pub mod files;
 pub mod listener;
 pub mod lost_member;

@@ -15,19 +15,35 @@ use std::time::Duration;
 /// free lists.
 const TRIM_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Limits glibc to two malloc arenas (unless `MALLOC_ARENA_MAX` says otherwise). With the
-/// default of 8 × cores, MB-sized buffers freed on many blocking threads stay mapped in
-/// per-thread arenas: measured with 1 MiB values, peak RSS ~330 MiB with the default versus
-/// ~215 MiB with two arenas, at the same throughput. Call before any other thread exists.
+/// Allocations from this size up are mapped on their own and unmapped when freed (glibc's
+/// `M_MMAP_THRESHOLD`, fixed, so glibc no longer raises it after the first large free).
+const MMAP_THRESHOLD_BYTES: i32 = 1 << 20;
+
+/// Limits glibc to two malloc arenas (unless `MALLOC_ARENA_MAX` says otherwise) and fixes the
+/// mmap threshold at [`MMAP_THRESHOLD_BYTES`] (unless `MALLOC_MMAP_THRESHOLD_` says
+/// otherwise). With the default of 8 × cores arenas, MB-sized buffers freed on many blocking
+/// threads stay mapped in per-thread arenas: measured with 1 MiB values, peak RSS ~330 MiB
+/// with the default versus ~215 MiB with two arenas, at the same throughput. With glibc's
+/// dynamic threshold, freed 4 MiB buffers stay resident between live ones: see
+/// `bench-results/stress-large-mmap-threshold.md`. Call before any other thread exists.
 /// Elsewhere than on glibc: nothing.
 pub fn limit_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        #[allow(unsafe_code)]
-        // SAFETY: mallopt only changes allocator tuning; it is called once, before any other
-        // thread exists, with a valid parameter (M_ARENA_MAX) and value.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
+    {
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            #[allow(unsafe_code)]
+            // SAFETY: mallopt only changes allocator tuning; it is called once, before any
+            // other thread exists, with a valid parameter (M_ARENA_MAX) and value.
+            unsafe {
+                libc::mallopt(libc::M_ARENA_MAX, 2);
+            }
+        }
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+            #[allow(unsafe_code)]
+            // SAFETY: as above, with M_MMAP_THRESHOLD and a value below its 32 MiB maximum.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
+            }
         }
     }
 }
@@ -37,6 +53,10 @@ pub fn limit_arenas() {
 /// not only its top). A failure to start the thread leaves memory as glibc manages it. Other
 /// C libraries than glibc: nothing (both functions are glibc's).
 pub fn spawn_trimmer() {
+    // The benchmark's baseline switch; never set in production.
+    if std::env::var_os("CONFMAN_BENCH_NO_MALLOC_TRIM").is_some() {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     spawn_glibc_trimmer();
 }

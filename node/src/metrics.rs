@@ -69,7 +69,12 @@ impl Metrics {
     }
 
     /// Renders every metric, with Raft gauges from `status` and the write budget's figures.
-    pub fn render(&self, status: &ClusterStatus, write_budget: &crate::api::write_budget::WriteBudget) -> String {
+    pub fn render(
+        &self,
+        status: &ClusterStatus,
+        write_budget: &crate::api::write_budget::WriteBudget,
+        disk: &crate::disk_space::DiskSpace,
+    ) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# HELP confman_http_requests_total HTTP requests by route, method and status.");
         let _ = writeln!(out, "# TYPE confman_http_requests_total counter");
@@ -148,6 +153,26 @@ impl Metrics {
             "confman_write_budget_in_use_bytes",
             "Bytes of the write budget reserved by writes being read or proposed now.",
             Some(write_budget.in_use()),
+        );
+        // Read now (a statvfs), not as of the last write or background read.
+        let low = disk.check();
+        gauge(
+            &mut out,
+            "confman_disk_free_bytes",
+            "Free bytes on the data directory's filesystem at the last read.",
+            Some(disk.free()),
+        );
+        gauge(
+            &mut out,
+            "confman_disk_reserve_bytes",
+            "Free space the node keeps (disk-reserve-bytes); below it writes are refused.",
+            Some(disk.reserve()),
+        );
+        gauge(
+            &mut out,
+            "confman_disk_low",
+            "1 while the data directory is below its reserve (writes refused, no new log entries).",
+            Some(u64::from(low)),
         );
         let _ = writeln!(out, "# HELP confman_watch_storage_reads_total Storage reads made by watch streams.");
         let _ = writeln!(out, "# TYPE confman_watch_storage_reads_total counter");

@@ -102,6 +102,8 @@ pub struct Running {
     drain_timeout: Duration,
     /// Tells long-lived responses (watch streams) to end when shutdown begins.
     shutdown_tx: tokio::sync::watch::Sender<bool>,
+    /// The leader's handover when its disk runs low (`RaftNode::guard_disk`).
+    disk_guard: tokio::task::JoinHandle<()>,
 }
 
 fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
@@ -211,8 +213,10 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
         let dir = dir.clone();
         store::blocking(move || store::open(&dir)).await?
     };
+    let disk = Arc::new(crate::disk_space::DiskSpace::new(&dir, settings.disk_reserve_bytes).map_err(file_err(&dir))?);
     let (listener, local_addr) = bind(settings)?;
-    let node = RaftNode::start(&raft, db, &dir, token.clone()).await?;
+    let node = RaftNode::start(&raft, db, &dir, token.clone(), disk).await?;
+    let disk_guard = tokio::spawn(RaftNode::guard_disk(Arc::downgrade(&node)));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let ctx = Arc::new(AppContext {
         node: node.clone(),
@@ -239,6 +243,7 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
         token,
         drain_timeout: Duration::from_millis(settings.tuning.request_timeout_ms) + Duration::from_secs(5),
         shutdown_tx,
+        disk_guard,
     })
 }
 
@@ -324,11 +329,13 @@ impl Running {
                     Err(e) => Err(ServerError::Serve(std::io::Error::other(e))),
                 };
                 self.shutdown_tx.send_replace(true);
+                self.disk_guard.abort();
                 self.node.shutdown().await?;
                 return served;
             }
             () = shutdown => {}
         }
+        self.disk_guard.abort();
         // A leader hands over first, while it still serves: followers keep forwarding writes to
         // it until they learn the new leader, and those must not meet a closed listener.
         if self.node.is_leader() && self.node.status().members.iter().filter(|m| m.role == "voter").count() > 1 {

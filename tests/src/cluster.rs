@@ -174,6 +174,11 @@ pub struct Cluster {
     /// The nodes by id.
     pub nodes: BTreeMap<u64, NodeProc>,
     binary: PathBuf,
+    /// Small filesystems under the data directories (`start_faulty`); unmounted before the
+    /// temporary directory goes (fields drop in order).
+    disks: Option<crate::small_disk::SmallDisks>,
+    /// Whether nodes get a fault-injection file for slow fsyncs (`set_fsync_delay`).
+    fsync_hook: bool,
     /// Deleted on drop unless `CONFMAN_TEST_KEEP` is set (then logs and data stay for a look).
     _tmp: Option<tempfile::TempDir>,
     root: PathBuf,
@@ -214,6 +219,17 @@ pub fn free_ports(ip: std::net::Ipv4Addr, n: usize) -> Result<Vec<u16>> {
     listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
+/// What a cluster for fault injection needs (`Cluster::start_faulty`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FaultSetup {
+    /// Each node in a network namespace of its own (`crate::netns`), for partitions.
+    pub isolated: bool,
+    /// Each data directory on a tmpfs of this size (`crate::small_disk`), for a full disk.
+    pub small_disk_bytes: Option<u64>,
+    /// Each node with a fault-injection file for slow fsyncs (`Cluster::set_fsync_delay`).
+    pub fsync_hook: bool,
+}
+
 impl Cluster {
     /// Starts `n` nodes (ids 1..=n) with the test timing plus `extra_args` (a flag given in
     /// `extra_args` replaces the test timing's value: the node accepts a flag once).
@@ -223,25 +239,32 @@ impl Cluster {
 
     /// Starts `n` nodes (ids 1..=n) with exactly `extra_args` (node defaults otherwise).
     pub async fn start_with(binary: &Path, n: u64, extra_args: &[&str]) -> Result<Cluster> {
-        Self::start_opts(binary, n, extra_args, false, &[], false).await
+        Self::start_opts(binary, n, extra_args, false, &[], FaultSetup::default()).await
     }
 
     /// Like `start`, with every node in a network namespace of its own on a private bridge
     /// (`crate::netns`), so a test can partition them. Needs root.
     pub async fn start_isolated(binary: &Path, n: u64, extra_args: &[&str]) -> Result<Cluster> {
-        Self::start_opts(binary, n, &with_test_timing(extra_args), false, &[], true).await
+        let setup = FaultSetup { isolated: true, ..FaultSetup::default() };
+        Self::start_opts(binary, n, &with_test_timing(extra_args), false, &[], setup).await
+    }
+
+    /// Like `start`, prepared for the faults `setup` asks for (root needed for namespaces and
+    /// small disks).
+    pub async fn start_faulty(binary: &Path, n: u64, extra_args: &[&str], setup: FaultSetup) -> Result<Cluster> {
+        Self::start_opts(binary, n, &with_test_timing(extra_args), false, &[], setup).await
     }
 
     /// Like `start`, with every node serving TLS (a test CA generated for this cluster; the
     /// certificate names `localhost` and `127.0.0.1`; peers and the harness trust the CA).
     pub async fn start_tls(binary: &Path, n: u64, extra_args: &[&str]) -> Result<Cluster> {
-        Self::start_opts(binary, n, &with_test_timing(extra_args), true, &[], false).await
+        Self::start_opts(binary, n, &with_test_timing(extra_args), true, &[], FaultSetup::default()).await
     }
 
     /// Like `start_with`, with environment variables for every node (e.g. a benchmark's
     /// baseline switch).
     pub async fn start_with_env(binary: &Path, n: u64, extra_args: &[&str], env: &[(&str, &str)]) -> Result<Cluster> {
-        Self::start_opts(binary, n, extra_args, false, env, false).await
+        Self::start_opts(binary, n, extra_args, false, env, FaultSetup::default()).await
     }
 
     async fn start_opts(
@@ -250,7 +273,7 @@ impl Cluster {
         extra_args: &[&str],
         tls: bool,
         env: &[(&str, &str)],
-        isolated: bool,
+        setup: FaultSetup,
     ) -> Result<Cluster> {
         let tmp = tempfile::tempdir()?;
         let root = tmp.path().to_path_buf();
@@ -263,7 +286,8 @@ impl Cluster {
         let keys = TestKeys::generate();
         std::fs::write(root.join("keys.yaml"), keys.keys_file())?;
         std::fs::write(root.join("cluster.token"), &keys.token)?;
-        let network = if isolated { Some(crate::netns::Network::create(&(1..=n).collect::<Vec<_>>())?) } else { None };
+        let network =
+            if setup.isolated { Some(crate::netns::Network::create(&(1..=n).collect::<Vec<_>>())?) } else { None };
         let ip = private_loopback();
         // In namespaces of their own every node has the whole port range to itself.
         let ports: BTreeMap<u64, u16> = match &network {
@@ -304,9 +328,18 @@ impl Cluster {
                 },
             );
         }
+        let disks = match setup.small_disk_bytes {
+            Some(bytes) => {
+                let dirs: Vec<PathBuf> = nodes.values().map(|n| n.data_dir.clone()).collect();
+                Some(crate::small_disk::SmallDisks::mount(&dirs, bytes)?)
+            }
+            None => None,
+        };
         let mut c = Cluster {
             nodes,
             binary: binary.to_path_buf(),
+            disks,
+            fsync_hook: setup.fsync_hook,
             _tmp: tmp,
             root,
             peers,
@@ -381,6 +414,7 @@ impl Cluster {
             .args(["--log-format", "json"])
             .env("RUST_LOG", "info,openraft=warn")
             .envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(self.fsync_hook.then(|| ("CONFMAN_FAULT_FSYNC_DELAY_FILE", fsync_delay_file(&root, id))))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -388,6 +422,29 @@ impl Cluster {
             .spawn()?;
         node.child = Some(child);
         Ok(())
+    }
+
+    /// Makes every log fsync of node `id` take `ms` longer (`"250"`, or `"50-500"` drawn per
+    /// fsync), or normal again with `None`. Needs a cluster from `start_faulty` with
+    /// `fsync_hook`.
+    pub fn set_fsync_delay(&self, id: u64, ms: Option<&str>) -> Result<()> {
+        if !self.fsync_hook {
+            return Err(HarnessError::Unexpected("the cluster was started without the fsync hook".into()));
+        }
+        let file = fsync_delay_file(&self.root, id);
+        match ms {
+            Some(ms) => std::fs::write(&file, ms)?,
+            None => match std::fs::remove_file(&file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            },
+        }
+        Ok(())
+    }
+
+    /// Whether the data directories are on small disks of their own (`start_faulty`).
+    pub fn has_small_disks(&self) -> bool {
+        self.disks.is_some()
     }
 
     /// Kills node `id` with SIGKILL (a crash) and waits for the process to be gone.
@@ -806,6 +863,11 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// The fault-injection file of node `id`'s fsyncs (see the node's log store).
+fn fsync_delay_file(root: &Path, id: u64) -> PathBuf {
+    root.join(format!("node{id}.fsync-delay"))
 }
 
 /// Default headers that authenticate every request of a benchmark's HTTP client with `key`.

@@ -10,6 +10,7 @@ pub mod floors;
 pub mod kube;
 pub mod linearizability;
 pub mod netns;
+pub mod small_disk;
 pub mod stats;
 
 /// The `confman-node` binary a benchmark runs: `given`, or the one built next to the running

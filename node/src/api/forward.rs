@@ -25,6 +25,14 @@ fn must_run_on_leader(req: &Request) -> bool {
             || path == "/api/v1/cluster/settings")
 }
 
+/// Whether the request is a linearizable read of the data (not a watch): a node below its
+/// disk reserve takes no new entries, so its state lags and such reads go to the leader.
+fn is_linearizable_read(req: &Request) -> bool {
+    let path = req.uri().path();
+    let stale = req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "consistency=stale"));
+    *req.method() == Method::GET && path.starts_with("/api/v1/namespaces") && !path.ends_with("/watch") && !stale
+}
+
 /// Hop-by-hop headers never copied across the proxy.
 fn is_hop_header(name: &HeaderName) -> bool {
     matches!(
@@ -33,9 +41,11 @@ fn is_hop_header(name: &HeaderName) -> bool {
     )
 }
 
-/// Middleware: runs writes locally on the leader, proxies them from a follower.
+/// Middleware: runs writes locally on the leader, proxies them from a follower (and
+/// linearizable reads from a follower below its disk reserve, `crate::disk_space`).
 pub async fn forward_writes_to_leader(State(ctx): Ctx, req: Request, next: Next) -> Response {
-    if !must_run_on_leader(&req) || req.headers().contains_key(HEADER_FORWARDED) || ctx.node.is_leader() {
+    let to_leader = must_run_on_leader(&req) || (is_linearizable_read(&req) && ctx.node.disk().is_low());
+    if !to_leader || req.headers().contains_key(HEADER_FORWARDED) || ctx.node.is_leader() {
         return next.run(req).await;
     }
     match ctx.node.leader_or_wait().await {
@@ -75,4 +85,24 @@ async fn proxy(ctx: &super::AppContext, leader: &str, req: Request) -> Result<Re
         }
     }
     builder.body(Body::from_stream(resp.bytes_stream())).map_err(Problem::internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: Method, uri: &str) -> Result<Request, axum::http::Error> {
+        Request::builder().method(method).uri(uri).body(Body::empty())
+    }
+
+    #[test]
+    fn only_linearizable_data_reads_count_as_reads_for_the_leader() -> Result<(), axum::http::Error> {
+        assert!(is_linearizable_read(&request(Method::GET, "/api/v1/namespaces/a/config/k")?));
+        assert!(is_linearizable_read(&request(Method::GET, "/api/v1/namespaces/a/config?limit=5")?));
+        assert!(!is_linearizable_read(&request(Method::GET, "/api/v1/namespaces/a/config/k?consistency=stale")?));
+        assert!(!is_linearizable_read(&request(Method::GET, "/api/v1/namespaces/a/watch")?));
+        assert!(!is_linearizable_read(&request(Method::GET, "/api/v1/cluster")?));
+        assert!(!is_linearizable_read(&request(Method::PUT, "/api/v1/namespaces/a/config/k")?));
+        Ok(())
+    }
 }

@@ -22,6 +22,6 @@ pub async fn ready(ctx: Ctx) -> Response {
 
 /// `GET /metrics`.
 pub async fn metrics(ctx: Ctx) -> Response {
-    let body = ctx.metrics.render(&ctx.node.status(), &ctx.write_budget);
+    let body = ctx.metrics.render(&ctx.node.status(), &ctx.write_budget, ctx.node.disk());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

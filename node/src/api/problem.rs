@@ -84,6 +84,12 @@ impl Problem {
             .with("currentRevision", revision)
     }
 
+    /// 507: the node's disk is below its reserve; the write was not proposed.
+    pub fn insufficient_storage(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient-storage", "Insufficient storage", detail)
+            .retry_after(5)
+    }
+
     /// 503 with `Retry-After`.
     pub fn unavailable(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail).retry_after(1)
@@ -160,6 +166,7 @@ impl From<RaftNodeError> for Problem {
             RaftNodeError::Stopped(m) => Problem::unavailable(format!("the node is shutting down or stopped: {m}")),
             RaftNodeError::Store(e) => Problem::internal(e),
             RaftNodeError::Config(m) => Problem::internal(m),
+            RaftNodeError::NoSpace(m) => Problem::insufficient_storage(m),
         }
     }
 }

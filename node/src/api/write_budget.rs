@@ -26,6 +26,9 @@ pub const MIN_WRITE_BUDGET_BYTES: u64 = 1024 * 1024;
 /// Largest accepted budget (a semaphore counts in `u32`).
 pub const MAX_WRITE_BUDGET_BYTES: u64 = 1 << 30;
 
+/// How many body idle times a whole body may take to arrive.
+pub const BODY_TOTAL_IDLE_PERIODS: u32 = 3;
+
 /// Shared by every request of a node.
 #[derive(Debug, Clone)]
 pub struct WriteBudget {
@@ -54,7 +57,9 @@ impl Reservation {
 
 impl WriteBudget {
     /// A budget of `capacity` bytes (clamped to the accepted range) where a write waits at
-    /// most `wait` for room and a body may pause for at most `body_idle`.
+    /// most `wait` for room and a body may pause for at most `body_idle`; a whole body must
+    /// arrive within [`BODY_TOTAL_IDLE_PERIODS`] × `body_idle`, so a client dripping bytes
+    /// cannot hold its reservation for ever.
     pub fn new(capacity: u64, wait: Duration, body_idle: Duration) -> Self {
         let capacity = capacity.clamp(MIN_WRITE_BUDGET_BYTES, MAX_WRITE_BUDGET_BYTES) as u32;
         Self { bytes: Arc::new(Semaphore::new(capacity as usize)), capacity, wait, body_idle }
@@ -121,8 +126,10 @@ impl WriteBudget {
         let waited = asked.elapsed();
         let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(limit) as usize);
         let mut chunks = body.into_data_stream();
+        let deadline = tokio::time::Instant::now() + self.body_idle * BODY_TOTAL_IDLE_PERIODS;
         loop {
-            let next = tokio::time::timeout(self.body_idle, chunks.next()).await.map_err(|_| self.body_timeout())?;
+            let until = deadline.min(tokio::time::Instant::now() + self.body_idle);
+            let next = tokio::time::timeout_at(until, chunks.next()).await.map_err(|_| self.body_timeout())?;
             let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| Problem::bad_request("malformed-body", format!("reading the body: {e}")))?;
             if buf.len() as u64 + chunk.len() as u64 > limit {
@@ -143,7 +150,11 @@ impl WriteBudget {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             "body-timeout",
             "Request body timed out",
-            format!("no bytes of the request body arrived for {} ms", self.body_idle.as_millis()),
+            format!(
+                "the request body stalled for {} ms or took longer than {} ms in all",
+                self.body_idle.as_millis(),
+                (self.body_idle * BODY_TOTAL_IDLE_PERIODS).as_millis()
+            ),
         )
     }
 }
@@ -221,6 +232,29 @@ mod tests {
         let stalled = first.chain(futures::stream::pending());
         let refused = b.read(Body::from_stream(stalled), Some(1000), 10_000, too_large).await;
         assert_eq!(refused.err().map(|p| p.status()), Some(axum::http::StatusCode::REQUEST_TIMEOUT));
+        assert_eq!(b.available(), MIN_WRITE_BUDGET_BYTES);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_body_dripping_bytes_faster_than_the_idle_time_still_gets_408_and_gives_its_room_back()
+    -> Result<(), Problem> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let b = budget(MIN_WRITE_BUDGET_BYTES);
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counter = sent.clone();
+        // One byte every half idle time, for ever: each pause is within the idle time.
+        let drip = futures::stream::unfold((), move |()| {
+            let counter = counter.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                counter.fetch_add(1, Ordering::Relaxed);
+                Some((Ok::<_, std::io::Error>(Bytes::from_static(b"x")), ()))
+            }
+        });
+        let refused = b.read(Body::from_stream(drip), Some(1000), 10_000, too_large).await;
+        assert_eq!(refused.err().map(|p| p.status()), Some(axum::http::StatusCode::REQUEST_TIMEOUT));
+        assert!(sent.load(Ordering::Relaxed) >= 3, "ended by the total deadline, not by one idle pause");
         assert_eq!(b.available(), MIN_WRITE_BUDGET_BYTES);
         Ok(())
     }

@@ -104,6 +104,8 @@ pub struct Settings {
     pub limits: crate::listener::Limits,
     /// Bytes of client write bodies held at once (`api::write_budget`).
     pub write_budget_bytes: u64,
+    /// Free space kept on the data directory's filesystem (`disk_space`).
+    pub disk_reserve_bytes: u64,
     /// This node id has held a place in the group (operator ledger): starting it on an empty
     /// data directory would forget its vote and log, so the node refuses to (see
     /// `server::start`).

@@ -91,6 +91,19 @@ fn write_budget(v: Option<u64>) -> Result<u64, ConfigError> {
     }
 }
 
+/// `disk-reserve-bytes`, the default where unset.
+fn disk_reserve(v: Option<u64>) -> Result<u64, ConfigError> {
+    use crate::disk_space::{DEFAULT_DISK_RESERVE_BYTES, MIN_DISK_RESERVE_BYTES};
+    match v {
+        None => Ok(DEFAULT_DISK_RESERVE_BYTES),
+        Some(n) if n < MIN_DISK_RESERVE_BYTES => Err(ConfigError::Invalid {
+            setting: "disk-reserve-bytes",
+            reason: format!("{n} is below the minimum of {MIN_DISK_RESERVE_BYTES} (16 MiB)"),
+        }),
+        Some(n) => Ok(n),
+    }
+}
+
 /// Fills node id, peers and join from a membership file: the id is the pod's entry; a pod that is
 /// one of the bootstrap peers bootstraps with them, any other waits to be added. Explicit
 /// --node-id/--peers/--join win. Also returns whether the node id was admitted (has held a place
@@ -230,6 +243,7 @@ impl Settings {
             });
         }
         let write_budget_bytes = write_budget(o.write_budget_bytes)?;
+        let disk_reserve_bytes = disk_reserve(o.disk_reserve_bytes)?;
         Ok(Settings {
             node_id,
             listen,
@@ -251,6 +265,7 @@ impl Settings {
             tls_reload: Duration::from_millis(tls_reload_ms),
             limits,
             write_budget_bytes,
+            disk_reserve_bytes,
             was_member,
         })
     }
@@ -415,6 +430,19 @@ mod tests {
             assert!(matches!(err, ConfigError::Invalid { setting: "write-budget-bytes", .. }), "{err}");
             assert!(err.to_string().contains("write-budget-bytes"), "{err}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn the_disk_reserve_defaults_and_is_checked_by_name() -> Result<(), Box<dyn std::error::Error>> {
+        use crate::disk_space::DEFAULT_DISK_RESERVE_BYTES;
+        assert_eq!(settings(NodeConfig::default())?.disk_reserve_bytes, DEFAULT_DISK_RESERVE_BYTES);
+        let s = Settings::resolve(parse(&["--disk-reserve-bytes", "33554432"]))?;
+        assert_eq!(s.disk_reserve_bytes, 32 << 20);
+        let err = settings(NodeConfig { disk_reserve_bytes: Some(4096), ..Default::default() })
+            .err()
+            .ok_or("expected an error")?;
+        assert!(matches!(err, ConfigError::Invalid { setting: "disk-reserve-bytes", .. }), "{err}");
         Ok(())
     }
 

@@ -7,6 +7,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 
 use super::log_store::{self, LogBytes};
 use super::types::Raft;
+use crate::disk_space::DiskSpace;
 use crate::store::{RocksDb, blocking};
 
 /// Byte bound of the log tail kept after a snapshot for lagging followers: a quarter of the
@@ -17,10 +18,18 @@ pub(super) fn kept_tail_bytes(compaction_bytes: u64) -> u64 {
     compaction_bytes / 4
 }
 
-/// Builds a snapshot each time `log_bytes` says compaction is due; ends when Raft stops.
-pub(super) async fn trigger_snapshots(raft: Raft, log_bytes: Arc<LogBytes>) {
+/// Builds a snapshot each time `log_bytes` says compaction is due; ends when Raft stops. Not
+/// while the disk is below its reserve: a build writes a file the size of the state, and a
+/// failed build stops Raft (openraft treats it as a storage error); the log is kept meanwhile.
+pub(super) async fn trigger_snapshots(raft: Raft, log_bytes: Arc<LogBytes>, disk: Arc<DiskSpace>) {
     loop {
         log_bytes.wait_due().await;
+        if disk.check() {
+            tracing::warn!(free = disk.free(), "log compaction due, but not below the disk reserve; deferred");
+            while disk.check() {
+                tokio::time::sleep(crate::disk_space::POLL_INTERVAL).await;
+            }
+        }
         tracing::info!(bytes = log_bytes.current(), "log compaction due; building a snapshot");
         if raft.trigger().snapshot().await.is_err() {
             return;

@@ -44,6 +44,9 @@ pub enum RaftNodeError {
     /// The settings are unusable.
     #[error("invalid raft settings: {0}")]
     Config(String),
+    /// The data directory is below its free-space reserve: nothing was proposed.
+    #[error("insufficient storage: {0}")]
+    NoSpace(String),
 }
 
 /// Raft stopped under an operation that changes nothing (a trigger, a wait).

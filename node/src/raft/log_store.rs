@@ -141,17 +141,45 @@ impl LogStore {
     ) -> Result<(Self, SyncerHandle), StoreError> {
         let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
         let sync_db = db.clone();
-        let handle =
-            std::thread::Builder::new().name("confman-log-sync".into()).spawn(move || sync_loop(&sync_db, &rx))?;
+        let slow = std::env::var_os(FSYNC_DELAY_FILE_ENV).map(std::path::PathBuf::from);
+        if let Some(path) = &slow {
+            tracing::warn!(file = %path.display(), "fault injection: log fsyncs are delayed as that file says");
+        }
+        let handle = std::thread::Builder::new()
+            .name("confman-log-sync".into())
+            .spawn(move || sync_loop(&sync_db, &rx, slow.as_deref()))?;
         let reader = LogReader { db: db.clone(), max_batch_bytes, max_batch_entries };
         Ok((Self { db, reader, syncer: tx, log_bytes }, SyncerHandle(Some(handle))))
     }
 }
 
+/// Fault injection for the fault suite's slow-disk nemesis, never set in production: the path
+/// of a file saying how long each log fsync takes extra, in ms (`250`, or a range `50-500`
+/// drawn from per fsync); a missing or empty file means no delay.
+pub const FSYNC_DELAY_FILE_ENV: &str = "CONFMAN_FAULT_FSYNC_DELAY_FILE";
+
+/// The delay range a fault-injection file asks for (see [`FSYNC_DELAY_FILE_ENV`]).
+fn parse_fsync_delay(text: &str) -> Option<(u64, u64)> {
+    let text = text.trim();
+    let (lo, hi) = text.split_once('-').unwrap_or((text, text));
+    let (lo, hi) = (lo.trim().parse::<u64>().ok()?, hi.trim().parse::<u64>().ok()?);
+    (lo <= hi).then_some((lo, hi))
+}
+
+fn injected_fsync_delay(path: &std::path::Path) -> std::time::Duration {
+    use rand::Rng;
+    let range = std::fs::read_to_string(path).ok().and_then(|t| parse_fsync_delay(&t));
+    let ms = range.map_or(0, |(lo, hi)| rand::rng().random_range(lo..=hi));
+    std::time::Duration::from_millis(ms)
+}
+
 /// Group commit: block for the first waiting callback, take every other one already queued,
-/// fsync the WAL once, complete them all.
-fn sync_loop(db: &RocksDb, rx: &mpsc::Receiver<IOFlushed<TypeConfig>>) {
+/// fsync the WAL once, complete them all. `slow`: see [`FSYNC_DELAY_FILE_ENV`].
+fn sync_loop(db: &RocksDb, rx: &mpsc::Receiver<IOFlushed<TypeConfig>>, slow: Option<&std::path::Path>) {
     while let Ok(first) = rx.recv() {
+        if let Some(path) = slow {
+            std::thread::sleep(injected_fsync_delay(path));
+        }
         let mut waiting = vec![first];
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
@@ -518,6 +546,16 @@ mod tests {
     use openraft::testing::blank_ent;
 
     use super::*;
+
+    #[test]
+    fn the_fault_injection_file_gives_a_delay_or_a_range_and_nothing_else() {
+        assert_eq!(parse_fsync_delay("250\n"), Some((250, 250)));
+        assert_eq!(parse_fsync_delay(" 50 - 500 "), Some((50, 500)));
+        assert_eq!(parse_fsync_delay(""), None);
+        assert_eq!(parse_fsync_delay("500-50"), None);
+        assert_eq!(parse_fsync_delay("slow"), None);
+        assert_eq!(injected_fsync_delay(std::path::Path::new("/nonexistent/confman-delay")), std::time::Duration::ZERO);
+    }
 
     /// Writes raw values of `size` bytes at `indexes` (the purge point only looks at sizes).
     fn put_sized(db: &RocksDb, indexes: std::ops::RangeInclusive<u64>, size: usize) -> Result<(), StoreError> {

@@ -2,6 +2,7 @@
 //! starts and stops it and answers questions about it; proposals and reads are in `requests`,
 //! membership and leadership changes in `membership`.
 
+mod disk;
 mod membership;
 mod requests;
 
@@ -31,6 +32,7 @@ use super::status::{self, ClusterStatus, known_leader};
 use super::types::{NodeId, Raft};
 use crate::changes::ChangeFeed;
 use crate::cluster_token::ClusterToken;
+use crate::disk_space::DiskSpace;
 use crate::store::{RocksDb, blocking};
 
 /// How far apply may trail the commit index on a ready node (see [`RaftNode::is_ready`]): a
@@ -65,6 +67,8 @@ pub struct RaftNode {
     election_min: Duration,
     /// How long a leader counts itself leader after its last quorum acknowledgement.
     leader_lease: Duration,
+    /// Free space of the data directory against its reserve.
+    disk: Arc<DiskSpace>,
 }
 
 impl RaftNode {
@@ -74,6 +78,7 @@ impl RaftNode {
         db: Arc<RocksDb>,
         data_dir: &Path,
         token: Arc<ClusterToken>,
+        disk: Arc<DiskSpace>,
     ) -> Result<Arc<Self>, RaftNodeError> {
         let config = settings.openraft_config()?;
         let t = &settings.tuning;
@@ -104,7 +109,7 @@ impl RaftNode {
             }
             return Err(e);
         }
-        let (tasks, contact, leader_changes) = Self::spawn_tasks(&raft, &db, &log_bytes, settings);
+        let (tasks, contact, leader_changes) = Self::spawn_tasks(&raft, &db, &log_bytes, &disk, settings);
         let read_index =
             ReadIndexClient { http, token: Arc::from(token.presented()), timeout: ms(t.request_timeout_ms) };
         Ok(Arc::new(Self {
@@ -128,6 +133,7 @@ impl RaftNode {
             request_timeout: ms(t.request_timeout_ms),
             election_min: ms(t.election_min_ms),
             leader_lease: ms(t.election_max_ms),
+            disk,
         }))
     }
 
@@ -160,6 +166,7 @@ impl RaftNode {
         raft: &Raft,
         db: &Arc<RocksDb>,
         log_bytes: &Arc<LogBytes>,
+        disk: &Arc<DiskSpace>,
         settings: &RaftSettings,
     ) -> (Vec<JoinHandle<()>>, Arc<LeaderContact>, Arc<AtomicU64>) {
         let t = &settings.tuning;
@@ -171,7 +178,7 @@ impl RaftNode {
         if std::env::var_os("CONFMAN_BENCH_NO_FAILOVER_WATCHDOG").is_none() {
             tasks.push(tokio::spawn(failover::watchdog(raft.clone(), settings.node_id, contact.clone(), *t)));
         }
-        tasks.push(tokio::spawn(compaction::trigger_snapshots(raft.clone(), log_bytes.clone())));
+        tasks.push(tokio::spawn(compaction::trigger_snapshots(raft.clone(), log_bytes.clone(), disk.clone())));
         tasks.push(tokio::spawn(compaction::trim_log_tail(
             raft.clone(),
             db.clone(),
@@ -190,6 +197,7 @@ impl RaftNode {
             self.snapshot_timeout,
             self.contact.clone(),
             self.rejoins.clone(),
+            self.disk.clone(),
         )
     }
 
@@ -201,6 +209,11 @@ impl RaftNode {
     /// The node database (for state reads).
     pub fn db(&self) -> &Arc<RocksDb> {
         &self.db
+    }
+
+    /// Free space of the data directory against its reserve.
+    pub fn disk(&self) -> &Arc<DiskSpace> {
+        &self.disk
     }
 
     /// Whether this node currently believes it is the leader.

@@ -26,6 +26,7 @@ use super::snapshot::{Manifest, SnapshotFile, SnapshotStats, SnapshotStore};
 use super::types::{Raft, Vote};
 use super::wire;
 use crate::cluster_token::ClusterToken;
+use crate::disk_space::DiskSpace;
 
 /// State shared by the Raft RPC handlers.
 #[derive(Clone)]
@@ -38,6 +39,7 @@ pub struct RpcState {
     snapshot_idle: Duration,
     contact: Arc<super::LeaderContact>,
     rejoins: Arc<super::RejoinAllowances>,
+    disk: Arc<DiskSpace>,
 }
 
 /// Builds the `/raft/*` router. `snapshot_idle` bounds how long an inbound snapshot body may
@@ -49,10 +51,11 @@ pub fn router(
     snapshot_idle: Duration,
     contact: Arc<super::LeaderContact>,
     rejoins: Arc<super::RejoinAllowances>,
+    disk: Arc<DiskSpace>,
 ) -> Router {
     let stats = snapshots.stats();
     let inbound_snapshot = Arc::new(Semaphore::new(1));
-    let state = RpcState { raft, token, snapshots, stats, inbound_snapshot, snapshot_idle, contact, rejoins };
+    let state = RpcState { raft, token, snapshots, stats, inbound_snapshot, snapshot_idle, contact, rejoins, disk };
     Router::new()
         .route(wire::PATH_APPEND, post(append))
         .route(wire::PATH_VOTE, post(vote))
@@ -121,8 +124,21 @@ async fn decode_body<T: DeserializeOwned + Send + 'static>(body: Bytes) -> Resul
 }
 
 async fn append(State(s): State<RpcState>, body: Bytes) -> Response {
-    match decode_body(body).await {
+    match decode_body::<openraft::raft::AppendEntriesRequest<super::types::TypeConfig>>(body).await {
         Ok(req) => {
+            // Below the disk reserve no client command is written (a failed log write would
+            // stop Raft): the leader backs off and sends them again later. Heartbeats still
+            // count, so this follower calls no election while it waits for room; blank and
+            // membership entries (a few bytes, inside the reserve) are taken, so a new leader
+            // can commit its term and serve reads when every member is low.
+            let carries_commands =
+                req.entries.iter().any(|e| matches!(e.payload, openraft::EntryPayload::Normal(_)));
+            if carries_commands && s.disk.check() {
+                return reply::<openraft::raft::AppendEntriesResponse<super::types::TypeConfig>>(Err(format!(
+                    "entries refused: {}",
+                    s.disk.describe()
+                )));
+            }
             let result = s.raft.append_entries(req).await;
             // Accepted from the leader of our term (a higher vote means the sender is not it).
             if result.as_ref().is_ok_and(|r| !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_))) {
@@ -173,6 +189,9 @@ async fn snapshot(State(s): State<RpcState>, headers: HeaderMap, body: Body) -> 
     let Ok(permit) = s.inbound_snapshot.clone().try_acquire_owned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "another snapshot is being received").into_response();
     };
+    if s.disk.check() {
+        return (StatusCode::INSUFFICIENT_STORAGE, format!("snapshot refused: {}", s.disk.describe())).into_response();
+    }
     let vote: Vote = match header_value(&headers, wire::HEADER_VOTE) {
         Ok(v) => v,
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),

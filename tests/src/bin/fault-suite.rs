@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use confman_tests::cluster::Cluster;
 use confman_tests::faults::{self, Nemesis, Recorded, Workload};
-use confman_tests::linearizability::{Verdict, check_register, describe};
+use confman_tests::linearizability::{RegisterOutput, Verdict, check_register, describe};
 
 #[derive(Debug, Parser)]
 #[command(about = "Long fault-suite runs against 3-node Confman clusters, judged by a linearizability checker")]
@@ -37,15 +37,27 @@ struct Args {
     /// Keys per window.
     #[arg(long, default_value_t = 3)]
     keys: usize,
-    /// Size of every written value.
+    /// Size of written values.
     #[arg(long, default_value_t = 64)]
     value_bytes: usize,
+    /// Share of writes (percent) with a large value of `--large-min-bytes`..`--large-max-bytes`.
+    #[arg(long, default_value_t = 0)]
+    large_percent: u8,
+    /// Smallest large value.
+    #[arg(long, default_value_t = 1 << 20)]
+    large_min_bytes: usize,
+    /// Largest large value (exclusive).
+    #[arg(long, default_value_t = 4 << 20)]
+    large_max_bytes: usize,
+    /// A flag for every node, as `--node-arg=--compaction-bytes=16777216` (repeatable).
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    node_args: Vec<String>,
     /// Write every window's histories here as JSON.
     #[arg(long)]
     histories: Option<PathBuf>,
 }
 
-const ALL: [(&str, Nemesis); 7] = [
+const ALL: [(&str, Nemesis); 9] = [
     ("kill-leader", Nemesis::KillLeader),
     ("kill-follower", Nemesis::KillFollower),
     ("pause-leader", Nemesis::PauseLeader),
@@ -53,6 +65,8 @@ const ALL: [(&str, Nemesis); 7] = [
     ("partition-leader", Nemesis::PartitionLeader),
     ("partition-follower", Nemesis::PartitionFollower),
     ("partition-bridge", Nemesis::PartitionBridge),
+    ("disk-full", Nemesis::DiskFull),
+    ("slow-disk", Nemesis::SlowDisk),
 ];
 
 /// Search budget per key and window.
@@ -61,11 +75,13 @@ const MAX_STEPS: u64 = 50_000_000;
 async fn run(args: &Args, name: &str, nemesis: Nemesis) -> anyhow::Result<()> {
     let bin = confman_tests::node_binary(args.node_bin.clone())?;
     let ids = [1, 2, 3];
-    let mut c = if nemesis.needs_isolation() {
-        Cluster::start_isolated(&bin, 3, &[]).await?
-    } else {
-        Cluster::start(&bin, 3, &[]).await?
-    };
+    let mut node_args = nemesis.node_args();
+    node_args.extend(args.node_args.iter().flat_map(|a| match a.split_once('=') {
+        Some((flag, value)) => vec![flag.to_string(), value.to_string()],
+        None => vec![a.clone()],
+    }));
+    let node_args: Vec<&str> = node_args.iter().map(String::as_str).collect();
+    let mut c = Cluster::start_faulty(&bin, 3, &node_args, nemesis.setup()).await?;
     let leader = c.wait_leader(&ids, &ids).await?;
     c.create_namespace(leader, faults::NAMESPACE).await?;
     let urls: Vec<String> = ids.iter().map(|id| c.url(*id)).collect::<Result<_, _>>()?;
@@ -74,16 +90,17 @@ async fn run(args: &Args, name: &str, nemesis: Nemesis) -> anyhow::Result<()> {
     let (window, clients, keys, value_bytes) =
         (Duration::from_secs(args.window_secs), args.clients, args.keys, args.value_bytes);
     let (load_urls, editor) = (urls.clone(), c.keys.editor.clone());
+    let (large_percent, large) = (args.large_percent, args.large_min_bytes..args.large_max_bytes);
     let load = tokio::spawn(async move {
         let mut windows: Vec<Recorded> = Vec::new();
         while Instant::now() < until {
             let w = Workload {
-                clients,
-                keys,
-                duration: window.min(until.saturating_duration_since(Instant::now())),
-                request_timeout: Duration::from_secs(3),
-                value_bytes,
                 key_prefix: format!("w{}k", windows.len()),
+                value_bytes,
+                large_percent,
+                large_value_bytes: large.clone(),
+                request_timeout: Duration::from_secs(if large_percent > 0 { 5 } else { 3 }),
+                ..Workload::small(clients, keys, window.min(until.saturating_duration_since(Instant::now())))
             };
             windows.push(faults::run_workload(load_urls.clone(), editor.clone(), w).await?);
         }
@@ -119,6 +136,20 @@ async fn run(args: &Args, name: &str, nemesis: Nemesis) -> anyhow::Result<()> {
         }
     }
     let ops: u64 = outcomes.values().sum();
+    // Completed writes' latency (invocation to answer), every window.
+    let mut write_latency: Vec<Duration> = windows
+        .iter()
+        .flat_map(|w| w.keys.values().flatten())
+        .filter(|o| matches!(o.output, Some(RegisterOutput::Written(_))))
+        .filter_map(|o| o.ret.map(|r| Duration::from_micros(r.saturating_sub(o.call))))
+        .collect();
+    let latency = confman_tests::stats::summarize(&mut write_latency);
+    let mut leader_changes = 0;
+    for id in ids {
+        if let Ok(info) = c.cluster_info(id).await {
+            leader_changes = leader_changes.max(info["leaderChanges"].as_u64().unwrap_or(0));
+        }
+    }
     println!("### {name}\n");
     println!(
         "- {:.1} min, {} windows of {} s, {clients} clients on {keys} keys per window, values of {value_bytes} B",
@@ -126,7 +157,28 @@ async fn run(args: &Args, name: &str, nemesis: Nemesis) -> anyhow::Result<()> {
         windows.len(),
         args.window_secs
     );
-    println!("- faults injected: {}", fault_log.faults);
+    if args.large_percent > 0 {
+        println!(
+            "- {} % of writes with a large value of {}..{} bytes",
+            args.large_percent, args.large_min_bytes, args.large_max_bytes
+        );
+    }
+    if !args.node_args.is_empty() {
+        println!("- node flags: {}", args.node_args.join(" "));
+    }
+    println!("- faults injected: {}; leader changes seen by a node (most): {leader_changes}", fault_log.faults);
+    println!(
+        "- completed writes: {}, latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        latency.count, latency.p50_ms, latency.p99_ms, latency.max_ms
+    );
+    if !fault_log.recoveries.is_empty() {
+        let mut r = fault_log.recoveries.clone();
+        let rs = confman_tests::stats::summarize(&mut r);
+        println!(
+            "- catch-up after the disk was freed: {} times, p50 {:.0} ms, max {:.0} ms",
+            rs.count, rs.p50_ms, rs.max_ms
+        );
+    }
     println!("- operations: {ops} ({:.0}/s); by outcome: {outcomes:?}", ops as f64 / started.elapsed().as_secs_f64());
     println!(
         "- key histories judged: {judged}; linearizable: {linearizable}; not linearizable or undecided: {}",

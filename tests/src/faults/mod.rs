@@ -4,5 +4,5 @@
 mod nemesis;
 mod workload;
 
-pub use nemesis::{FaultLog, Nemesis, run_nemesis};
+pub use nemesis::{DISK_RESERVE_BYTES, FULL_DISK_LEAVES_BYTES, FaultLog, Nemesis, SMALL_DISK_BYTES, run_nemesis};
 pub use workload::{KeyHistory, NAMESPACE, Recorded, Workload, final_reads, run_workload};

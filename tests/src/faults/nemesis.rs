@@ -1,11 +1,12 @@
-//! Faults injected while the workload runs: crashes, pauses and partitions of the leader or
-//! of a follower, each healed after a random delay.
+//! Faults injected while the workload runs: crashes, pauses, partitions, a full disk and a
+//! slow disk, of the leader or of a follower, each healed after a random delay.
 
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use crate::cluster::{Cluster, HarnessError, Result};
+use crate::cluster::{Cluster, FaultSetup, HarnessError, Result};
+use crate::small_disk::SmallDisks;
 
 /// A fault the suite injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,12 +27,37 @@ pub enum Nemesis {
     /// The leader cut off from one follower, the other follower linked to both: the cut-off
     /// follower campaigns, and each side sees a different majority through the bridge.
     PartitionBridge,
+    /// A node's data directory filled (by a filler file) to below the node's free-space
+    /// reserve — the leader and a follower in turn; the filler removed after a random delay.
+    DiskFull,
+    /// Every log fsync of a node 50–500 ms slower — the leader and a follower in turn.
+    SlowDisk,
 }
 
+/// Size of each node's data filesystem for [`Nemesis::DiskFull`].
+pub const SMALL_DISK_BYTES: u64 = 320 << 20;
+/// The nodes' `--disk-reserve-bytes` for [`Nemesis::DiskFull`].
+pub const DISK_RESERVE_BYTES: u64 = 96 << 20;
+/// Free space a full disk is left with: below the reserve, above RocksDB's WAL preallocation
+/// (1.1 × a 32 MiB memtable), as a node's own reserve would leave it in production.
+pub const FULL_DISK_LEAVES_BYTES: u64 = 56 << 20;
+
 impl Nemesis {
-    /// Whether it needs each node in a namespace of its own.
-    pub fn needs_isolation(self) -> bool {
-        matches!(self, Nemesis::PartitionLeader | Nemesis::PartitionFollower | Nemesis::PartitionBridge)
+    /// What the cluster needs for it.
+    pub fn setup(self) -> FaultSetup {
+        FaultSetup {
+            isolated: matches!(self, Nemesis::PartitionLeader | Nemesis::PartitionFollower | Nemesis::PartitionBridge),
+            small_disk_bytes: (self == Nemesis::DiskFull).then_some(SMALL_DISK_BYTES),
+            fsync_hook: self == Nemesis::SlowDisk,
+        }
+    }
+
+    /// Node flags it needs.
+    pub fn node_args(self) -> Vec<String> {
+        match self {
+            Nemesis::DiskFull => vec!["--disk-reserve-bytes".into(), DISK_RESERVE_BYTES.to_string()],
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -42,6 +68,30 @@ pub struct FaultLog {
     pub faults: u64,
     /// One line per fault: when, what, on which node.
     pub events: Vec<String>,
+    /// For a full disk: how long the node took, once its filler was removed, to apply what
+    /// the cluster had committed by then.
+    pub recoveries: Vec<Duration>,
+}
+
+/// How long after now node `target` takes to apply the commit index the other nodes report
+/// now (at most `within`; `None` if it did not).
+async fn catch_up_time(c: &Cluster, target: u64, ids: &[u64], within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut goal = 0;
+    for id in ids.iter().filter(|id| **id != target) {
+        if let Ok(info) = c.cluster_info(*id).await {
+            goal = goal.max(info["commitIndex"].as_u64().unwrap_or(0));
+        }
+    }
+    while started.elapsed() < within {
+        if let Ok(info) = c.cluster_info(target).await
+            && info["appliedIndex"].as_u64().unwrap_or(0) >= goal
+        {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
 }
 
 fn signal(pid: u32, sig: &str) -> Result<()> {
@@ -78,13 +128,18 @@ pub async fn run_nemesis(c: &mut Cluster, nemesis: Nemesis, until: Instant) -> R
         }
         let Some(leader) = current_leader(c, &ids).await else { continue };
         let followers: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
+        let follower = followers[rand::rng().random_range(0..followers.len())];
         let target = match nemesis {
             Nemesis::KillLeader | Nemesis::PauseLeader | Nemesis::PartitionLeader | Nemesis::PartitionBridge => leader,
-            Nemesis::KillFollower | Nemesis::PauseFollower | Nemesis::PartitionFollower => {
-                followers[rand::rng().random_range(0..followers.len())]
-            }
+            Nemesis::KillFollower | Nemesis::PauseFollower | Nemesis::PartitionFollower => follower,
+            Nemesis::DiskFull | Nemesis::SlowDisk if log.faults % 2 == 0 => leader,
+            Nemesis::DiskFull | Nemesis::SlowDisk => follower,
         };
-        let hold = Duration::from_millis(rand::rng().random_range(500..2000));
+        // A full or slow disk is held longer: a leader hands over, a follower falls behind.
+        let hold = match nemesis {
+            Nemesis::DiskFull | Nemesis::SlowDisk => Duration::from_millis(rand::rng().random_range(2000..5000)),
+            _ => Duration::from_millis(rand::rng().random_range(500..2000)),
+        };
         log.faults += 1;
         log.events.push(format!(
             "{:.1}s {nemesis:?} node {target} for {} ms",
@@ -103,6 +158,29 @@ pub async fn run_nemesis(c: &mut Cluster, nemesis: Nemesis, until: Instant) -> R
                 signal(pid, "-STOP")?;
                 tokio::time::sleep(hold).await;
                 signal(pid, "-CONT")?;
+            }
+            Nemesis::DiskFull => {
+                let dir = c.data_dir(target)?;
+                let filled = SmallDisks::fill(&dir, FULL_DISK_LEAVES_BYTES);
+                if filled.is_ok() {
+                    tokio::time::sleep(hold).await;
+                }
+                // Emptied on every path, a failed fill included.
+                SmallDisks::unfill(&dir)?;
+                filled?;
+                match catch_up_time(c, target, &ids, Duration::from_secs(60)).await {
+                    Some(t) => log.recoveries.push(t),
+                    None => {
+                        return Err(HarnessError::Unexpected(format!(
+                            "node {target} did not catch up within 60 s of its disk being freed"
+                        )));
+                    }
+                }
+            }
+            Nemesis::SlowDisk => {
+                c.set_fsync_delay(target, Some("50-500"))?;
+                tokio::time::sleep(hold).await;
+                c.set_fsync_delay(target, None)?;
             }
             Nemesis::PartitionLeader | Nemesis::PartitionFollower | Nemesis::PartitionBridge => {
                 let net = c.network.as_ref().ok_or_else(|| {

@@ -34,8 +34,40 @@ pub struct Workload {
     pub duration: Duration,
     /// Per-request timeout: a request without an answer by then has an unknown outcome.
     pub request_timeout: Duration,
-    /// Size of every written value (ids are padded to it), for runs with large values.
+    /// Size of written values (ids are padded to it).
     pub value_bytes: usize,
+    /// Share of writes (percent) that carry a large value instead, of a size drawn from
+    /// `large_value_bytes`, so snapshots and their transfers happen under the faults.
+    pub large_percent: u8,
+    /// Sizes of the large values.
+    pub large_value_bytes: std::ops::Range<usize>,
+}
+
+impl Workload {
+    /// `clients` clients on `keys` keys for `duration`, small values only.
+    pub fn small(clients: usize, keys: usize, duration: Duration) -> Workload {
+        Workload {
+            clients,
+            keys,
+            key_prefix: "k".into(),
+            duration,
+            request_timeout: Duration::from_secs(3),
+            value_bytes: 64,
+            large_percent: 0,
+            large_value_bytes: 0..0,
+        }
+    }
+
+    fn value_size(&self) -> usize {
+        if self.large_percent > 0
+            && !self.large_value_bytes.is_empty()
+            && rand::rng().random_range(0..100u8) < self.large_percent
+        {
+            rand::rng().random_range(self.large_value_bytes.clone())
+        } else {
+            self.value_bytes
+        }
+    }
 }
 
 /// Clock shared by every client (one monotonic origin, microseconds).
@@ -110,7 +142,7 @@ pub async fn run_workload(urls: Vec<String>, editor_key: String, w: Workload) ->
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 let key = format!("{}{}", w.key_prefix, rand::rng().random_range(0..w.keys));
-                one_operation(&shared, &http, client, &key, w.value_bytes).await;
+                one_operation(&shared, &http, client, &key, w.value_size()).await;
             }
         }));
     }
@@ -273,6 +305,15 @@ async fn write_answer(resp: reqwest::Result<reqwest::Response>) -> WriteAnswer {
                     WriteAnswer::Refused(format!("503 {kind}"))
                 } else {
                     WriteAnswer::Unknown(format!("503 {kind}"))
+                };
+            }
+            if status == StatusCode::INSUFFICIENT_STORAGE {
+                // Refused before it was proposed (the node is below its disk reserve).
+                let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                return if body["type"].as_str().is_some_and(|t| t.ends_with("/insufficient-storage")) {
+                    WriteAnswer::Refused("507 insufficient-storage".into())
+                } else {
+                    WriteAnswer::Anomaly(format!("507 that is not insufficient-storage: {body}"))
                 };
             }
             if status.is_server_error() {

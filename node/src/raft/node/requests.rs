@@ -29,6 +29,11 @@ impl RaftNode {
         hold: H,
         already_waited: Duration,
     ) -> Result<(CommandOutcome, u64), RaftNodeError> {
+        // A node below its disk reserve proposes nothing: its own log write could fail, and
+        // openraft stops on a failed log write (`crate::disk_space`).
+        if self.disk.check() {
+            return Err(RaftNodeError::NoSpace(self.disk.describe()));
+        }
         if !self.settings_recorded.load(Ordering::Acquire) {
             self.record_initial_settings().await?;
         }
