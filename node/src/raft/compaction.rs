@@ -18,15 +18,27 @@ pub(super) fn kept_tail_bytes(compaction_bytes: u64) -> u64 {
     compaction_bytes / 4
 }
 
-/// Builds a snapshot each time `log_bytes` says compaction is due; ends when Raft stops. Not
-/// while the disk is below its reserve: a build writes a file the size of the state, and a
-/// failed build stops Raft (openraft treats it as a storage error); the log is kept meanwhile.
+/// Whether a snapshot may be built now. A build writes a file as large as the state (at most
+/// `estimate`: the last snapshot plus the log since) beside the old one, and a failed build
+/// stops Raft (openraft treats it as a storage error). Below the reserve it is still built when
+/// the disk holds it with a quarter of the reserve to spare: compaction is what frees the log,
+/// so a node whose own log took it below the reserve must not wait for it for ever.
+pub(super) fn may_build_snapshot(low: bool, free: u64, reserve: u64, estimate: u64) -> bool {
+    !low || free >= estimate.saturating_add(reserve / 4)
+}
+
+/// Builds a snapshot each time `log_bytes` says compaction is due; ends when Raft stops. Waits
+/// while [`may_build_snapshot`] says no (the log is kept meanwhile).
 pub(super) async fn trigger_snapshots(raft: Raft, log_bytes: Arc<LogBytes>, disk: Arc<DiskSpace>) {
+    let allowed = |disk: &DiskSpace, log_bytes: &LogBytes| {
+        let estimate = log_bytes.last_snapshot_bytes().saturating_add(log_bytes.current());
+        may_build_snapshot(disk.check(), disk.free(), disk.reserve(), estimate)
+    };
     loop {
         log_bytes.wait_due().await;
-        if disk.check() {
-            tracing::warn!(free = disk.free(), "log compaction due, but not below the disk reserve; deferred");
-            while disk.check() {
+        if !allowed(&disk, &log_bytes) {
+            tracing::warn!(free = disk.free(), "log compaction due, but the disk cannot hold a snapshot; deferred");
+            while !allowed(&disk, &log_bytes) {
                 tokio::time::sleep(crate::disk_space::POLL_INTERVAL).await;
             }
         }
@@ -65,5 +77,19 @@ pub(super) async fn trim_log_tail(raft: Raft, db: Arc<RocksDb>, max_entries: u64
         if metrics.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_low_node_still_compacts_when_the_disk_holds_the_snapshot() {
+        let reserve = 100;
+        assert!(may_build_snapshot(false, 0, reserve, 1000), "above the reserve: always");
+        assert!(may_build_snapshot(true, 75, reserve, 50));
+        assert!(!may_build_snapshot(true, 74, reserve, 50));
+        assert!(!may_build_snapshot(true, 90, reserve, u64::MAX));
     }
 }

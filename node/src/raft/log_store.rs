@@ -76,6 +76,11 @@ impl LogBytes {
         self.last_snapshot_bytes.store(snapshot_bytes, Ordering::Relaxed);
     }
 
+    /// Size of the last snapshot built or installed.
+    pub fn last_snapshot_bytes(&self) -> u64 {
+        self.last_snapshot_bytes.load(Ordering::Relaxed)
+    }
+
     /// Bytes appended since the last snapshot.
     pub fn current(&self) -> u64 {
         self.since_snapshot.load(Ordering::Relaxed)

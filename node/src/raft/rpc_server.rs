@@ -131,8 +131,7 @@ async fn append(State(s): State<RpcState>, body: Bytes) -> Response {
             // count, so this follower calls no election while it waits for room; blank and
             // membership entries (a few bytes, inside the reserve) are taken, so a new leader
             // can commit its term and serve reads when every member is low.
-            let carries_commands =
-                req.entries.iter().any(|e| matches!(e.payload, openraft::EntryPayload::Normal(_)));
+            let carries_commands = req.entries.iter().any(|e| matches!(e.payload, openraft::EntryPayload::Normal(_)));
             if carries_commands && s.disk.check() {
                 return reply::<openraft::raft::AppendEntriesResponse<super::types::TypeConfig>>(Err(format!(
                     "entries refused: {}",
