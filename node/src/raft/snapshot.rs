@@ -646,4 +646,25 @@ mod tests {
         assert!(store.current()?.is_some());
         Ok(())
     }
+
+    /// A received snapshot that was never installed (a crash, or openraft declining it) leaves
+    /// a full-size staging directory; the next start removes it and keeps the published one.
+    #[test]
+    fn staging_directories_left_behind_are_removed_at_the_next_open() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir()?;
+        let store = SnapshotStore::open(dir.path())?;
+        let published = store.staging_dir()?;
+        store.publish(&published, &empty_manifest(), 7)?;
+        let left = store.staging_dir()?;
+        fs::write(SnapshotStore::staged_data_path(&left), vec![0u8; 1 << 20])?;
+        drop(store);
+        let reopened = SnapshotStore::open(dir.path())?;
+        assert!(!left.exists(), "the staging directory survived a restart");
+        assert!(reopened.current()?.is_some(), "the published snapshot was kept");
+        let names: Vec<String> = fs::read_dir(dir.path().join("snapshots"))?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        assert!(names.iter().all(|n| !n.starts_with("tmp-")), "{names:?}");
+        Ok(())
+    }
 }
