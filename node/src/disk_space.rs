@@ -26,11 +26,13 @@ pub const MIN_DISK_RESERVE_BYTES: u64 = 16 << 20;
 /// How often the free space is read in the background (writes and appends also read it).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Whether a node with `free` bytes free is low, given whether it `was_low`: low below the
-/// reserve, and low until a quarter of the reserve more is free again, so a disk hovering at
-/// the line does not flip the node between refusing and taking writes.
-pub fn is_low(was_low: bool, free: u64, reserve: u64) -> bool {
-    if was_low { free < reserve.saturating_add(reserve / 4) } else { free < reserve }
+/// Whether a node with `free` of `total` bytes free is low, given whether it `was_low`: low
+/// below the reserve, and low until a quarter of the reserve more is free again (at most half
+/// of what the filesystem holds beyond the reserve, so a small volume can leave the state), so
+/// a disk hovering at the line does not flip the node between refusing and taking writes.
+pub fn is_low(was_low: bool, free: u64, total: u64, reserve: u64) -> bool {
+    let release = reserve.saturating_add((reserve / 4).min(total.saturating_sub(reserve) / 2));
+    if was_low { free < release } else { free < reserve }
 }
 
 /// The data directory's free space and the node's state against its reserve.
@@ -53,10 +55,10 @@ impl DiskSpace {
     /// Reads the free space now; returns whether the node is low. A failed read keeps the
     /// last state.
     pub fn refresh(&self) -> std::io::Result<bool> {
-        let free = free_bytes(&self.dir)?;
+        let (free, total) = space(&self.dir)?;
         self.free.store(free, Ordering::Relaxed);
         let was = self.low.load(Ordering::Relaxed);
-        let now = is_low(was, free, self.reserve);
+        let now = is_low(was, free, total, self.reserve);
         if now != was {
             self.low.store(now, Ordering::Relaxed);
             if now {
@@ -110,8 +112,8 @@ impl DiskSpace {
     }
 }
 
-/// Bytes available to an unprivileged writer on the filesystem holding `dir`.
-fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+/// Bytes available to an unprivileged writer on the filesystem holding `dir`, and its size.
+fn space(dir: &Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
@@ -128,7 +130,8 @@ fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    let block = st.f_frsize as u64;
+    Ok(((st.f_bavail as u64).saturating_mul(block), (st.f_blocks as u64).saturating_mul(block)))
 }
 
 #[cfg(test)]
@@ -136,14 +139,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_node_is_low_below_the_reserve_and_stays_low_until_a_quarter_more_is_free() {
-        let reserve = 100;
-        assert!(!is_low(false, 100, reserve));
-        assert!(is_low(false, 99, reserve));
-        assert!(is_low(true, 100, reserve), "just at the line again: still low");
-        assert!(is_low(true, 124, reserve));
-        assert!(!is_low(true, 125, reserve));
-        assert!(!is_low(false, u64::MAX, u64::MAX / 2 + 1));
+    fn a_node_is_low_below_the_reserve_and_stays_low_until_a_quarter_more_or_half_the_rest_is_free() {
+        let (reserve, total) = (100, 1000);
+        assert!(!is_low(false, 100, total, reserve));
+        assert!(is_low(false, 99, total, reserve));
+        assert!(is_low(true, 100, total, reserve), "just at the line again: still low");
+        assert!(is_low(true, 124, total, reserve));
+        assert!(!is_low(true, 125, total, reserve));
+        assert!(!is_low(false, u64::MAX, u64::MAX, u64::MAX / 2 + 1));
+        // A volume barely larger than the reserve still leaves the state halfway up.
+        assert!(!is_low(true, 110, 120, reserve));
+        assert!(is_low(true, 109, 120, reserve));
     }
 
     #[test]

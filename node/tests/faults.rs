@@ -43,6 +43,12 @@ async fn survives_with(nemesis: Nemesis, w: Workload, extra_args: &[&str]) -> Re
 
     eprintln!("{nemesis:?}: {} faults {:?}; outcomes {:?}", fault_log.faults, fault_log.events, recorded.outcomes);
     assert!(fault_log.faults >= 2, "too few faults: {:?}", fault_log.events);
+    if nemesis == Nemesis::DiskFull {
+        // The first fault fills the leader's disk: it refuses writes until it has handed over.
+        let refused = recorded.outcomes.get("failed: 507 insufficient-storage").copied().unwrap_or(0);
+        assert!(refused > 0, "no write was refused for want of space: {:?}", recorded.outcomes);
+        assert_eq!(fault_log.recoveries.len() as u64, fault_log.faults, "every full node caught up");
+    }
     assert_eq!(recorded.anomalies, Vec::<String>::new(), "answers no correct node gives");
     let ops: Vec<_> = recorded.keys.values().flatten().collect();
     let written = ops.iter().filter(|o| matches!(o.output, Some(RegisterOutput::Written(_)))).count();

@@ -21,6 +21,7 @@ mod failover;
 pub mod log_store;
 pub mod network;
 mod node;
+mod peer_room;
 mod read_index;
 mod rejoin;
 pub mod rpc_server;

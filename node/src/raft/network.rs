@@ -26,6 +26,7 @@ use openraft::{AnyError, OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::peer_room::{PeerRoom, REFUSED_PREFIX};
 use super::snapshot::{SnapshotFile, SnapshotStats};
 use super::types::{FileSnapshot, Node, NodeId, TypeConfig, Vote};
 use super::wire;
@@ -49,6 +50,7 @@ pub struct NetworkFactory {
     snapshot: reqwest::Client,
     timeouts: NetworkTimeouts,
     stats: Arc<SnapshotStats>,
+    room: Arc<PeerRoom>,
 }
 
 /// Which connection pool a peer client uses.
@@ -70,6 +72,8 @@ pub struct PeerClient {
     stats: Arc<SnapshotStats>,
     /// Heartbeat channel only: how long the peer has been answering heartbeats with a conflict.
     conflicts: HeartbeatConflicts,
+    /// Which peers refused entries for want of disk space.
+    room: Arc<PeerRoom>,
 }
 
 /// Holds back a conflict answered to a heartbeat until the replication stream had time to meet
@@ -169,6 +173,7 @@ impl NetworkFactory {
         token: Arc<str>,
         timeouts: NetworkTimeouts,
         stats: Arc<SnapshotStats>,
+        room: Arc<PeerRoom>,
         out: &Outgoing,
     ) -> Result<Self, reqwest::Error> {
         Ok(Self {
@@ -178,6 +183,7 @@ impl NetworkFactory {
             snapshot: http_client(out)?,
             timeouts,
             stats,
+            room,
         })
     }
 
@@ -196,6 +202,7 @@ impl NetworkFactory {
             timeouts: self.timeouts,
             stats: self.stats.clone(),
             conflicts: HeartbeatConflicts::default(),
+            room: self.room.clone(),
         }
     }
 }
@@ -301,8 +308,19 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let timeout = self.append_timeout(&option);
-        let resp: AppendEntriesResponse<TypeConfig> =
-            self.call(wire::PATH_APPEND, &rpc, timeout).await.map_err(CallError::into_rpc)?;
+        let carries_entries = !rpc.entries.is_empty();
+        let resp: AppendEntriesResponse<TypeConfig> = match self.call(wire::PATH_APPEND, &rpc, timeout).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                if matches!(&e, CallError::Remote(m) if m.starts_with(REFUSED_PREFIX)) {
+                    self.room.refused(self.target);
+                }
+                return Err(e.into_rpc());
+            }
+        };
+        if carries_entries && matches!(resp, AppendEntriesResponse::Success) {
+            self.room.took(self.target);
+        }
         if self.channel == Channel::Heartbeat {
             let conflict = matches!(resp, AppendEntriesResponse::Conflict);
             let grace = self.timeouts.heartbeat_conflict_grace();

@@ -22,6 +22,7 @@ use super::error::{RaftNodeError, stopped};
 use super::failover::{self, LeaderContact};
 use super::log_store::{LogBytes, LogStore, SyncerHandle};
 use super::network::{self, NetworkFactory, NetworkTimeouts};
+use super::peer_room::PeerRoom;
 use super::read_index::ReadIndexClient;
 use super::rejoin::RejoinAllowances;
 use super::rpc_server;
@@ -69,6 +70,8 @@ pub struct RaftNode {
     leader_lease: Duration,
     /// Free space of the data directory against its reserve.
     disk: Arc<DiskSpace>,
+    /// Followers that refused entries for want of disk space.
+    peer_room: Arc<PeerRoom>,
 }
 
 impl RaftNode {
@@ -93,9 +96,15 @@ impl RaftNode {
         // log store (inside Raft) is gone.
         let http = network::http_client(&settings.outgoing).map_err(|e| RaftNodeError::Network(e.to_string()))?;
         let timeouts = NetworkTimeouts { append: ms(t.append_timeout_ms), snapshot_idle: ms(t.snapshot_timeout_ms) };
-        let network =
-            NetworkFactory::new(Arc::from(token.presented()), timeouts, snapshots.stats(), &settings.outgoing)
-                .map_err(|e| RaftNodeError::Network(e.to_string()))?;
+        let peer_room = Arc::new(PeerRoom::default());
+        let network = NetworkFactory::new(
+            Arc::from(token.presented()),
+            timeouts,
+            snapshots.stats(),
+            peer_room.clone(),
+            &settings.outgoing,
+        )
+        .map_err(|e| RaftNodeError::Network(e.to_string()))?;
         let (applied_tx, applied_rx) = watch::channel(0u64);
         let changes = Arc::new(ChangeFeed::default());
         let sm =
@@ -134,6 +143,7 @@ impl RaftNode {
             election_min: ms(t.election_min_ms),
             leader_lease: ms(t.election_max_ms),
             disk,
+            peer_room,
         }))
     }
 

@@ -134,7 +134,8 @@ async fn append(State(s): State<RpcState>, body: Bytes) -> Response {
             let carries_commands = req.entries.iter().any(|e| matches!(e.payload, openraft::EntryPayload::Normal(_)));
             if carries_commands && s.disk.check() {
                 return reply::<openraft::raft::AppendEntriesResponse<super::types::TypeConfig>>(Err(format!(
-                    "entries refused: {}",
+                    "{}{}",
+                    super::peer_room::REFUSED_PREFIX,
                     s.disk.describe()
                 )));
             }
@@ -188,9 +189,7 @@ async fn snapshot(State(s): State<RpcState>, headers: HeaderMap, body: Body) -> 
     let Ok(permit) = s.inbound_snapshot.clone().try_acquire_owned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "another snapshot is being received").into_response();
     };
-    if s.disk.check() {
-        return (StatusCode::INSUFFICIENT_STORAGE, format!("snapshot refused: {}", s.disk.describe())).into_response();
-    }
+
     let vote: Vote = match header_value(&headers, wire::HEADER_VOTE) {
         Ok(v) => v,
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
@@ -199,6 +198,22 @@ async fn snapshot(State(s): State<RpcState>, headers: HeaderMap, body: Body) -> 
         Ok(v) => v,
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
     };
+    // The snapshot is written beside the current state and snapshot: it must fit above the
+    // reserve, or receiving it could fill the disk under Raft's own writes.
+    let low = s.disk.check();
+    if low || s.disk.free() < s.disk.reserve().saturating_add(manifest.data_size) {
+        return (
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!(
+                "{}a snapshot of {} bytes does not fit: {} bytes free, reserve {} (disk-reserve-bytes)",
+                super::peer_room::REFUSED_PREFIX,
+                manifest.data_size,
+                s.disk.free(),
+                s.disk.reserve()
+            ),
+        )
+            .into_response();
+    }
     // Refuse, before downloading, what openraft would reject by panicking.
     let (committed, current_vote) = {
         let m = s.raft.metrics();

@@ -34,8 +34,10 @@ pub enum Nemesis {
     SlowDisk,
 }
 
-/// Size of each node's data filesystem for [`Nemesis::DiskFull`].
-pub const SMALL_DISK_BYTES: u64 = 320 << 20;
+/// Size of each node's data filesystem for [`Nemesis::DiskFull`]: room for RocksDB's WAL (up
+/// to 256 MiB before a forced flush) and a 10-minute run's data above the reserve, as a real
+/// volume would have (a 320 MiB one let a node's own data keep it below the reserve).
+pub const SMALL_DISK_BYTES: u64 = 1 << 30;
 /// The nodes' `--disk-reserve-bytes` for [`Nemesis::DiskFull`].
 pub const DISK_RESERVE_BYTES: u64 = 96 << 20;
 /// Free space a full disk is left with: below the reserve, above RocksDB's WAL preallocation
@@ -74,24 +76,37 @@ pub struct FaultLog {
 }
 
 /// How long after now node `target` takes to apply the commit index the other nodes report
-/// now (at most `within`; `None` if it did not).
-async fn catch_up_time(c: &Cluster, target: u64, ids: &[u64], within: Duration) -> Option<Duration> {
+/// now (at most `within`); on failure, what the node last reported.
+async fn catch_up_time(
+    c: &Cluster,
+    target: u64,
+    ids: &[u64],
+    within: Duration,
+) -> std::result::Result<Duration, String> {
     let started = Instant::now();
-    let mut goal = 0;
-    for id in ids.iter().filter(|id| **id != target) {
-        if let Ok(info) = c.cluster_info(*id).await {
-            goal = goal.max(info["commitIndex"].as_u64().unwrap_or(0));
-        }
-    }
+    let mut goal = None;
+    let mut last = serde_json::Value::Null;
     while started.elapsed() < within {
-        if let Ok(info) = c.cluster_info(target).await
-            && info["appliedIndex"].as_u64().unwrap_or(0) >= goal
-        {
-            return Some(started.elapsed());
+        if goal.is_none() {
+            for id in ids.iter().filter(|id| **id != target) {
+                if let Ok(info) = c.cluster_info(*id).await
+                    && let Some(commit) = info["commitIndex"].as_u64()
+                {
+                    goal = Some(goal.unwrap_or(0).max(commit));
+                }
+            }
+        }
+        if let Ok(info) = c.cluster_info(target).await {
+            if let Some(goal) = goal
+                && info["appliedIndex"].as_u64().unwrap_or(0) >= goal
+            {
+                return Ok(started.elapsed());
+            }
+            last = info;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    None
+    Err(format!("goal {goal:?}, node {target} last reported {last}"))
 }
 
 fn signal(pid: u32, sig: &str) -> Result<()> {
@@ -169,10 +184,10 @@ pub async fn run_nemesis(c: &mut Cluster, nemesis: Nemesis, until: Instant) -> R
                 SmallDisks::unfill(&dir)?;
                 filled?;
                 match catch_up_time(c, target, &ids, Duration::from_secs(60)).await {
-                    Some(t) => log.recoveries.push(t),
-                    None => {
+                    Ok(t) => log.recoveries.push(t),
+                    Err(why) => {
                         return Err(HarnessError::Unexpected(format!(
-                            "node {target} did not catch up within 60 s of its disk being freed"
+                            "node {target} did not catch up within 60 s of its disk being freed: {why}"
                         )));
                     }
                 }

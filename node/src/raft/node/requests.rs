@@ -29,10 +29,13 @@ impl RaftNode {
         hold: H,
         already_waited: Duration,
     ) -> Result<(CommandOutcome, u64), RaftNodeError> {
-        // A node below its disk reserve proposes nothing: its own log write could fail, and
-        // openraft stops on a failed log write (`crate::disk_space`).
-        if self.disk.check() {
-            return Err(RaftNodeError::NoSpace(self.disk.describe()));
+        // A leader below its disk reserve proposes nothing: its own log write could fail, and
+        // openraft stops on a failed log write (`crate::disk_space`). Nor does one whose
+        // followers refuse entries so that no majority can store the write: it could not
+        // commit, and the client would wait for an unknown outcome. (A node that is not the
+        // leader leaves the answer to openraft: not the leader.)
+        if self.raft.is_leader() {
+            self.check_room()?;
         }
         if !self.settings_recorded.load(Ordering::Acquire) {
             self.record_initial_settings().await?;
