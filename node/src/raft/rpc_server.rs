@@ -126,13 +126,15 @@ async fn decode_body<T: DeserializeOwned + Send + 'static>(body: Bytes) -> Resul
 async fn append(State(s): State<RpcState>, body: Bytes) -> Response {
     match decode_body::<openraft::raft::AppendEntriesRequest<super::types::TypeConfig>>(body).await {
         Ok(req) => {
-            // Below the disk reserve no client command is written (a failed log write would
-            // stop Raft): the leader backs off and sends them again later. Heartbeats still
-            // count, so this follower calls no election while it waits for room; blank and
-            // membership entries (a few bytes, inside the reserve) are taken, so a new leader
-            // can commit its term and serve reads when every member is low.
-            let carries_commands = req.entries.iter().any(|e| matches!(e.payload, openraft::EntryPayload::Normal(_)));
-            if carries_commands && s.disk.check() {
+            // Below the disk reserve no new client command is written (a failed log write
+            // would stop Raft): the leader backs off and sends them again later. Heartbeats
+            // still count, so this follower calls no election while it waits for room; blank
+            // and membership entries (a few bytes, inside the reserve) are taken, and so are
+            // commands this log already holds (a new leader resends them ahead of its blank
+            // entry), so a new leader can commit its term and serve reads when every member
+            // is low.
+            let last = s.raft.metrics().borrow_watched().last_log_index;
+            if appends_commands(&req.entries, last) && s.disk.check() {
                 return reply::<openraft::raft::AppendEntriesResponse<super::types::TypeConfig>>(Err(format!(
                     "{}{}",
                     super::peer_room::REFUSED_PREFIX,
@@ -148,6 +150,15 @@ async fn append(State(s): State<RpcState>, body: Bytes) -> Response {
         }
         Err(r) => r,
     }
+}
+
+/// Whether `entries` hold a client command past `last`, this log's last index: one that would
+/// take new space. (One at or below it is already here, or replaces an uncommitted entry of a
+/// former leader, which frees about as much.)
+fn appends_commands(entries: &[super::types::Entry], last: Option<u64>) -> bool {
+    entries
+        .iter()
+        .any(|e| matches!(e.payload, openraft::EntryPayload::Normal(_)) && last.is_none_or(|l| e.log_id.index > l))
 }
 
 async fn vote(State(s): State<RpcState>, body: Bytes) -> Response {
@@ -309,4 +320,35 @@ async fn receive(
     let snapshot =
         Snapshot { meta: manifest.meta.clone(), snapshot: SnapshotFile { dir: staging.to_path_buf(), manifest } };
     s.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::EntryPayload;
+    use openraft::testing::{blank_ent, log_id};
+
+    use super::*;
+    use crate::command::{Command, Operation};
+    use crate::raft::types::{Entry, TypeConfig};
+
+    fn command(index: u64) -> Entry {
+        let op = Operation::DeleteNamespace { name: format!("ns{index}") };
+        Entry {
+            log_id: log_id::<TypeConfig>(2, 1, index),
+            payload: EntryPayload::Normal(Command { actor: "test".into(), at_ms: 0, op }),
+        }
+    }
+
+    /// A new leader resends commands a full follower already holds ahead of its blank entry;
+    /// refusing them would keep every member from committing the new term (no reads while all
+    /// disks are low).
+    #[test]
+    fn a_full_follower_takes_commands_it_already_holds_and_refuses_new_ones() {
+        let resent = vec![command(7), command(8), blank_ent::<TypeConfig>(3, 2, 9)];
+        assert!(!appends_commands(&resent, Some(8)), "7 and 8 are already in the log");
+        assert!(appends_commands(&resent, Some(7)), "8 is new");
+        assert!(appends_commands(&resent, None), "an empty log holds nothing");
+        assert!(!appends_commands(&[blank_ent::<TypeConfig>(3, 2, 9)], Some(1)), "a blank entry is taken");
+        assert!(!appends_commands(&[], Some(1)), "a heartbeat is taken");
+    }
 }
