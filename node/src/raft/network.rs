@@ -318,8 +318,11 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 return Err(e.into_rpc());
             }
         };
-        if carries_entries && matches!(resp, AppendEntriesResponse::Success) {
-            self.room.took(self.target);
+        match resp {
+            AppendEntriesResponse::Success if carries_entries => self.room.took(self.target),
+            // Only a follower below its disk reserve takes part of a batch (`rpc_server`).
+            AppendEntriesResponse::PartialSuccess(_) => self.room.refused(self.target),
+            _ => {}
         }
         if self.channel == Channel::Heartbeat {
             let conflict = matches!(resp, AppendEntriesResponse::Conflict);

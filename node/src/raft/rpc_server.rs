@@ -124,41 +124,58 @@ async fn decode_body<T: DeserializeOwned + Send + 'static>(body: Bytes) -> Resul
 }
 
 async fn append(State(s): State<RpcState>, body: Bytes) -> Response {
+    type Response = openraft::raft::AppendEntriesResponse<super::types::TypeConfig>;
     match decode_body::<openraft::raft::AppendEntriesRequest<super::types::TypeConfig>>(body).await {
-        Ok(req) => {
-            // Below the disk reserve no new client command is written (a failed log write
-            // would stop Raft): the leader backs off and sends them again later. Heartbeats
-            // still count, so this follower calls no election while it waits for room; blank
-            // and membership entries (a few bytes, inside the reserve) are taken, and so are
-            // commands this log already holds (a new leader resends them ahead of its blank
-            // entry), so a new leader can commit its term and serve reads when every member
-            // is low.
+        Ok(mut req) => {
+            // Below the disk reserve no new client command of the sender's term is written (a
+            // failed log write would stop Raft): the entries before it are taken and reported
+            // as a partial success, the leader sends the rest again later and learns from the
+            // refusal that this member has no room. Heartbeats still count, so this follower
+            // calls no election while it waits for room. Blank and membership entries (a few
+            // bytes, inside the reserve) and a former leader's uncommitted commands (a bounded
+            // backlog, which a new leader sends ahead of its blank entry) are taken, so a new
+            // leader can commit its term and serve reads when every member is low.
             let last = s.raft.metrics().borrow_watched().last_log_index;
-            if appends_commands(&req.entries, last) && s.disk.check() {
-                return reply::<openraft::raft::AppendEntriesResponse<super::types::TypeConfig>>(Err(format!(
-                    "{}{}",
-                    super::peer_room::REFUSED_PREFIX,
-                    s.disk.describe()
-                )));
+            let mut cut = None;
+            if let Some(at) = first_new_command(&req.entries, last, req.vote.leader_id.term)
+                && s.disk.check()
+            {
+                if at == 0 {
+                    return reply::<Response>(Err(format!(
+                        "{}{}",
+                        super::peer_room::REFUSED_PREFIX,
+                        s.disk.describe()
+                    )));
+                }
+                req.entries.truncate(at);
+                cut = req.entries.last().map(|e| e.log_id);
             }
             let result = s.raft.append_entries(req).await;
             // Accepted from the leader of our term (a higher vote means the sender is not it).
-            if result.as_ref().is_ok_and(|r| !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_))) {
+            if result.as_ref().is_ok_and(|r| !matches!(r, Response::HigherVote(_))) {
                 s.contact.touch();
             }
+            let result = match (result, cut) {
+                (Ok(Response::Success), Some(taken)) => Ok(Response::PartialSuccess(Some(taken))),
+                (r, _) => r,
+            };
             reply(result.map_err(|e| e.to_string()))
         }
         Err(r) => r,
     }
 }
 
-/// Whether `entries` hold a client command past `last`, this log's last index: one that would
-/// take new space. (One at or below it is already here, or replaces an uncommitted entry of a
-/// former leader, which frees about as much.)
-fn appends_commands(entries: &[super::types::Entry], last: Option<u64>) -> bool {
-    entries
-        .iter()
-        .any(|e| matches!(e.payload, openraft::EntryPayload::Normal(_)) && last.is_none_or(|l| e.log_id.index > l))
+/// The position in `entries` of the first client command of the sender's `term` past `last`,
+/// this log's last index: the first entry that takes new space a full disk must not give.
+/// Commands at or below `last` are already here, or replace a former leader's uncommitted
+/// ones; commands of a former term are that leader's uncommitted backlog. Both are bounded,
+/// and refusing them would keep the new leader's blank entry, behind them, from committing.
+fn first_new_command(entries: &[super::types::Entry], last: Option<u64>, term: u64) -> Option<usize> {
+    entries.iter().position(|e| {
+        matches!(e.payload, openraft::EntryPayload::Normal(_))
+            && e.log_id.leader_id.term == term
+            && last.is_none_or(|l| e.log_id.index > l)
+    })
 }
 
 async fn vote(State(s): State<RpcState>, body: Bytes) -> Response {
@@ -339,16 +356,21 @@ mod tests {
         }
     }
 
-    /// A new leader resends commands a full follower already holds ahead of its blank entry;
-    /// refusing them would keep every member from committing the new term (no reads while all
-    /// disks are low).
+    /// A new leader resends commands a full follower already holds, and a former leader's
+    /// uncommitted ones, ahead of its blank entry; refusing them would keep every member from
+    /// committing the new term (no reads while all disks are low). Its own new commands are cut
+    /// off where they start.
     #[test]
-    fn a_full_follower_takes_commands_it_already_holds_and_refuses_new_ones() {
+    fn a_full_follower_takes_all_but_new_commands_of_the_senders_term() {
         let resent = vec![command(7), command(8), blank_ent::<TypeConfig>(3, 2, 9)];
-        assert!(!appends_commands(&resent, Some(8)), "7 and 8 are already in the log");
-        assert!(appends_commands(&resent, Some(7)), "8 is new");
-        assert!(appends_commands(&resent, None), "an empty log holds nothing");
-        assert!(!appends_commands(&[blank_ent::<TypeConfig>(3, 2, 9)], Some(1)), "a blank entry is taken");
-        assert!(!appends_commands(&[], Some(1)), "a heartbeat is taken");
+        assert_eq!(first_new_command(&resent, Some(8), 3), None, "7 and 8 are already in the log");
+        assert_eq!(first_new_command(&resent, Some(6), 3), None, "7 and 8 are a former term's backlog");
+        assert_eq!(first_new_command(&resent, Some(7), 2), Some(1), "8 is new, of the sender's term");
+        assert_eq!(first_new_command(&resent, None, 2), Some(0), "an empty log holds nothing");
+        let mut own = vec![blank_ent::<TypeConfig>(3, 2, 9), command(10)];
+        own[1].log_id = log_id::<TypeConfig>(3, 2, 10);
+        assert_eq!(first_new_command(&own, Some(8), 3), Some(1), "the blank entry goes, the command waits");
+        assert_eq!(first_new_command(&[blank_ent::<TypeConfig>(3, 2, 9)], Some(1), 3), None, "a blank entry is taken");
+        assert_eq!(first_new_command(&[], Some(1), 3), None, "a heartbeat is taken");
     }
 }
