@@ -57,6 +57,14 @@ pub enum Error {
     /// The client was built without endpoints.
     #[error("no endpoints configured")]
     NoEndpoints,
+    /// The token file (a projected ServiceAccount token) could not be read.
+    #[error("credential file {path}: {reason}")]
+    Credential {
+        /// The token file.
+        path: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// The node refused the request.
     #[error("confman: {0}")]
     Api(Problem),

@@ -23,11 +23,13 @@
 //! # Ok(()) }
 //! ```
 
+mod credential;
 mod error;
 mod types;
 mod watch;
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -37,6 +39,7 @@ use serde::de::DeserializeOwned;
 /// The HTTP client setup shared with the node: for tests and tools that build their own
 /// `reqwest::Client` to talk to nodes directly.
 pub use confman_http::{build_http, http_builder, install_crypto_provider};
+use credential::Credential;
 pub use error::{Error, Problem};
 pub use types::{ClusterStatus, Entry, EntryMeta, Member, Page, WriteResult};
 pub use watch::{Watch, WatchEvent};
@@ -45,14 +48,68 @@ pub use watch::{Watch, WatchEvent};
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     endpoints: Vec<String>,
-    credential: String,
+    credential: Credential,
     retry_for: Duration,
     request_timeout: Duration,
     resolve: Vec<(String, IpAddr)>,
     trusted_cas: Vec<Vec<u8>>,
 }
 
+/// Where the documented pod spec projects the ServiceAccount token for Confman (audience
+/// `confman`); see [`ClientBuilder::in_cluster`].
+pub const IN_CLUSTER_TOKEN_FILE: &str = "/var/run/secrets/confman/token";
+/// Where the documented pod spec puts the cluster's CA certificate when the cluster serves TLS.
+pub const IN_CLUSTER_CA_FILE: &str = "/var/run/secrets/confman/ca.crt";
+
 impl ClientBuilder {
+    /// A client of the ConfmanCluster `cluster` in Kubernetes namespace `namespace`, for a pod
+    /// of the same Kubernetes cluster: it calls the cluster's client Service
+    /// (`<cluster>.<namespace>.svc`, port 8080) with the ServiceAccount token projected at
+    /// [`IN_CLUSTER_TOKEN_FILE`] (re-read as the kubelet rotates it), over https trusting the
+    /// CA at [`IN_CLUSTER_CA_FILE`] when that file exists (a cluster with `spec.tls`: mount its
+    /// `ca.crt` there, e.g. from a ConfigMap copy in the workload's namespace), else over plain
+    /// http, with a warning (the token then travels unencrypted inside the Kubernetes
+    /// network). The token's ServiceAccount must be named in the cluster's
+    /// `spec.auth.serviceAccounts`.
+    pub fn in_cluster(cluster: &str, namespace: &str) -> Result<ClientBuilder, Error> {
+        Self::in_cluster_with(cluster, namespace, Path::new(IN_CLUSTER_TOKEN_FILE), Path::new(IN_CLUSTER_CA_FILE))
+    }
+
+    /// [`ClientBuilder::in_cluster`] with the token and CA files elsewhere.
+    pub fn in_cluster_with(
+        cluster: &str,
+        namespace: &str,
+        token_file: &Path,
+        ca_file: &Path,
+    ) -> Result<ClientBuilder, Error> {
+        let ca = match std::fs::read(ca_file) {
+            Ok(pem) => Some(pem),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::Credential { path: ca_file.display().to_string(), reason: e.to_string() }),
+        };
+        let scheme = if ca.is_some() { "https" } else { "http" };
+        if ca.is_none() {
+            tracing::warn!(
+                ca = %ca_file.display(),
+                "no CA file: calling {cluster}.{namespace} over plain http, the ServiceAccount token unencrypted \
+                 (right only for a cluster without spec.tls)"
+            );
+        }
+        let mut builder =
+            Client::builder([format!("{scheme}://{cluster}.{namespace}.svc:8080")], "").token_file(token_file);
+        if let Some(pem) = ca {
+            builder = builder.trust_ca_pem(pem);
+        }
+        Ok(builder)
+    }
+
+    /// Presents the token in `path` instead of a fixed key, read again as it changes (a
+    /// projected ServiceAccount token).
+    pub fn token_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.credential = Credential::file(&path.into());
+        self
+    }
+
     /// Trusts the CA certificates in `pem` (a PEM bundle) for https:// endpoints — only these,
     /// instead of the system's roots (cluster certificates come from a private CA).
     pub fn trust_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
@@ -120,7 +177,7 @@ pub struct Client {
     http: reqwest::Client,
     watch_http: reqwest::Client,
     endpoints: Vec<String>,
-    credential: String,
+    credential: Credential,
     retry_for: Duration,
     next: AtomicUsize,
     retries: RetryCounters,
@@ -214,7 +271,7 @@ impl Client {
     {
         ClientBuilder {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
-            credential: credential.into(),
+            credential: Credential::fixed(credential),
             retry_for: Duration::from_secs(30),
             request_timeout: Duration::from_secs(60),
             resolve: Vec::new(),
@@ -234,7 +291,7 @@ impl Client {
         loop {
             let i = self.next.load(Ordering::Relaxed) % self.endpoints.len();
             let base = &self.endpoints[i];
-            let result = make(base).bearer_auth(&self.credential).send().await;
+            let result = make(base).bearer_auth(&*self.credential.current()?).send().await;
             let retry = match result {
                 Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => {
                     let problem = Problem::read(resp).await;
@@ -248,7 +305,14 @@ impl Client {
                     Error::Unavailable(problem)
                 }
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
-                Ok(resp) => return Err(Error::Api(Problem::read(resp).await)),
+                Ok(resp) => {
+                    if resp.status() == StatusCode::UNAUTHORIZED {
+                        // A token file may have been rotated since it was read: the next call
+                        // reads it again.
+                        self.credential.refresh();
+                    }
+                    return Err(Error::Api(Problem::read(resp).await));
+                }
                 // Never connected: the request cannot have reached a node.
                 Err(e) if e.is_connect() => {
                     tracing::debug!(endpoint = %base, error = %e, "endpoint unreachable, trying the next");
@@ -429,7 +493,7 @@ impl Client {
     async fn get_from<T: DeserializeOwned>(&self, endpoint: &str, path: &str) -> Result<T, Error> {
         let resp = self
             .req(Method::GET, endpoint.trim_end_matches('/'), path)
-            .bearer_auth(&self.credential)
+            .bearer_auth(&*self.credential.current()?)
             .send()
             .await
             .map_err(Error::Transport)?;
@@ -494,6 +558,24 @@ enum Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_cluster_targets_the_client_service_over_https_when_the_ca_is_mounted()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let token = dir.path().join("token");
+        std::fs::write(&token, "projected")?;
+        let plain = ClientBuilder::in_cluster_with("config", "apps", &token, &dir.path().join("ca.crt"))?;
+        assert_eq!(plain.endpoints, ["http://config.apps.svc:8080"]);
+        assert!(plain.trusted_cas.is_empty());
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n")?;
+        let tls = ClientBuilder::in_cluster_with("config", "apps", &token, &ca)?;
+        assert_eq!(tls.endpoints, ["https://config.apps.svc:8080"]);
+        assert_eq!(tls.trusted_cas.len(), 1);
+        assert_eq!(&*tls.credential.current()?, "projected");
+        Ok(())
+    }
 
     #[test]
     fn keys_keep_slashes_and_escape_the_rest() {

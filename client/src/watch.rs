@@ -36,7 +36,7 @@ pub struct WatchEvent {
 pub struct Watch {
     pub(crate) http: reqwest::Client,
     pub(crate) endpoints: Vec<String>,
-    pub(crate) credential: String,
+    pub(crate) credential: crate::credential::Credential,
     pub(crate) ns: String,
     pub(crate) next_endpoint: usize,
     /// Resume point: the last complete revision delivered.
@@ -81,7 +81,7 @@ impl Watch {
             let mut req = self
                 .http
                 .get(format!("{base}/api/v1/namespaces/{}/watch", crate::encode_segment(&self.ns)))
-                .bearer_auth(&self.credential)
+                .bearer_auth(&*self.credential.current()?)
                 .header("accept", "text/event-stream");
             if let Some(after) = self.after {
                 req = req.header("last-event-id", after.to_string());

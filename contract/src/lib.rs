@@ -11,6 +11,8 @@
 //! - [`node_config`]: `node.toml`, the node's config file; its keys are also the node's flags.
 //! - [`members`]: `members.toml`, the operator's ledger of node ids as the pods read it.
 //! - [`cluster_token`]: the token file / token Secret format (several tokens during a rotation).
+//! - [`service_accounts`]: `service-accounts.toml`, the ServiceAccounts a node accepts and their
+//!   roles (`spec.auth.serviceAccounts`).
 
 pub mod class;
 pub mod cluster_token;
@@ -19,9 +21,11 @@ pub mod tuning;
 pub mod invariants;
 pub mod members;
 pub mod node_config;
+pub mod service_accounts;
 
 pub use class::PayloadClass;
 pub use invariants::{Violation, derive};
 pub use members::MembersFile;
 pub use node_config::NodeConfig;
+pub use service_accounts::{Role, ServiceAccountRule, ServiceAccountsFile};
 pub use tuning::{Tuning, TuningOverrides};

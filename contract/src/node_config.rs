@@ -95,6 +95,10 @@ settings_table!(node_config_type {
     /// API keys file (YAML or JSON). Without it a development admin key is generated.
     #[arg(long, env = "CONFMAN_API_KEYS_FILE")]
     api_keys_file: Option<PathBuf>,
+    /// ServiceAccounts file (TOML, `service-accounts.toml`): accept Kubernetes ServiceAccount
+    /// tokens of these audiences, validated by the API server's TokenReview, with these roles.
+    #[arg(long, env = "CONFMAN_SERVICE_ACCOUNTS_FILE")]
+    service_accounts_file: Option<PathBuf>,
     /// PEM certificate chain: serve the client API and Raft RPC over TLS (with --tls-key-file).
     #[arg(long, env = "CONFMAN_TLS_CERT_FILE")]
     tls_cert_file: Option<PathBuf>,

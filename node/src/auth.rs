@@ -10,38 +10,60 @@ use crate::cluster_token::ClusterToken;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-/// Roles, ordered by power.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Read anything in its namespaces.
-    Viewer,
-    /// Also write config entries.
-    Editor,
-    /// Also manage namespaces and the cluster.
-    Admin,
-}
+pub use confman_contract::Role;
 
-/// An authenticated caller.
+pub mod service_account;
+pub mod token_review;
+
+/// A role over some namespaces.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    /// Key name (the actor in audit records).
-    pub name: String,
-    /// Strongest role held.
+pub struct Grant {
+    /// The role held.
     pub role: Role,
-    /// Namespace glob patterns the key may touch.
+    /// Namespace glob patterns it applies to.
     pub namespaces: Vec<String>,
 }
 
-impl Principal {
-    /// Whether the key may act on namespace `ns`.
-    pub fn covers(&self, ns: &str) -> bool {
+impl Grant {
+    fn covers(&self, ns: &str) -> bool {
         self.namespaces.iter().any(|p| glob_match(p, ns))
     }
+}
 
-    /// Whether the key is unrestricted (pattern `*`): needed for cluster-wide administration.
+/// An authenticated caller: an API key holds one grant, a ServiceAccount one per rule that
+/// names it (so a viewer rule over `*` and an editor rule over `team-*` stay separate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Key name or `system:serviceaccount:<ns>:<name>` (the actor in audit records).
+    pub name: String,
+    /// What it may do.
+    pub grants: Vec<Grant>,
+    /// Until when the credential is known to be good (a ServiceAccount token: its expiry, or
+    /// the end of the cache period after which the API server is asked again); None for an
+    /// API key. A long-lived request (a watch) ends then, and the client reconnects with a
+    /// credential that is checked again.
+    pub valid_until: Option<std::time::Instant>,
+}
+
+impl Principal {
+    fn single(name: &str, role: Role, namespaces: Vec<String>) -> Principal {
+        Principal { name: name.into(), grants: vec![Grant { role, namespaces }], valid_until: None }
+    }
+
+    /// The strongest role held anywhere.
+    pub fn role(&self) -> Option<Role> {
+        self.grants.iter().map(|g| g.role).max()
+    }
+
+    /// Whether any grant covers namespace `ns` (every role can at least read).
+    pub fn covers(&self, ns: &str) -> bool {
+        self.grants.iter().any(|g| g.covers(ns))
+    }
+
+    /// Whether it is an admin over every namespace (pattern `*`): needed for cluster-wide
+    /// administration.
     pub fn is_unscoped(&self) -> bool {
-        self.namespaces.iter().any(|p| p == "*")
+        self.grants.iter().any(|g| g.role == Role::Admin && g.namespaces.iter().any(|p| p == "*"))
     }
 }
 
@@ -51,9 +73,15 @@ pub enum AuthError {
     /// No key or an unknown key: 401.
     #[error("{0}")]
     Unauthenticated(&'static str),
+    /// A ServiceAccount token that is not accepted, and why: 401.
+    #[error("{0}")]
+    BadToken(String),
     /// Known key without the needed role or namespace: 403.
     #[error("{0}")]
     Forbidden(String),
+    /// A ServiceAccount token could not be checked (the API server did not answer): 503.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Errors loading the keys file.
@@ -138,7 +166,7 @@ impl KeyRing {
                 return Err(fail(format!("keys[{i}]: name must not be empty")));
             }
             let namespaces = k.namespaces.unwrap_or_else(|| vec!["*".into()]);
-            keys.push(StoredKey { digest, principal: Principal { name: k.name, role, namespaces } });
+            keys.push(StoredKey { digest, principal: Principal::single(&k.name, role, namespaces) });
         }
         Ok(KeyRing { keys })
     }
@@ -155,7 +183,7 @@ impl KeyRing {
         KeyRing {
             keys: vec![StoredKey {
                 digest: digest(key.as_bytes()),
-                principal: Principal { name: name.into(), role: Role::Admin, namespaces: vec!["*".into()] },
+                principal: Principal::single(name, Role::Admin, vec!["*".into()]),
             }],
         }
     }
@@ -167,7 +195,7 @@ impl KeyRing {
         for d in token.accepted_digests() {
             self.keys.push(StoredKey {
                 digest: *d,
-                principal: Principal { name: "cluster-token".into(), role: Role::Admin, namespaces: vec!["*".into()] },
+                principal: Principal::single("cluster-token", Role::Admin, vec!["*".into()]),
             });
         }
         self
@@ -176,8 +204,11 @@ impl KeyRing {
     /// Finds the principal of a presented key; every stored digest is compared so timing does
     /// not reveal which key matched.
     pub fn authenticate(&self, presented: Option<&str>) -> Result<Principal, AuthError> {
-        let presented = presented
-            .ok_or(AuthError::Unauthenticated("an API key is required (Authorization: Bearer <key> or X-Api-Key)"))?;
+        let presented = presented.ok_or(AuthError::Unauthenticated(KEY_REQUIRED))?;
+        self.find(presented).ok_or(AuthError::Unauthenticated("the API key is not valid"))
+    }
+
+    fn find(&self, presented: &str) -> Option<Principal> {
         let d = digest(presented.as_bytes());
         let mut found = None;
         for k in &self.keys {
@@ -185,19 +216,49 @@ impl KeyRing {
                 found = Some(&k.principal);
             }
         }
-        found.cloned().ok_or(AuthError::Unauthenticated("the API key is not valid"))
+        found.cloned()
     }
 }
 
-/// Checks that `p` holds `role` and, when `ns` is given, covers that namespace.
+const KEY_REQUIRED: &str =
+    "an API key or a ServiceAccount token is required (Authorization: Bearer <key> or X-Api-Key)";
+
+/// API keys and, when configured, ServiceAccount tokens: what a request is authenticated
+/// against. A presented credential that is a known key never reaches the API server.
+#[derive(Debug)]
+pub struct Authenticator {
+    /// API keys and cluster tokens.
+    pub keys: KeyRing,
+    /// ServiceAccount tokens, when `--service-accounts-file` is set.
+    pub service_accounts: Option<token_review::ServiceAccountAuth>,
+}
+
+impl Authenticator {
+    /// Finds the principal of a presented credential: an API key, else a ServiceAccount token.
+    pub async fn authenticate(&self, presented: Option<&str>) -> Result<Principal, AuthError> {
+        let presented = presented.ok_or(AuthError::Unauthenticated(KEY_REQUIRED))?;
+        if let Some(p) = self.keys.find(presented) {
+            return Ok(p);
+        }
+        match &self.service_accounts {
+            Some(sa) if service_account::looks_like_jwt(presented) => sa.authenticate(presented).await,
+            _ => Err(AuthError::Unauthenticated("the API key is not valid")),
+        }
+    }
+}
+
+/// Checks that `p` holds `role` and, when `ns` is given, that one grant of at least that role
+/// covers that namespace.
 pub fn authorize(p: &Principal, role: Role, ns: Option<&str>) -> Result<(), AuthError> {
-    if p.role < role {
-        return Err(AuthError::Forbidden(format!("key {:?} has role {:?}; this needs {:?}", p.name, p.role, role)));
+    let strong_enough = |g: &&Grant| g.role >= role;
+    if !p.grants.iter().any(|g| strong_enough(&g)) {
+        let held = p.role().map_or_else(|| "no role".to_string(), |r| format!("role {r:?}"));
+        return Err(AuthError::Forbidden(format!("{:?} has {held}; this needs {role:?}", p.name)));
     }
     if let Some(ns) = ns
-        && !p.covers(ns)
+        && !p.grants.iter().filter(strong_enough).any(|g| g.covers(ns))
     {
-        return Err(AuthError::Forbidden(format!("key {:?} is not allowed on namespace {ns:?}", p.name)));
+        return Err(AuthError::Forbidden(format!("{:?} is not allowed {role:?} on namespace {ns:?}", p.name)));
     }
     Ok(())
 }
@@ -248,11 +309,11 @@ keys:
     fn roles_nest_and_namespaces_scope() -> Result<(), Box<dyn std::error::Error>> {
         let ring = KeyRing::parse(FILE, "test")?;
         let ops = ring.authenticate(Some("admin-key"))?;
-        assert_eq!(ops.role, Role::Admin);
+        assert_eq!(ops.role(), Some(Role::Admin));
         assert!(authorize(&ops, Role::Viewer, Some("anything")).is_ok());
         // sha256("secret")
         let ci = ring.authenticate(Some("secret"))?;
-        assert_eq!(ci.role, Role::Editor);
+        assert_eq!(ci.role(), Some(Role::Editor));
         assert!(authorize(&ci, Role::Editor, Some("payments.prod")).is_ok());
         assert!(matches!(authorize(&ci, Role::Editor, Some("billing")), Err(AuthError::Forbidden(_))));
         assert!(matches!(authorize(&ci, Role::Admin, Some("payments.prod")), Err(AuthError::Forbidden(_))));

@@ -1,8 +1,9 @@
 //! Node startup and ordered shutdown (storage is never closed under a pending apply:
 //! `docs/large-values.md`, lesson 9). Startup: data dir → RocksDB → keys and cluster token →
-//! HTTP clients and the bound listener → Raft (nothing fallible after it). Shutdown: stop
-//! accepting, drain in-flight requests (they still need Raft to commit), hand leadership away,
-//! stop Raft (pending applies finish), fsync, close RocksDB.
+//! HTTP clients and the bound listener → Raft (nothing fallible after it). Shutdown: a leader
+//! hands leadership away first (followers' forwarded writes keep working), then the node stops
+//! accepting, drains in-flight requests (they still need Raft to commit), stops Raft (pending
+//! applies finish), fsyncs and closes RocksDB.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::{self, AppContext};
-use crate::auth::{KeyRing, KeysFileError};
+use crate::auth::token_review::{ServiceAccountAuth, ServiceAccountsFileError};
+use crate::auth::{Authenticator, KeyRing, KeysFileError};
 use crate::cluster_token::{ClusterToken, TokenFileError};
 use crate::config::Settings;
 use crate::files;
@@ -33,6 +35,9 @@ pub enum ServerError {
     /// The API keys file is invalid.
     #[error(transparent)]
     Keys(#[from] KeysFileError),
+    /// The ServiceAccounts file is invalid.
+    #[error(transparent)]
+    ServiceAccounts(#[from] ServiceAccountsFileError),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     File {
@@ -186,6 +191,10 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
     };
     let token = Arc::new(cluster_token(settings.cluster_token_file.as_deref(), &dir)?);
     let keys = keys.with_cluster_token(&token);
+    let service_accounts = settings.service_accounts_file.as_deref().map(ServiceAccountAuth::load).transpose()?;
+    if let Some(sa) = &service_accounts {
+        tracing::info!(cache_seconds = sa.cache_period().as_secs(), "ServiceAccount tokens are accepted (TokenReview)");
+    }
 
     // Everything that can fail happens before Raft starts: a started Raft must be shut down,
     // not dropped (its log syncer is joined on drop).
@@ -220,7 +229,7 @@ pub async fn start(settings: &Settings) -> Result<Running, ServerError> {
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let ctx = Arc::new(AppContext {
         node: node.clone(),
-        keys,
+        auth: Authenticator { keys, service_accounts },
         tuning: settings.tuning,
         metrics: Arc::new(Metrics::default()),
         forward_client,

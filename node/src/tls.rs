@@ -139,11 +139,16 @@ pub fn server_config(reloader: Arc<CertReloader>) -> Result<Arc<rustls::ServerCo
 
 /// The CA certificates (PEM bundle) outgoing calls trust, for reqwest.
 pub fn trusted_cas(ca_file: &Path) -> Result<Vec<reqwest::Certificate>, TlsError> {
-    certs("tls-ca-file", ca_file)?
+    trusted_cas_of("tls-ca-file", ca_file)
+}
+
+/// The CA certificates in `ca_file`, which `setting` names (for the error).
+pub fn trusted_cas_of(setting: &'static str, ca_file: &Path) -> Result<Vec<reqwest::Certificate>, TlsError> {
+    certs(setting, ca_file)?
         .into_iter()
         .map(|der| {
             reqwest::Certificate::from_der(&der).map_err(|e| TlsError::File {
-                setting: "tls-ca-file",
+                setting,
                 path: ca_file.to_path_buf(),
                 reason: e.to_string(),
             })

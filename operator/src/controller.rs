@@ -64,6 +64,8 @@ pub struct RunOptions {
     pub lease_namespace: String,
     /// This replica's identity (its pod name).
     pub identity: String,
+    /// The ClusterRole the members' ServiceAccount is bound to for TokenReview.
+    pub token_review_role: String,
 }
 
 /// Why the controller stopped with an error.
@@ -360,6 +362,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(opts.identity.clone()) };
     let mut ctx = Context::new(client.clone(), reporter, metrics.clone());
     ctx.capabilities = discover(&client).await?;
+    ctx.token_review_role = opts.token_review_role.clone();
     let ctx = Arc::new(ctx);
     let ns = opts.namespace.clone();
     if !opts.leader_election {

@@ -100,7 +100,7 @@ pub struct ConfmanClusterSpec {
     /// Priority class of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
-    /// Secret with the API keys file.
+    /// Who may call the API: an API keys Secret, and ServiceAccounts mapped to roles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
     /// TLS secret references.
@@ -148,9 +148,11 @@ impl ConfmanClusterSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PodOptions {
-    /// Service account the pods run as (its token is still not mounted: nodes never call the
-    /// Kubernetes API). Useful for image pull secrets attached to it, or for admission
-    /// policies (PodSecurityPolicy, OpenShift SCCs) granted per service account.
+    /// Service account the pods run as. Useful for image pull secrets attached to it, or for
+    /// admission policies (PodSecurityPolicy, OpenShift SCCs) granted per service account. Its
+    /// token is mounted only when `spec.auth.serviceAccounts` is set (the members then call
+    /// TokenReview, and the operator binds it to that permission); otherwise the nodes never
+    /// call the Kubernetes API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
     /// Secrets for pulling `image` from a private registry.
@@ -237,12 +239,20 @@ pub struct StorageSpec {
     pub retain_on_scale_down: bool,
 }
 
-/// API keys.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+/// Who may call the API.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthSpec {
-    /// Secret holding the keys file under `keys.yaml`.
-    pub api_keys_secret: String,
+    /// Secret holding the API keys file under `keys.yaml`. Unset: the operator generates one
+    /// admin key in the Secret `<name>-admin` (key `admin-key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys_secret: Option<String>,
+    /// Kubernetes ServiceAccounts that may call the API with a projected token whose audience is
+    /// `confman` or this cluster's name, and what each may do. The members check such tokens
+    /// with the API server (TokenReview); the operator gives the members' ServiceAccount exactly
+    /// that permission.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<confman_contract::ServiceAccountRule>,
 }
 
 /// TLS: one `kubernetes.io/tls` Secret with `tls.crt`, `tls.key` and the CA as `ca.crt` (what

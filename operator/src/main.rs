@@ -35,6 +35,10 @@ enum Command {
         /// Log as JSON lines.
         #[arg(long, env = "LOG_JSON", default_value_t = false)]
         log_json: bool,
+        /// ClusterRole allowing `create` on tokenreviews, bound to the members' ServiceAccount
+        /// of clusters with `spec.auth.serviceAccounts` (the chart installs it).
+        #[arg(long, env = "CONFMAN_TOKEN_REVIEW_ROLE", default_value = confman_operator::builders::DEFAULT_TOKEN_REVIEW_ROLE)]
+        token_review_role: String,
     },
     /// Print the ConfmanCluster CustomResourceDefinition as YAML.
     Crd,
@@ -90,10 +94,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { namespace, listen, leader_election, lease_namespace, identity, log_json } => {
+        Command::Run { namespace, listen, leader_election, lease_namespace, identity, log_json, token_review_role } => {
             init_logs(log_json);
             let identity = identity.unwrap_or_else(|| format!("confman-operator-{}", std::process::id()));
-            let opts = RunOptions { namespace, listen, leader_election, lease_namespace, identity };
+            let opts = RunOptions { namespace, listen, leader_election, lease_namespace, identity, token_review_role };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => {

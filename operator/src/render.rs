@@ -25,7 +25,8 @@ pub enum RenderError {
 
 /// Renders the children of the ConfmanCluster in `yaml`; a missing namespace becomes
 /// `default` and a missing uid a placeholder (the API server assigns both). The objects are
-/// those for a current Kubernetes ([`Capabilities::RECENT`]), with a fresh token; without the
+/// those for a current Kubernetes ([`Capabilities::RECENT`]), with a fresh token (and admin key
+/// without `spec.auth`); without the
 /// Secrets at hand the pod template has no credentials or CA hash.
 pub fn render(yaml: &str) -> Result<String, RenderError> {
     let mut c: ConfmanCluster = serde_yaml_ng::from_str(yaml)?;
@@ -38,15 +39,18 @@ pub fn render(yaml: &str) -> Result<String, RenderError> {
     let tuning = validate(&c.spec, &Applied::default()).map_err(RenderError::Invalid)?;
     let replicas = u32::try_from(c.spec.replicas).unwrap_or(0);
     let token = builders::generate_token();
+    let admin_key = builders::user_keys_secret(&c).is_none().then(builders::generate_token);
     let inputs = Inputs {
         tuning: &tuning,
         ledger: &Ledger::bootstrap(&c, replicas),
         new_token: Some(&token),
+        new_admin_key: admin_key.as_deref(),
         replicas,
         trusted_ca: None,
         credentials_hash: None,
         group: None,
         caps: &Capabilities::RECENT,
+        token_review_role: builders::DEFAULT_TOKEN_REVIEW_ROLE,
     };
     Ok(builders::desired(&c, &inputs)?.to_yaml()?)
 }

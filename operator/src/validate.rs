@@ -12,7 +12,7 @@ use crate::tuning::{effective_tuning, invalid_spec_message};
 /// A refused spec: condition reason and a message naming the field, rule and values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
-    /// `InvalidTuning`, `InvalidReplicas`, `InvalidStorage`, `InvalidImage`, `InvalidTLS`,
+    /// `InvalidTuning`, `InvalidReplicas`, `InvalidStorage`, `InvalidImage`, `InvalidTLS`, `InvalidAuth`,
     /// `InvalidService` or `Unsupported`.
     pub reason: &'static str,
     /// What is wrong.
@@ -280,6 +280,13 @@ pub fn validate(spec: &ConfmanClusterSpec, applied: &Applied) -> Result<Tuning, 
                 "spec.tls.peerSecret differs from spec.tls.clientSecret, but a node serves the client API and Raft on one listener with one certificate; remove peerSecret".into(),
             ));
         }
+    }
+    if let Some(auth) = &spec.auth {
+        if auth.api_keys_secret.as_ref().is_some_and(|s| s.trim().is_empty()) {
+            return Err(invalid("InvalidAuth", "spec.auth.apiKeysSecret must name a Secret (or be left out)".into()));
+        }
+        confman_contract::service_accounts::check_rules(&auth.service_accounts)
+            .map_err(|e| invalid("InvalidAuth", format!("spec.auth.{e}")))?;
     }
     effective_tuning(spec).map_err(|v| invalid("InvalidTuning", invalid_spec_message(&v)))
 }
@@ -567,5 +574,28 @@ mod tests {
             assert!(err.message.starts_with("spec.tuning."), "{rule}: {}", err.message);
             assert_eq!(err.message.matches(" violates ").count(), 1, "only {rule}: {}", err.message);
         }
+    }
+
+    #[test]
+    fn an_incomplete_service_account_rule_or_blank_keys_secret_is_invalid_auth() {
+        use confman_contract::{Role, ServiceAccountRule};
+        let rule = ServiceAccountRule {
+            namespace: "apps".into(),
+            name: "web".into(),
+            roles: vec![Role::Editor],
+            namespaces: vec!["web-*".into()],
+        };
+        let with = |auth: crate::crd::AuthSpec| ConfmanClusterSpec {
+            auth: Some(auth),
+            ..cluster(3, PayloadClass::Small).spec
+        };
+        let good = crate::crd::AuthSpec { service_accounts: vec![rule.clone()], ..Default::default() };
+        assert!(validate(&with(good), &Applied::default()).is_ok());
+        let no_roles = ServiceAccountRule { roles: vec![], ..rule };
+        let bad = crate::crd::AuthSpec { service_accounts: vec![no_roles], ..Default::default() };
+        let err = validate(&with(bad), &Applied::default()).err().map(|e| (e.reason, e.message));
+        assert_eq!(err, Some(("InvalidAuth", "spec.auth.serviceAccounts[0]: at least one role is required".into())));
+        let blank = crate::crd::AuthSpec { api_keys_secret: Some(" ".into()), ..Default::default() };
+        assert!(validate(&with(blank), &Applied::default()).is_err_and(|e| e.reason == "InvalidAuth"));
     }
 }

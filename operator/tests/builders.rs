@@ -33,7 +33,7 @@ fn env_value<'a>(container: &'a Value, name: &str) -> &'a Value {
 #[test]
 fn small_three_member_cluster() -> TestResult {
     let docs = rendered("small-3.yaml")?;
-    assert_eq!(docs.len(), 7);
+    assert_eq!(docs.len(), 8, "the generated admin key Secret too");
     let sts = find(&docs, "StatefulSet", "config")?;
     let spec = &sts["spec"];
     assert_eq!(spec["replicas"], json!(3));
@@ -82,7 +82,15 @@ fn small_three_member_cluster() -> TestResult {
         c["volumeMounts"].as_array().into_iter().flatten().filter_map(|m| m["mountPath"].as_str()).collect();
     assert_eq!(
         mounts,
-        vec!["/var/lib/confman", "/etc/confman/config", "/etc/confman/members", "/etc/confman/token", "/tmp"]
+        vec![
+            "/var/lib/confman",
+            "/etc/confman/config",
+            "/etc/confman/members",
+            "/etc/confman/token",
+            "/etc/confman/keys",
+            "/tmp"
+        ],
+        "the generated admin keys file is mounted where node.toml points"
     );
     let hash = &spec["template"]["metadata"]["annotations"]["confman.io/config-hash"];
     assert_eq!(hash.as_str().map(str::len), Some(32));

@@ -15,7 +15,7 @@ fn node_accepts_the_operator_config_for_every_class() -> Result<(), Box<dyn std:
     for (class, tls) in PayloadClass::ALL.into_iter().flat_map(|c| [(c, false), (c, true)]) {
         let tuning = class.tuning();
         let path = dir.path().join(format!("{}-{tls}.toml", class.as_str()));
-        std::fs::write(&path, node_config(&tuning, Some("/etc/confman/keys/keys.yaml"), tls)?)?;
+        std::fs::write(&path, node_config(&tuning, Some("/etc/confman/keys/keys.yaml"), tls, false)?)?;
         let scheme = if tls { "https" } else { "http" };
         let members = dir.path().join("members.toml");
         std::fs::write(&members, format!("bootstrap_peers = \"1={scheme}://127.0.0.1:8080\"\n[ids]\nc-0 = 1\n"))?;
@@ -78,5 +78,26 @@ fn node_reads_the_operator_ledger() -> Result<(), Box<dyn std::error::Error>> {
     for (pod, was_member) in [("config-0", false), ("config-2", true)] {
         assert_eq!(Settings::resolve(pod_cli(pod))?.was_member, was_member, "{pod}");
     }
+    Ok(())
+}
+
+/// A cluster without `spec.auth` gets one generated admin key Secret that every member mounts:
+/// the node reads its keys file and accepts the plain key beside it as an unscoped admin.
+#[test]
+fn node_accepts_the_generated_admin_key() -> Result<(), Box<dyn std::error::Error>> {
+    use confman_node::auth::{KeyRing, Role};
+    use confman_operator::builders::{ADMIN_KEY, KEYS_FILE, admin_keys_secret, generate_token};
+
+    let key = generate_token();
+    let secret = admin_keys_secret(&cluster(), &key)?;
+    assert_eq!(secret.metadata.name.as_deref(), Some("config-admin"));
+    let data = secret.data.unwrap_or_default();
+    let plain = data.get(ADMIN_KEY).ok_or("no plain admin key")?;
+    let file = data.get(KEYS_FILE).ok_or("no keys file")?;
+    let ring = KeyRing::parse(std::str::from_utf8(&file.0)?, "config-admin/keys.yaml")?;
+    let admin = ring.authenticate(Some(std::str::from_utf8(&plain.0)?))?;
+    assert_eq!(admin.role(), Some(Role::Admin));
+    assert!(admin.is_unscoped(), "{admin:?}");
+    assert!(ring.authenticate(Some(&generate_token())).is_err(), "another key is not accepted");
     Ok(())
 }

@@ -38,7 +38,8 @@ const INSTANCE: &str = "app.kubernetes.io/instance=config";
 async fn small_3_from_the_example_runs_three_ready_members_and_serves_through_the_client_service() -> TestResult {
     let (image, _) = images()?;
     Scenario::run("create", async |s: &Scenario| {
-        s.create_from_example(3, &image).await?;
+        // As written: no spec.auth, so the operator generates the admin key.
+        s.clusters().create(&PostParams::default(), &s.example_as_written(3, &image)?).await?;
         let c = s.settled("config", 3).await?;
 
         let status = c.status.clone().ok_or("no status")?;
@@ -71,12 +72,23 @@ async fn small_3_from_the_example_runs_three_ready_members_and_serves_through_th
         // Events are recorded against the cluster (what `kubectl describe cmc` shows).
         let events = s.api::<CoreEvent>().list(&ListParams::default().fields("involvedObject.name=config")).await?;
         let reasons: BTreeSet<String> = events.items.iter().filter_map(|e| e.reason.clone()).collect();
-        for reason in ["MembersAllocated", "TokenCreated"] {
+        for reason in ["MembersAllocated", "TokenCreated", "AdminKeyCreated"] {
             assert!(reasons.contains(reason), "no {reason} event: {reasons:?}");
         }
 
+        // Every member accepts the one generated admin key (each pod once made up a key of its
+        // own): a write through each pod's own address.
+        let key = s.generated_admin_key("config").await?;
+        for pod in &pods {
+            let ip = pod.status.as_ref().and_then(|st| st.pod_ip.clone()).ok_or("a pod without an IP")?;
+            let direct = confman_client::Client::builder([format!("http://{ip}:8080")], key.clone())
+                .retry_for(Duration::from_secs(30))
+                .build()?;
+            direct.put_namespace(&format!("via-{}", pod.name_any()), "e2e", "e2e").await?;
+        }
+
         // Writes and linearizable reads through the client Service.
-        let client = s.node_client("config").await?;
+        let client = s.node_client_with("config", &key).await?;
         client.put_namespace("app", "e2e", "e2e").await?;
         for i in 0..20 {
             client.put("app", &format!("k{i}"), format!("v{i}").into_bytes(), None).await?;
@@ -85,6 +97,149 @@ async fn small_3_from_the_example_runs_three_ready_members_and_serves_through_th
             let e = client.get("app", &format!("k{i}")).await?.ok_or("written key missing")?;
             assert_eq!(e.value, format!("v{i}").into_bytes());
         }
+        Ok(())
+    })
+    .await
+}
+
+/// Issue 17: a workload authenticates as its ServiceAccount. An app pod projects a token for
+/// the audience `confman`; a member checks it with the API server (TokenReview, as the
+/// members' ServiceAccount that the operator bound to exactly that permission) and maps it
+/// through `spec.auth.serviceAccounts`: it writes its namespace, gets 403 on another, its writes
+/// are audited under its ServiceAccount, and once the ServiceAccount is deleted the same token
+/// gets 401 (after at most the members' 10 s cache). Deleting the cluster removes the
+/// cluster-scoped binding the garbage collector cannot.
+#[tokio::test]
+#[ignore = "needs the real cluster: ./scripts/k8s-e2e"]
+async fn a_service_account_token_maps_to_its_roles_and_stops_working_once_the_account_is_deleted() -> TestResult {
+    use confman_contract::{Role, ServiceAccountRule};
+    use confman_operator::crd::AuthSpec;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+    let (image, _) = images()?;
+    Scenario::run("service-accounts", async |s: &Scenario| {
+        let mut account = ServiceAccount::default();
+        account.metadata.name = Some("app".into());
+        s.api::<ServiceAccount>().create(&PostParams::default(), &account).await?;
+        let mut c = s.example_as_written(1, &image)?;
+        c.spec.auth = Some(AuthSpec {
+            service_accounts: vec![ServiceAccountRule {
+                namespace: s.ns.clone(),
+                name: "app".into(),
+                roles: vec![Role::Editor],
+                namespaces: vec!["app-*".into()],
+            }],
+            ..AuthSpec::default()
+        });
+        s.clusters().create(&PostParams::default(), &c).await?;
+        let c = s.settled("config", 1).await?;
+        assert!(c.finalizers().iter().any(|f| f == "confman.io/token-review-binding"), "{:?}", c.finalizers());
+        let binding_name = format!("confman:{}:config:token-review", s.ns);
+        let bindings = Api::<ClusterRoleBinding>::all(s.client.clone());
+        let binding = bindings.get(&binding_name).await?;
+        let subjects: Vec<(String, String)> =
+            binding.subjects.unwrap_or_default().into_iter().map(|x| (x.kind, x.name)).collect();
+        assert_eq!(subjects, [("ServiceAccount".to_string(), "config-member".to_string())]);
+
+        // The app: a pod of ServiceAccount `app` with a token projected for `confman`, as in
+        // examples/kubernetes/workloads/service-account-client.yaml.
+        let app: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "app" },
+            "spec": {
+                "serviceAccountName": "app",
+                "automountServiceAccountToken": false,
+                "containers": [{
+                    "name": "app", "image": image, "imagePullPolicy": "Never",
+                    "command": ["sleep", "3600"],
+                    "volumeMounts": [{ "name": "confman-token", "mountPath": "/var/run/secrets/confman", "readOnly": true }],
+                }],
+                "volumes": [{ "name": "confman-token", "projected": { "sources": [
+                    { "serviceAccountToken": { "path": "token", "audience": "confman", "expirationSeconds": 600 } }
+                ]}}],
+            },
+        }))?;
+        s.pods().create(&PostParams::default(), &app).await?;
+        pod_condition(&s.pods(), "app", "the app pod running", |p: Option<&Pod>| p.is_some_and(pod_ready)).await?;
+        let token = container_output(&s.pods(), "app", &["cat", "/var/run/secrets/confman/token"]).await?;
+        let token = token.trim().to_string();
+        assert_eq!(token.split('.').count(), 3, "a JWT was projected");
+
+        let admin = s.node_client_with("config", &s.generated_admin_key("config").await?).await?;
+        admin.put_namespace("app-one", "e2e", "e2e").await?;
+        admin.put_namespace("other", "e2e", "e2e").await?;
+        let as_app = s.node_client_with("config", &token).await?;
+        as_app.put("app-one", "greeting", b"hello".to_vec(), None).await?;
+        let e = as_app.get("app-one", "greeting").await?.ok_or("the app's write is missing")?;
+        assert_eq!(&e.value[..], b"hello");
+        match as_app.put("other", "greeting", b"no".to_vec(), None).await {
+            Err(confman_client::Error::Api(p)) => assert_eq!(p.status, 403, "{p}"),
+            other => return Err(format!("a write outside app-* must be 403: {other:?}").into()),
+        }
+        // The audit names the ServiceAccount as the actor.
+        let svc = s.api::<k8s_openapi::api::core::v1::Service>().get("config").await?;
+        let ip = svc.spec.and_then(|x| x.cluster_ip).ok_or("no ClusterIP")?;
+        let audit: serde_json::Value = reqwest::Client::new()
+            .get(format!("http://{ip}:8080/api/v1/namespaces/app-one/audit"))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let actor = format!("system:serviceaccount:{}:app", s.ns);
+        assert!(audit.to_string().contains(&actor), "{actor} in {audit}");
+
+        // The ServiceAccount deleted: the same token is refused within the cache period.
+        s.api::<ServiceAccount>().delete("app", &DeleteParams::default()).await?;
+        let deleted = std::time::Instant::now();
+        let refused = deadline(Duration::from_secs(60), "the deleted account's token refused", async {
+            loop {
+                match as_app.get("app-one", "greeting").await {
+                    Err(confman_client::Error::Api(p)) if p.status == 401 => return p,
+                    _ => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            }
+        })
+        .await?;
+        let took = deleted.elapsed();
+        eprintln!("the deleted ServiceAccount's token was refused after {took:?}: {}", refused.detail);
+        // The stated bound: the members' cache (10 s) plus kube-apiserver's own token cache
+        // (10 s), with room for the polling and a loaded machine.
+        assert!(took <= Duration::from_secs(30), "refused only after {took:?}");
+        assert!(!refused.detail.contains(&token), "the reason does not quote the token");
+        match as_app.get("app-one", "greeting").await {
+            Err(confman_client::Error::Api(p)) => assert_eq!(p.status, 401, "stays refused: {p}"),
+            other => return Err(format!("the token must stay refused: {other:?}").into()),
+        }
+
+        // No rules any more: the binding goes, then the finalizer that waited for it.
+        s.patch_spec("config", serde_json::json!({ "auth": { "serviceAccounts": null } })).await?;
+        s.cluster_where("config", "the token-review finalizer released", |c| {
+            !c.finalizers().iter().any(|f| f == "confman.io/token-review-binding")
+        })
+        .await?;
+        assert!(bindings.get_opt(&binding_name).await?.is_none(), "the binding goes when no rule is left");
+        // Rules again, then the cluster deleted: the binding is removed with it (cluster-scoped,
+        // so not by the garbage collector).
+        let rules = serde_json::json!({ "auth": { "serviceAccounts": [
+            { "namespace": s.ns, "name": "*", "roles": ["viewer"], "namespaces": ["*"] }
+        ]}});
+        s.patch_spec("config", rules).await?;
+        s.cluster_where("config", "the token-review finalizer held again", |c| {
+            c.finalizers().iter().any(|f| f == "confman.io/token-review-binding")
+        })
+        .await?;
+        // The finalizer comes first, then the binding: wait for the binding as well.
+        wait_until(bindings.clone(), INSTANCE, "the binding again", async || {
+            Ok(bindings.get_opt(&binding_name).await?.map(|_| ()))
+        })
+        .await?;
+        s.clusters().delete("config", &DeleteParams::background()).await?;
+        deadline(*SLOW, "cluster gone", async {
+            await_condition(s.clusters(), "config", |x: Option<&ConfmanCluster>| x.is_none()).await
+        })
+        .await??;
+        assert!(bindings.get_opt(&binding_name).await?.is_none(), "the binding is removed with the cluster");
         Ok(())
     })
     .await

@@ -70,6 +70,7 @@ async fn a_new_cluster_gets_every_child_applied_owned_and_by_the_field_manager()
         vec![
             "/api/v1/namespaces/platform/configmaps/config-config",
             MEMBERS,
+            "/api/v1/namespaces/platform/secrets/config-admin",
             TOKEN,
             "/api/v1/namespaces/platform/services/config",
             "/api/v1/namespaces/platform/services/config-peers",
@@ -471,7 +472,8 @@ fn secret(name: &str, key: &str, value: &str) -> Value {
 async fn a_token_or_api_keys_rotation_rolls_the_members() -> TestResult {
     const KEYS: &str = "/api/v1/namespaces/platform/secrets/confman-keys";
     let mut c = cluster(3);
-    c.spec.auth = Some(confman_operator::crd::AuthSpec { api_keys_secret: "confman-keys".into() });
+    c.spec.auth =
+        Some(confman_operator::crd::AuthSpec { api_keys_secret: Some("confman-keys".into()), ..Default::default() });
     let (ctx, fake) = setup(&c)?;
     fake.seed(STS, ready_statefulset(3, 3));
     seed_running(&fake, &c, 3)?;
@@ -512,13 +514,11 @@ async fn a_blank_token_or_a_missing_keys_secret_is_reported() -> TestResult {
     assert!(err.to_string().contains("config-token holds no token"), "{err}");
     assert!(child_patches(&fake).is_empty(), "nothing applied: {:?}", child_patches(&fake));
 
-    c.spec.auth = Some(confman_operator::crd::AuthSpec { api_keys_secret: "confman-keys".into() });
+    c.spec.auth =
+        Some(confman_operator::crd::AuthSpec { api_keys_secret: Some("confman-keys".into()), ..Default::default() });
     let (ctx, fake) = setup(&c)?;
     let err = reconcile(Arc::new(c.clone()), ctx).await.err().ok_or("a missing keys Secret must be reported")?;
-    assert!(
-        err.to_string().contains("API keys Secret confman-keys (spec.auth.apiKeysSecret): does not exist"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("API keys Secret confman-keys: does not exist"), "{err}");
     let d = stored(&fake)?;
     assert!(condition(&d, "Degraded").is_some_and(|d| d.message.contains("confman-keys")), "{:?}", d.status);
     assert!(fake.get(STS).is_none(), "no StatefulSet whose pods could not start");

@@ -26,11 +26,11 @@ pub const MAX_HISTORY_DEPTH: u64 = 1000;
 pub const MAX_AUDIT_RETENTION: u64 = 10_000_000;
 
 /// Cluster administration needs an admin key that is not limited to some namespaces.
-fn admin(ctx: &AppContext, headers: &HeaderMap) -> Result<Principal, Problem> {
-    let p = ctx.authorize(headers, Role::Admin, None)?;
+async fn admin(ctx: &AppContext, headers: &HeaderMap) -> Result<Principal, Problem> {
+    let p = ctx.authorize(headers, Role::Admin, None).await?;
     if !p.is_unscoped() {
         return Err(crate::auth::AuthError::Forbidden(format!(
-            "key {:?} is limited to some namespaces; cluster administration needs namespaces [\"*\"]",
+            "{:?} is limited to some namespaces or roles; cluster administration needs admin over namespaces [\"*\"]",
             p.name
         ))
         .into());
@@ -59,7 +59,7 @@ pub struct ClusterInfo {
 
 /// `GET /api/v1/cluster`.
 pub async fn info(ctx: Ctx, headers: HeaderMap) -> Result<Response, Problem> {
-    ctx.authorize(&headers, Role::Viewer, None)?;
+    ctx.authorize(&headers, Role::Viewer, None).await?;
     let status = ctx.node.status();
     let history_depth = cluster_history_depth(&ctx).await?;
     Ok(Json(ClusterInfo { status, tuning: ctx.tuning, history_depth }).into_response())
@@ -89,7 +89,7 @@ async fn settings_view(ctx: &AppContext) -> Result<serde_json::Value, Problem> {
 
 /// `GET /api/v1/cluster/settings`: the cluster-wide settings.
 pub async fn get_settings(ctx: Ctx, headers: HeaderMap) -> Result<Response, Problem> {
-    ctx.authorize(&headers, Role::Viewer, None)?;
+    ctx.authorize(&headers, Role::Viewer, None).await?;
     Ok(Json(settings_view(&ctx).await?).into_response())
 }
 
@@ -98,7 +98,7 @@ pub async fn get_settings(ctx: Ctx, headers: HeaderMap) -> Result<Response, Prob
 /// lower depth trims each key's history on its next write; a lower retention trims a
 /// namespace's audit log on its next change.
 pub async fn put_settings(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
-    let p = admin(&ctx, &headers)?;
+    let p = admin(&ctx, &headers).await?;
     let Some(b): Option<SettingsBody> = read_json_body(&ctx, &headers, body, false).await? else {
         return Err(Problem::bad_request("malformed-json", "a body {\"historyDepth\": N} is required"));
     };
@@ -144,7 +144,7 @@ pub struct AddMember {
 
 /// `POST /api/v1/cluster/members` `{id, address}`: add a learner; returns once it caught up.
 pub async fn add_learner(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
-    admin(&ctx, &headers)?;
+    admin(&ctx, &headers).await?;
     let Some(m): Option<AddMember> = read_json_body(&ctx, &headers, body, false).await? else {
         return Err(Problem::bad_request("malformed-json", "a body {\"id\": N, \"address\": URL} is required"));
     };
@@ -168,7 +168,7 @@ pub async fn add_learner(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Res
 
 /// `POST /api/v1/cluster/members/{id}`: promote a learner to voter.
 pub async fn promote(ctx: Ctx, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, Problem> {
-    admin(&ctx, &headers)?;
+    admin(&ctx, &headers).await?;
     let id = parse_id(&id)?;
     if !ctx.node.status().members.iter().any(|x| x.id == id) {
         return Err(Problem::not_found(
@@ -182,7 +182,7 @@ pub async fn promote(ctx: Ctx, Path(id): Path<String>, headers: HeaderMap) -> Re
 
 /// `DELETE /api/v1/cluster/members/{id}`: remove a voter or learner.
 pub async fn remove(ctx: Ctx, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, Problem> {
-    admin(&ctx, &headers)?;
+    admin(&ctx, &headers).await?;
     let id = parse_id(&id)?;
     if !ctx.node.status().members.iter().any(|x| x.id == id) {
         return Err(Problem::not_found("member-not-found", format!("node {id} is not a member")));
@@ -194,7 +194,7 @@ pub async fn remove(ctx: Ctx, Path(id): Path<String>, headers: HeaderMap) -> Res
 /// `POST /api/v1/cluster/members/{id}/rejoin`: after node `id` lost its data (disk
 /// replaced), let it rejoin under the same id; the leader resets replication to it once.
 pub async fn allow_rejoin(ctx: Ctx, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, Problem> {
-    admin(&ctx, &headers)?;
+    admin(&ctx, &headers).await?;
     let id = parse_id(&id)?;
     if !ctx.node.status().members.iter().any(|x| x.id == id) {
         return Err(Problem::not_found("member-not-found", format!("node {id} is not a member")));
@@ -212,7 +212,7 @@ pub struct TransferLeader {
 
 /// `POST /api/v1/cluster/leader` `{to?}`: hand leadership over and wait until it moved.
 pub async fn transfer_leader(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
-    admin(&ctx, &headers)?;
+    admin(&ctx, &headers).await?;
     let req: TransferLeader = read_json_body(&ctx, &headers, body, true).await?.unwrap_or_default();
     let to = ctx.node.transfer_leader(req.to).await?;
     Ok(Json(serde_json::json!({ "transferredTo": to })).into_response())
@@ -220,7 +220,7 @@ pub async fn transfer_leader(ctx: Ctx, headers: HeaderMap, body: Body) -> Result
 
 /// `POST /api/v1/cluster/snapshot`: build a snapshot on this node now.
 pub async fn snapshot(ctx: Ctx, headers: HeaderMap) -> Result<Response, Problem> {
-    admin(&ctx, &headers)?;
+    admin(&ctx, &headers).await?;
     let index = ctx.node.snapshot_now().await?;
     Ok(Json(serde_json::json!({ "snapshotIndex": index })).into_response())
 }
@@ -231,7 +231,7 @@ pub async fn snapshot(ctx: Ctx, headers: HeaderMap) -> Result<Response, Problem>
 /// It reads the whole state, so it is cluster administration (unscoped admin), and one runs at
 /// a time per node; another call meanwhile gets 429 with `Retry-After`.
 pub async fn digest(ctx: Ctx, headers: HeaderMap) -> Result<Response, Problem> {
-    admin(&ctx, &headers)?;
+    admin(&ctx, &headers).await?;
     static RUNNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
     let Ok(one) = RUNNING.try_acquire() else {
         return Err(Problem::new(

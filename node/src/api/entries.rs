@@ -305,7 +305,7 @@ pub async fn get(
     headers: HeaderMap,
     Q(q): Q<GetQuery>,
 ) -> Result<Response, Problem> {
-    ctx.authorize(&headers, Role::Viewer, Some(&ns))?;
+    ctx.authorize(&headers, Role::Viewer, Some(&ns)).await?;
     if uri.path().ends_with("/history")
         && let Some(base) = key.strip_suffix("/history")
     {
@@ -392,7 +392,7 @@ pub async fn put(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let p = ctx.authorize(&headers, Role::Editor, Some(&ns))?;
+    let p = ctx.authorize(&headers, Role::Editor, Some(&ns)).await?;
     check_names(&ns, &key)?;
     let pre = precondition(&headers)?;
     let idem = idempotency_key(&headers)?;
@@ -444,7 +444,7 @@ pub async fn delete(
     Path((ns, key)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let p = ctx.authorize(&headers, Role::Editor, Some(&ns))?;
+    let p = ctx.authorize(&headers, Role::Editor, Some(&ns)).await?;
     check_names(&ns, &key)?;
     let pre = precondition(&headers)?;
     if pre == Precondition::Absent {
@@ -506,7 +506,7 @@ pub async fn list(
     headers: HeaderMap,
     Q(q): Q<ListQuery>,
 ) -> Result<Response, Problem> {
-    ctx.authorize(&headers, Role::Viewer, Some(&ns))?;
+    ctx.authorize(&headers, Role::Viewer, Some(&ns)).await?;
     validate_namespace(&ns).map_err(|e| Problem::bad_request("invalid-name", e.to_string()))?;
     let limit = parse_limit(q.limit.as_deref(), 100, 1000)?;
     let prefix = q.prefix.unwrap_or_default();

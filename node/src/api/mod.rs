@@ -26,7 +26,7 @@ use axum::routing::{MethodFilter, on};
 use serde::Deserialize;
 
 use self::problem::Problem;
-use crate::auth::{KeyRing, Principal, Role, authorize};
+use crate::auth::{Authenticator, Principal, Role, authorize};
 use crate::metrics::Metrics;
 use crate::raft::RaftNode;
 use confman_contract::Tuning;
@@ -40,8 +40,9 @@ pub const HEADER_VERSION: &str = "x-confman-version";
 pub struct AppContext {
     /// The Raft node and its storage.
     pub node: Arc<RaftNode>,
-    /// The API keys and the cluster token every request is authenticated against.
-    pub keys: KeyRing,
+    /// The API keys, the cluster token and the ServiceAccount rules every request is
+    /// authenticated against.
+    pub auth: Authenticator,
     /// Effective tuning (limits come from here).
     pub tuning: Tuning,
     /// Request counters and latencies for `/metrics`.
@@ -59,8 +60,8 @@ pub type Ctx = State<Arc<AppContext>>;
 
 impl AppContext {
     /// Authenticates the request and checks role and namespace.
-    pub fn authorize(&self, headers: &HeaderMap, role: Role, ns: Option<&str>) -> Result<Principal, Problem> {
-        let p = self.keys.authenticate(presented_key(headers))?;
+    pub async fn authorize(&self, headers: &HeaderMap, role: Role, ns: Option<&str>) -> Result<Principal, Problem> {
+        let p = self.auth.authenticate(presented_key(headers)).await?;
         authorize(&p, role, ns)?;
         Ok(p)
     }

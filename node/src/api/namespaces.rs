@@ -61,7 +61,7 @@ pub fn check_name(ns: &str) -> Result<(), Problem> {
 
 /// `GET /api/v1/namespaces`: the namespaces this key may see.
 pub async fn list(ctx: Ctx, headers: HeaderMap, Q(q): Q<ReadQuery>) -> Result<Response, Problem> {
-    let p = ctx.authorize(&headers, Role::Viewer, None)?;
+    let p = ctx.authorize(&headers, Role::Viewer, None).await?;
     ctx.read_barrier(q.consistency.as_deref()).await?;
     let db = ctx.node.db().clone();
     let all = request_blocking(move || state::list_namespaces(&db)).await?;
@@ -76,7 +76,7 @@ pub async fn get(
     headers: HeaderMap,
     Q(q): Q<ReadQuery>,
 ) -> Result<Response, Problem> {
-    ctx.authorize(&headers, Role::Viewer, Some(&ns))?;
+    ctx.authorize(&headers, Role::Viewer, Some(&ns)).await?;
     check_name(&ns)?;
     ctx.read_barrier(q.consistency.as_deref()).await?;
     let db = ctx.node.db().clone();
@@ -89,7 +89,7 @@ pub async fn get(
 
 /// `PUT /api/v1/namespaces/{ns}`: create (201) or update (200).
 pub async fn put(ctx: Ctx, Path(ns): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
-    let p = ctx.authorize(&headers, Role::Admin, Some(&ns))?;
+    let p = ctx.authorize(&headers, Role::Admin, Some(&ns)).await?;
     check_name(&ns)?;
     let b: NamespaceBody = read_json_body(&ctx, &headers, body, true).await?.unwrap_or_default();
     let cmd = Command {
@@ -108,7 +108,7 @@ pub async fn put(ctx: Ctx, Path(ns): Path<String>, headers: HeaderMap, body: Bod
 
 /// `DELETE /api/v1/namespaces/{ns}`: removes it and all its entries (each audited).
 pub async fn delete(ctx: Ctx, Path(ns): Path<String>, headers: HeaderMap) -> Result<Response, Problem> {
-    let p = ctx.authorize(&headers, Role::Admin, Some(&ns))?;
+    let p = ctx.authorize(&headers, Role::Admin, Some(&ns)).await?;
     check_name(&ns)?;
     let cmd = Command { actor: p.name, at_ms: now_ms(), op: Operation::DeleteNamespace { name: ns.clone() } };
     match ctx.node.write(cmd).await? {
@@ -180,7 +180,7 @@ pub async fn audit(
     headers: HeaderMap,
     Q(q): Q<AuditQuery>,
 ) -> Result<Response, Problem> {
-    ctx.authorize(&headers, Role::Viewer, Some(&ns))?;
+    ctx.authorize(&headers, Role::Viewer, Some(&ns)).await?;
     check_name(&ns)?;
     let limit = parse_limit(q.limit.as_deref(), 100, 1000)?;
     ctx.read_barrier(q.consistency.as_deref()).await?;

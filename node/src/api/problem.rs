@@ -137,7 +137,12 @@ impl From<AuthError> for Problem {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::Unauthenticated(m) => Problem::unauthorized(m),
+            AuthError::BadToken(m) => Problem::unauthorized(m),
             AuthError::Forbidden(m) => Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", m),
+            AuthError::Unavailable(m) => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "auth-unavailable", "Authentication unavailable", m)
+                    .retry_after(1)
+            }
         }
     }
 }

@@ -64,6 +64,10 @@ struct Cursor {
     reads: Arc<AtomicU64>,
     /// Set after the final (error) event.
     ended: bool,
+    /// When the caller's credential must be checked again (a ServiceAccount token): the stream
+    /// ends then, and the client reconnects from its last revision with a credential that is
+    /// checked anew, so a deleted account's watch does not go on streaming.
+    recheck_at: Option<tokio::time::Instant>,
 }
 
 fn event(e: AuditEvent, last_of_revision: bool) -> Event {
@@ -83,7 +87,7 @@ fn event(e: AuditEvent, last_of_revision: bool) -> Event {
 fn stream(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
     futures::stream::unfold(cursor, |mut c| async move {
         loop {
-            if c.ended {
+            if c.ended || c.recheck_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
                 return None;
             }
             if let Some(e) = c.pending.pop_front() {
@@ -120,10 +124,17 @@ fn stream(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
                     return None;
                 }
             }
+            let recheck = async {
+                match c.recheck_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 r = c.changes.namespace.changed() => if r.is_err() { return None },
                 r = c.changes.all.changed() => if r.is_err() { return None },
                 _ = c.shutdown.wait_for(|s| *s) => return None,
+                () = recheck => return None,
             }
         }
     })
@@ -136,7 +147,7 @@ pub async fn watch(
     headers: HeaderMap,
     Q(q): Q<WatchQuery>,
 ) -> Result<Response, Problem> {
-    ctx.authorize(&headers, Role::Viewer, Some(&ns))?;
+    let caller = ctx.authorize(&headers, Role::Viewer, Some(&ns)).await?;
     check_name(&ns)?;
     let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let after = match (resume, q.from_revision.as_deref()) {
@@ -169,6 +180,7 @@ pub async fn watch(
         shutdown: ctx.shutdown.clone(),
         reads: ctx.metrics.watch_reads(),
         ended: false,
+        recheck_at: caller.valid_until.map(tokio::time::Instant::from_std),
     };
     Ok(Sse::new(stream(cursor)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
 }

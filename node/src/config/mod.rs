@@ -84,6 +84,8 @@ pub struct Settings {
     pub join: bool,
     /// API keys file, if any.
     pub api_keys_file: Option<PathBuf>,
+    /// ServiceAccounts file, if any (ServiceAccount tokens are then accepted too).
+    pub service_accounts_file: Option<PathBuf>,
     /// Cluster token file, if any.
     pub cluster_token_file: Option<PathBuf>,
     /// Superseded versions kept per key.

@@ -252,6 +252,7 @@ impl Settings {
             peers,
             join: o.join.unwrap_or(false),
             api_keys_file: o.api_keys_file,
+            service_accounts_file: o.service_accounts_file,
             cluster_token_file: o.cluster_token_file,
             history_depth,
             tuning,

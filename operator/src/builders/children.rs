@@ -3,11 +3,13 @@
 //! takes [`Children`] apart field by field, does not compile until it applies the new one too.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 
 use super::{
-    BuildError, Pdb, client_service, config_hash, config_map, headless_service, pod_disruption_budget, statefulset,
-    token_secret, with_credentials_hash, with_trusted_ca,
+    BuildError, Pdb, admin_keys_secret, client_service, config_hash, config_map, headless_service,
+    member_service_account, pod_disruption_budget, statefulset, token_review_binding, token_secret,
+    with_credentials_hash, with_trusted_ca,
 };
 use crate::capabilities::Capabilities;
 use crate::crd::{ConfmanCluster, Tuning};
@@ -23,6 +25,8 @@ pub struct Inputs<'a> {
     pub ledger: &'a Ledger,
     /// A token for a new token Secret; None when the Secret exists (it is never rewritten).
     pub new_token: Option<&'a str>,
+    /// An admin key for a new admin key Secret (no `spec.auth`, no Secret yet); None otherwise.
+    pub new_admin_key: Option<&'a str>,
     /// `StatefulSet.spec.replicas` (the membership step's, not always `spec.replicas`).
     pub replicas: u32,
     /// The CA bundle the members trust (`ca.crt` of the TLS Secret), when known.
@@ -33,6 +37,9 @@ pub struct Inputs<'a> {
     pub group: Option<(i32, i32)>,
     /// What the API server serves.
     pub caps: &'a Capabilities,
+    /// The ClusterRole allowing `create` on tokenreviews that the members' ServiceAccount is
+    /// bound to (with `spec.auth.serviceAccounts`).
+    pub token_review_role: &'a str,
 }
 
 /// Every child of a cluster, in the order they are applied.
@@ -40,6 +47,14 @@ pub struct Inputs<'a> {
 pub struct Children {
     /// The cluster token Secret, only when it is to be created.
     pub token: Option<Secret>,
+    /// The generated admin key Secret, only when it is to be created.
+    pub admin_keys: Option<Secret>,
+    /// The members' ServiceAccount, when the operator creates it (`spec.auth.serviceAccounts`
+    /// without `spec.pod.serviceAccountName`).
+    pub service_account: Option<ServiceAccount>,
+    /// The cluster-scoped binding of the members' ServiceAccount to TokenReview (with
+    /// `spec.auth.serviceAccounts`); removed by the operator, not the garbage collector.
+    pub token_review_binding: Option<ClusterRoleBinding>,
     /// The member ledger ConfigMap (node ids by pod).
     pub ledger: ConfigMap,
     /// The node configuration ConfigMap.
@@ -68,6 +83,9 @@ pub fn desired(c: &ConfmanCluster, i: &Inputs<'_>) -> Result<Children, BuildErro
     }
     Ok(Children {
         token: i.new_token.map(|t| token_secret(c, t)).transpose()?,
+        admin_keys: i.new_admin_key.map(|k| admin_keys_secret(c, k)).transpose()?,
+        service_account: member_service_account(c)?,
+        token_review_binding: token_review_binding(c, i.token_review_role)?,
         ledger: i.ledger.config_map(c)?,
         config,
         headless: headless_service(c)?,
@@ -81,10 +99,27 @@ impl Children {
     /// Every child as multi-document YAML, in apply order.
     pub fn to_yaml(&self) -> Result<String, serde_yaml_ng::Error> {
         // Taken apart field by field, so a new child does not compile until it is rendered.
-        let Children { token, ledger, config, headless, client, statefulset, pdb } = self;
+        let Children {
+            token,
+            admin_keys,
+            service_account,
+            token_review_binding,
+            ledger,
+            config,
+            headless,
+            client,
+            statefulset,
+            pdb,
+        } = self;
         let mut docs = Vec::new();
-        if let Some(token) = token {
-            docs.push(serde_yaml_ng::to_string(token)?);
+        for secret in [token, admin_keys].into_iter().flatten() {
+            docs.push(serde_yaml_ng::to_string(secret)?);
+        }
+        if let Some(account) = service_account {
+            docs.push(serde_yaml_ng::to_string(account)?);
+        }
+        if let Some(binding) = token_review_binding {
+            docs.push(serde_yaml_ng::to_string(binding)?);
         }
         docs.extend([
             serde_yaml_ng::to_string(ledger)?,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use confman_contract::{NodeConfig, Tuning};
+use confman_contract::{NodeConfig, ServiceAccountsFile, Tuning};
 use k8s_openapi::api::core::v1::ConfigMap;
 use sha2::{Digest, Sha256};
 
@@ -15,12 +15,19 @@ use crate::crd::ConfmanCluster;
 pub const CONFIG_DIR: &str = "/etc/confman/config";
 /// File name of the node config inside [`CONFIG_DIR`].
 pub const CONFIG_FILE: &str = "node.toml";
+/// File name of the ServiceAccount rules inside [`CONFIG_DIR`] (with `spec.auth.serviceAccounts`).
+pub const SERVICE_ACCOUNTS_FILE: &str = "service-accounts.toml";
 
 /// The node config file with the derived tuning (every setting written, so the node runs
 /// exactly it); per-pod values (node id, advertise URL) come from the members file and
 /// environment. Its text is hashed into the pod template, so it must not change for the same
 /// cluster: fields are written in [`NodeConfig`]'s order, unset ones left out.
-pub fn node_config(tuning: &Tuning, keys_file: Option<&str>, tls: bool) -> Result<String, BuildError> {
+pub fn node_config(
+    tuning: &Tuning,
+    keys_file: Option<&str>,
+    tls: bool,
+    service_accounts: bool,
+) -> Result<String, BuildError> {
     let tls_file = |name: &str| tls.then(|| PathBuf::from(format!("{}/{name}", super::TLS_DIR)));
     let [cert, key, ca] = super::TLS_KEYS;
     let file = NodeConfig {
@@ -29,6 +36,7 @@ pub fn node_config(tuning: &Tuning, keys_file: Option<&str>, tls: bool) -> Resul
         cluster_token_file: Some(format!("/etc/confman/token/{}", super::TOKEN_KEY).into()),
         members_file: Some(format!("{}/{}", super::MEMBERS_DIR, super::MEMBERS_FILE).into()),
         api_keys_file: keys_file.map(Into::into),
+        service_accounts_file: service_accounts.then(|| format!("{CONFIG_DIR}/{SERVICE_ACCOUNTS_FILE}").into()),
         tls_cert_file: tls_file(cert),
         tls_key_file: tls_file(key),
         tls_ca_file: tls_file(ca),
@@ -41,13 +49,31 @@ pub fn node_config(tuning: &Tuning, keys_file: Option<&str>, tls: bool) -> Resul
 
 /// ConfigMap holding the node config.
 pub fn config_map(c: &ConfmanCluster, tuning: &Tuning) -> Result<ConfigMap, BuildError> {
-    let keys = c.spec.auth.as_ref().map(|_| "/etc/confman/keys/keys.yaml");
-    Ok(ConfigMap {
-        metadata: meta(c, config_name(c))?,
-        data: Some(BTreeMap::from([(CONFIG_FILE.to_string(), node_config(tuning, keys, c.spec.tls.is_some())?)])),
-        ..ConfigMap::default()
-    })
+    // Always a keys file (`spec.auth`'s or the generated admin Secret): without one every pod
+    // would generate a development key of its own.
+    let keys = Some("/etc/confman/keys/keys.yaml");
+    let rules = c.spec.auth.as_ref().map(|a| a.service_accounts.clone()).unwrap_or_default();
+    let mut data = BTreeMap::from([(
+        CONFIG_FILE.to_string(),
+        node_config(tuning, keys, c.spec.tls.is_some(), !rules.is_empty())?,
+    )]);
+    if !rules.is_empty() {
+        let file = ServiceAccountsFile {
+            audiences: super::token_audiences(c),
+            cache_seconds: Some(SERVICE_ACCOUNT_CACHE_SECONDS),
+            rules,
+            ..ServiceAccountsFile::default()
+        };
+        let text =
+            format!("# Written by confman-operator from spec.auth.serviceAccounts.\n{}", toml::to_string(&file)?);
+        data.insert(SERVICE_ACCOUNTS_FILE.to_string(), text);
+    }
+    Ok(ConfigMap { metadata: meta(c, config_name(c))?, data: Some(data), ..ConfigMap::default() })
 }
+
+/// How long a member reuses the API server's answer for a token: the longest a deleted
+/// ServiceAccount's token keeps working.
+pub const SERVICE_ACCOUNT_CACHE_SECONDS: u64 = 10;
 
 /// SHA-256 (hex, first 16 bytes) of a ConfigMap's data: equal configs give equal hashes.
 pub fn config_hash(cm: &ConfigMap) -> String {
@@ -79,7 +105,8 @@ mod tests {
         assert!(toml.contains("max_value_bytes = 4194304\n"), "{toml}");
         assert!(toml.contains("max_append_entries = 64\n"), "{toml}");
         assert!(toml.contains("members_file = \"/etc/confman/members/members.toml\"\n"), "{toml}");
-        assert!(!toml.contains("api_keys_file"), "no keys file without spec.auth");
+        // The generated admin key Secret's file: without one every pod would make up its own key.
+        assert!(toml.contains("api_keys_file = \"/etc/confman/keys/keys.yaml\"\n"), "{toml}");
         Ok(())
     }
 
@@ -87,7 +114,7 @@ mod tests {
     /// change the config hash and roll every cluster's pods.
     #[test]
     fn the_file_text_is_what_earlier_operators_wrote() -> Result<(), Box<dyn std::error::Error>> {
-        let text = node_config(&PayloadClass::Large.tuning(), Some("/etc/confman/keys/keys.yaml"), true)?;
+        let text = node_config(&PayloadClass::Large.tuning(), Some("/etc/confman/keys/keys.yaml"), true, false)?;
         let expected = "# Written by confman-operator; edit the ConfmanCluster instead.
 listen = \"0.0.0.0:8080\"
 data_dir = \"/var/lib/confman\"

@@ -5,6 +5,7 @@
 mod children;
 mod config;
 mod pdb;
+mod rbac;
 mod secret;
 mod services;
 mod statefulset;
@@ -17,10 +18,18 @@ use kube::{Resource, ResourceExt};
 use crate::crd::ConfmanCluster;
 
 pub use children::{Children, Inputs, desired, template_annotation};
-pub use config::{CONFIG_DIR, CONFIG_FILE, config_hash, config_map, node_config};
+pub use config::{
+    CONFIG_DIR, CONFIG_FILE, SERVICE_ACCOUNT_CACHE_SECONDS, SERVICE_ACCOUNTS_FILE, config_hash, config_map, node_config,
+};
 pub use pdb::{Budget, Pdb, budget, pdb_v1beta1_resource, pod_disruption_budget};
+pub use rbac::{
+    CLUSTER_NAMESPACE_LABEL, DEFAULT_TOKEN_REVIEW_ROLE, TOKEN_REVIEW_FINALIZER, accepts_service_accounts,
+    binding_labels, member_service_account, member_service_account_name, token_audiences, token_review_binding,
+    token_review_binding_name,
+};
 pub use secret::{
-    CREDENTIALS_HASH_ANNOTATION, TOKEN_KEY, credentials_hash, generate_token, presented_token, token_secret,
+    ADMIN_KEY, ADMIN_KEY_NAME, CREDENTIALS_HASH_ANNOTATION, TOKEN_KEY, admin_keys_file, admin_keys_secret,
+    credentials_hash, generate_token, presented_token, token_secret,
 };
 pub use services::{client_service, headless_service};
 pub use statefulset::{
@@ -69,6 +78,23 @@ pub fn members_name(c: &ConfmanCluster) -> String {
 /// Name of the cluster token Secret.
 pub fn token_name(c: &ConfmanCluster) -> String {
     format!("{}-token", c.name_any())
+}
+
+/// Name of the admin key Secret the operator generates for a cluster without `spec.auth`.
+pub fn admin_keys_name(c: &ConfmanCluster) -> String {
+    format!("{}-admin", c.name_any())
+}
+
+/// The Secret whose `keys.yaml` the members read: the one `spec.auth` names, else the
+/// generated admin key Secret. Every member reads the same file, so any member accepts a key
+/// (a node on its own would generate a development key of its own).
+pub fn keys_secret_name(c: &ConfmanCluster) -> String {
+    user_keys_secret(c).map_or_else(|| admin_keys_name(c), str::to_string)
+}
+
+/// The API keys Secret `spec.auth.apiKeysSecret` names; None when the operator generates one.
+pub fn user_keys_secret(c: &ConfmanCluster) -> Option<&str> {
+    c.spec.auth.as_ref()?.api_keys_secret.as_deref()
 }
 
 /// Name of the pod with `ordinal`.

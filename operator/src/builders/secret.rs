@@ -1,5 +1,6 @@
-//! The cluster token Secret: the shared bearer token of `/raft/*`. Generated once; the
-//! reconcile step only creates it when absent, so it is never rotated by accident.
+//! The Secrets the operator generates: the cluster token (the shared bearer token of
+//! `/raft/*`) and, for a cluster without `spec.auth`, the admin API key. Each is generated
+//! once; the reconcile step only creates one when absent, so neither is rotated by accident.
 //!
 //! A person rotates it on purpose by editing the value, which holds one token per line: the
 //! first is the one presented (by members and the operator), every line is accepted. The
@@ -12,7 +13,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use sha2::{Digest, Sha256};
 
-use super::{BuildError, meta, token_name};
+use super::{BuildError, KEYS_FILE, admin_keys_name, meta, token_name};
 use crate::crd::ConfmanCluster;
 
 /// Key of the token inside the Secret (and file name in the pod).
@@ -33,7 +34,7 @@ pub fn presented_token(value: &str) -> Result<&str, TokenListError> {
 /// keys restarts the members one at a time (the node reads both at start).
 pub const CREDENTIALS_HASH_ANNOTATION: &str = "confman.io/credentials-hash";
 
-/// A hash of the token Secret's value and the API keys file (when `spec.auth` names one).
+/// A hash of the token Secret's value and the API keys file the members mount.
 /// Only the hash reaches the pod template, never the secrets.
 pub fn credentials_hash(token: &[u8], api_keys: Option<&[u8]>) -> String {
     let mut h = Sha256::new();
@@ -48,6 +49,34 @@ pub fn credentials_hash(token: &[u8], api_keys: Option<&[u8]>) -> String {
         }
     }
     hex::encode(&h.finalize()[..16])
+}
+
+/// Key of the plain admin API key in the generated admin Secret (what a person reads with
+/// `kubectl get secret <cluster>-admin -o jsonpath='{.data.admin-key}' | base64 -d`).
+pub const ADMIN_KEY: &str = "admin-key";
+
+/// Name of the generated admin key in the keys file (the actor in audit records).
+pub const ADMIN_KEY_NAME: &str = "admin";
+
+/// The keys file (`keys.yaml`) of the generated admin Secret: `key` as the one unrestricted
+/// admin key. The node reads the same format from `spec.auth`'s Secret.
+pub fn admin_keys_file(key: &str) -> String {
+    format!("keys:\n  - name: {ADMIN_KEY_NAME}\n    key: \"{key}\"\n    roles: [admin]\n")
+}
+
+/// The admin key Secret holding `key`, plain and as the keys file the members mount. A person
+/// may edit `keys.yaml` (add keys, restrict them); the operator never rewrites the Secret, and a
+/// deleted one is generated anew (a new key: the members roll to it).
+pub fn admin_keys_secret(c: &ConfmanCluster, key: &str) -> Result<Secret, BuildError> {
+    Ok(Secret {
+        metadata: meta(c, admin_keys_name(c))?,
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([
+            (ADMIN_KEY.to_string(), ByteString(key.as_bytes().to_vec())),
+            (KEYS_FILE.to_string(), ByteString(admin_keys_file(key).into_bytes())),
+        ])),
+        ..Secret::default()
+    })
 }
 
 /// The token Secret holding `token`.

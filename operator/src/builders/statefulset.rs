@@ -22,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
     BuildError, CONFIG_DIR, CONFIG_FILE, CREDENTIALS_HASH_ANNOTATION, KEYS_FILE, NODE_PORT, TOKEN_KEY, client_name,
-    config_name, headless_name, members_name, meta, selector_labels, token_name,
+    config_name, headless_name, keys_secret_name, members_name, meta, selector_labels, token_name,
 };
 use crate::capabilities::Capabilities;
 use crate::crd::{ConfmanCluster, PayloadClass};
@@ -78,12 +78,16 @@ fn mount(name: &str, path: &str) -> VolumeMount {
     VolumeMount { name: name.into(), mount_path: path.into(), read_only: Some(true), ..VolumeMount::default() }
 }
 
-fn config_volume(name: &str, config_map: String, key: &str) -> Volume {
+fn config_volume(name: &str, config_map: String, keys: &[&str]) -> Volume {
     Volume {
         name: name.into(),
         config_map: Some(ConfigMapVolumeSource {
             name: config_map,
-            items: Some(vec![KeyToPath { key: key.into(), path: key.into(), ..KeyToPath::default() }]),
+            items: Some(
+                keys.iter()
+                    .map(|k| KeyToPath { key: (*k).into(), path: (*k).into(), ..KeyToPath::default() })
+                    .collect(),
+            ),
             ..ConfigMapVolumeSource::default()
         }),
         ..Volume::default()
@@ -179,11 +183,9 @@ fn container(c: &ConfmanCluster) -> Container {
         mount("config", CONFIG_DIR),
         mount("members", MEMBERS_DIR),
         mount("token", "/etc/confman/token"),
+        mount("keys", "/etc/confman/keys"),
         VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..VolumeMount::default() },
     ];
-    if c.spec.auth.is_some() {
-        mounts.push(mount("keys", "/etc/confman/keys"));
-    }
     if c.spec.tls.is_some() {
         mounts.push(mount("tls", super::TLS_DIR));
     }
@@ -277,15 +279,15 @@ pub fn statefulset(
     caps: &Capabilities,
 ) -> Result<StatefulSet, BuildError> {
     let grace = termination_grace_seconds(tuning);
+    let config_files: &[&str] =
+        if super::accepts_service_accounts(c) { &[CONFIG_FILE, super::SERVICE_ACCOUNTS_FILE] } else { &[CONFIG_FILE] };
     let mut volumes = vec![
-        config_volume("config", config_name(c), CONFIG_FILE),
-        config_volume("members", members_name(c), MEMBERS_FILE),
+        config_volume("config", config_name(c), config_files),
+        config_volume("members", members_name(c), &[MEMBERS_FILE]),
         secret_volume("token", token_name(c), &[TOKEN_KEY]),
+        secret_volume("keys", keys_secret_name(c), &[KEYS_FILE]),
         Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() },
     ];
-    if let Some(auth) = &c.spec.auth {
-        volumes.push(secret_volume("keys", auth.api_keys_secret.clone(), &[KEYS_FILE]));
-    }
     if let Some(tls) = &c.spec.tls {
         volumes.push(secret_volume("tls", tls.client_secret.clone(), &super::TLS_KEYS));
     }
@@ -327,9 +329,10 @@ pub fn statefulset(
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
-                    service_account_name: pod.service_account_name,
+                    service_account_name: super::member_service_account_name(c),
                     image_pull_secrets: pod.image_pull_secrets,
-                    automount_service_account_token: Some(false),
+                    // Only members that check ServiceAccount tokens call the API server.
+                    automount_service_account_token: Some(super::accepts_service_accounts(c)),
                     enable_service_links: Some(false),
                     termination_grace_period_seconds: Some(grace),
                     security_context: Some(PodSecurityContext {

@@ -8,6 +8,7 @@ use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -42,14 +43,47 @@ pub async fn carry_out(
     plan: &Plan,
     nodes: &confman_client::Client,
 ) -> Result<Done, Error> {
-    let Children { token, ledger, config, headless, client, statefulset, pdb } = &plan.children;
+    let Children {
+        token,
+        admin_keys,
+        service_account,
+        token_review_binding,
+        ledger,
+        config,
+        headless,
+        client,
+        statefulset,
+        pdb,
+    } = &plan.children;
     let kube = &ctx.client;
+    // Each generated Secret is announced at once: a later failure would leave it in place, and
+    // the next reconcile, finding it, would have nothing to announce.
     if let Some(token) = token {
         apply(kube, token).await?;
-        // Announced at once: a later failure would leave the Secret in place, and the next
-        // reconcile, finding it, would have nothing to announce.
         let created = Notice::normal("TokenCreated", "generated the cluster token Secret".into(), "Create");
         report::announce(ctx, c, std::slice::from_ref(&created)).await;
+    }
+    if let Some(admin_keys) = admin_keys {
+        apply(kube, admin_keys).await?;
+        let note = format!(
+            "generated the admin API key Secret {} (no spec.auth.apiKeysSecret): key {}",
+            admin_keys.name_any(),
+            builders::ADMIN_KEY
+        );
+        let created = Notice::normal("AdminKeyCreated", note, "Create");
+        report::announce(ctx, c, std::slice::from_ref(&created)).await;
+    }
+    if let Some(account) = service_account {
+        apply(kube, account).await?;
+    }
+    match token_review_binding {
+        Some(binding) => {
+            // The finalizer first: a cluster deleted in between still gets its binding removed.
+            hold_token_review_finalizer(ctx, c).await?;
+            apply_with(Api::all(kube.clone()), binding, "ClusterRoleBinding").await?;
+        }
+        None if holds_token_review_finalizer(c) => release_token_review(ctx, c).await?,
+        None => {}
     }
     apply(kube, ledger).await?;
     report::announce(ctx, c, &plan.on_ledger).await;
@@ -105,6 +139,62 @@ where
         refuse_unless_ours(existing.meta(), obj.meta(), kind)?;
     }
     Ok(api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await?)
+}
+
+/// Whether the cluster holds [`builders::TOKEN_REVIEW_FINALIZER`] (its binding may exist).
+pub fn holds_token_review_finalizer(c: &ConfmanCluster) -> bool {
+    c.finalizers().iter().any(|f| f == builders::TOKEN_REVIEW_FINALIZER)
+}
+
+async fn hold_token_review_finalizer(ctx: &Context, c: &ConfmanCluster) -> Result<(), Error> {
+    if holds_token_review_finalizer(c) {
+        return Ok(());
+    }
+    let mut finalizers = c.finalizers().to_vec();
+    finalizers.push(builders::TOKEN_REVIEW_FINALIZER.into());
+    patch_finalizers(ctx, c, finalizers).await
+}
+
+/// Removes the cluster's TokenReview binding (cluster-scoped: the garbage collector does not),
+/// then the finalizer that waited for it. Called when the cluster is deleted or stops mapping
+/// ServiceAccounts.
+pub async fn release_token_review(ctx: &Context, c: &ConfmanCluster) -> Result<(), Error> {
+    let bindings = Api::<ClusterRoleBinding>::all(ctx.client.clone());
+    let name = builders::token_review_binding_name(c);
+    if let Some(existing) = bindings.get_opt(&name).await? {
+        let labels = existing.metadata.labels.clone().unwrap_or_default();
+        let ours = builders::binding_labels(c).iter().all(|(k, v)| labels.get(k) == Some(v));
+        if ours {
+            // Only the object just read: a same-named one made meanwhile is left alone.
+            let only_it = DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    uid: existing.metadata.uid.clone(),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match bindings.delete(&name, &only_it).await {
+                Ok(_) => tracing::info!(cluster = %key(c), binding = %name, "removed the TokenReview binding"),
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            tracing::warn!(cluster = %key(c), binding = %name, "a ClusterRoleBinding of this name is not this cluster's: left in place");
+        }
+    }
+    let finalizers = c.finalizers().iter().filter(|f| *f != builders::TOKEN_REVIEW_FINALIZER).cloned().collect();
+    patch_finalizers(ctx, c, finalizers).await
+}
+
+/// Sets the cluster's finalizers, failing (and so retrying) if the object changed meanwhile.
+async fn patch_finalizers(ctx: &Context, c: &ConfmanCluster, finalizers: Vec<String>) -> Result<(), Error> {
+    let api = Api::<ConfmanCluster>::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "metadata": { "finalizers": finalizers, "resourceVersion": c.resource_version() }
+    });
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+    api.patch(&c.name_any(), &params, &Patch::Merge(&patch)).await?;
+    Ok(())
 }
 
 /// [`Error::NotOurs`] unless `existing` is this cluster's (see [`apply`]).

@@ -41,6 +41,9 @@ pub struct Access {
     pub presented: String,
     /// The value of a token Secret to create (a new cluster); None when it exists.
     pub new_token: Option<String>,
+    /// The key of an admin key Secret to create (no `spec.auth` and no such Secret); None
+    /// otherwise.
+    pub new_admin_key: Option<String>,
     /// [`builders::credentials_hash`] of the token Secret's value and the API keys file; None
     /// when the API keys Secret of a running cluster is unreadable (`keys_problem`): the
     /// running pods keep the files they mounted, so the template keeps its hash.
@@ -67,14 +70,20 @@ pub fn access(c: &ConfmanCluster, seen: &Snapshot) -> Result<Access, Error> {
     let presented = builders::presented_token(&value)
         .map_err(|reason| Error::TokenInvalid { name: builders::token_name(c), reason })?
         .to_string();
-    let (hash, keys_problem) = match api_keys(c, seen.api_keys.as_ref()) {
-        Ok(keys) => (Some(builders::credentials_hash(value.as_bytes(), keys.as_deref())), None),
+    let (keys, new_admin_key) = match (builders::user_keys_secret(c), &seen.api_keys, &seen.fresh_admin_key) {
+        // No `spec.auth`: the generated admin key Secret, created when missing. A deleted one is
+        // generated anew (the members roll to the new key): a person deletes it to rotate the key.
+        (None, None, Some(key)) => (Ok(builders::admin_keys_file(key).into_bytes()), Some(key.clone())),
+        _ => (api_keys(c, seen.api_keys.as_ref()), None),
+    };
+    let (hash, keys_problem) = match keys {
+        Ok(keys) => (Some(builders::credentials_hash(value.as_bytes(), Some(&keys))), None),
         // Running members need nothing from it until they restart: the rest of the reconcile
         // (dead members, lost volumes, scaling, status) goes on, and Degraded says what is wrong.
         Err(e) if has_members => (None, Some(e.to_string())),
         Err(e) => return Err(e),
     };
-    Ok(Access { presented, new_token, hash, keys_problem, ca: tls_ca(c, seen.tls.as_ref())? })
+    Ok(Access { presented, new_token, new_admin_key, hash, keys_problem, ca: tls_ca(c, seen.tls.as_ref())? })
 }
 
 /// The data of a Secret the spec names; `fail` says it is missing.
@@ -87,14 +96,14 @@ fn named_secret(
     Ok(secret.ok_or_else(|| fail(format!("does not exist in namespace {ns}")))?.data.clone().unwrap_or_default())
 }
 
-/// The API keys file of `spec.auth` (only its hash reaches the pod template); None without
-/// `spec.auth`. A missing Secret or key is an error: the pods could not start either.
-fn api_keys(c: &ConfmanCluster, secret: Option<&Secret>) -> Result<Option<Vec<u8>>, Error> {
-    let Some(auth) = &c.spec.auth else { return Ok(None) };
-    let fail = |reason: String| Error::ApiKeysSecret { secret: auth.api_keys_secret.clone(), reason };
+/// The keys file the members mount (only its hash reaches the pod template), from `spec.auth`'s
+/// Secret or the generated admin key Secret. A missing Secret or key is an error: the pods
+/// could not start either.
+fn api_keys(c: &ConfmanCluster, secret: Option<&Secret>) -> Result<Vec<u8>, Error> {
+    let fail = |reason: String| Error::ApiKeysSecret { secret: builders::keys_secret_name(c), reason };
     let mut data = named_secret(c, secret, fail)?;
     let keys = data.remove(builders::KEYS_FILE).ok_or_else(|| fail(format!("has no {} key", builders::KEYS_FILE)))?;
-    Ok(Some(keys.0))
+    Ok(keys.0)
 }
 
 /// `ca.crt` of the TLS Secret; None without TLS. A missing Secret or key is an error (the pods
@@ -167,6 +176,7 @@ pub fn plan(
     access: &Access,
     caps: &Capabilities,
     max_lag: u64,
+    token_review_role: &str,
 ) -> Result<Plan, Error> {
     let (sts, raft, views) = (seen.statefulset.as_ref(), seen.raft.as_ref(), &seen.members);
     let wanted = u32::try_from(c.spec.replicas).unwrap_or(0);
@@ -232,11 +242,13 @@ pub fn plan(
         tuning,
         ledger: &ledger,
         new_token: access.new_token.as_deref(),
+        new_admin_key: access.new_admin_key.as_deref(),
         replicas,
         trusted_ca: access.ca.as_deref(),
         credentials_hash: access.hash.as_deref().or(running_credentials.as_deref()),
         group,
         caps,
+        token_review_role,
     };
     let mut children = builders::desired(c, &inputs)?;
     let held = hold_back(c, sts, &mut children.statefulset)
@@ -364,7 +376,7 @@ mod tests {
     /// What the reconcile decides for `c` as `seen` shows it.
     fn decide(c: &ConfmanCluster, seen: &Snapshot) -> Result<Plan, Box<dyn std::error::Error>> {
         let tuning = validate(c, seen).map_err(|i| i.message)?;
-        Ok(plan(c, &tuning, seen, &access(c, seen)?, &Capabilities::RECENT, 64)?)
+        Ok(plan(c, &tuning, seen, &access(c, seen)?, &Capabilities::RECENT, 64, builders::DEFAULT_TOKEN_REVIEW_ROLE)?)
     }
 
     /// The three members of a cluster created by [`decide`], healthy and led by node 1, under a
@@ -397,6 +409,7 @@ mod tests {
             statefulset: Some(first.statefulset),
             ledger: Some(first.ledger),
             token: first.token,
+            api_keys: first.admin_keys,
             members,
             raft: Some(raft),
             ..Snapshot::default()
@@ -406,7 +419,11 @@ mod tests {
 
     /// What observe reads for a cluster that has nothing yet.
     fn new_cluster() -> Snapshot {
-        Snapshot { fresh_token: Some("fresh-token".into()), ..Snapshot::default() }
+        Snapshot {
+            fresh_token: Some("fresh-token".into()),
+            fresh_admin_key: Some("fresh-admin-key".into()),
+            ..Snapshot::default()
+        }
     }
 
     fn kinds_and_names(yaml: &str) -> Result<BTreeSet<(String, String)>, serde_yaml_ng::Error> {
@@ -440,7 +457,7 @@ mod tests {
         let reconciled = kinds_and_names(&decide(&c, &new_cluster())?.children.to_yaml()?)?;
         let rendered = kinds_and_names(&crate::render::render(&serde_yaml_ng::to_string(&c)?)?)?;
         assert_eq!(reconciled, rendered);
-        assert_eq!(reconciled.len(), 7, "{reconciled:?}");
+        assert_eq!(reconciled.len(), 8, "{reconciled:?}");
         Ok(())
     }
 
@@ -461,6 +478,54 @@ mod tests {
         // 3 voters and 4 pods: the one voter that may go leaves 3 of 4.
         assert_eq!(pdb.spec.as_ref().and_then(|s| s.min_available.clone()), Some(IntOrString::Int(3)));
         assert_eq!((p.members.len(), p.leader.as_deref()), (3, Some("config-0")));
+        Ok(())
+    }
+
+    /// Issue 17: without `spec.auth` every pod generated a development key of its own, so a
+    /// client behind the Service got 401 from all but one. The cluster gets one admin key
+    /// Secret, created once and mounted by every member.
+    #[test]
+    fn a_cluster_without_spec_auth_gets_one_admin_key_secret_that_every_member_mounts() -> TestResult {
+        let c = cluster(3, PayloadClass::Small);
+        let p = decide(&c, &new_cluster())?;
+        let secret = p.children.admin_keys.as_ref().ok_or("no admin key Secret for a new cluster")?;
+        assert_eq!(secret.metadata.name.as_deref(), Some("config-admin"));
+        let data = secret.data.clone().unwrap_or_default();
+        assert_eq!(data.get(builders::ADMIN_KEY).map(|k| k.0.clone()), Some(b"fresh-admin-key".to_vec()));
+        let file = data.get(builders::KEYS_FILE).ok_or("no keys file")?;
+        assert_eq!(String::from_utf8_lossy(&file.0), builders::admin_keys_file("fresh-admin-key"));
+        let pod = p.children.statefulset.spec.template.spec.clone().unwrap_or_default();
+        let keys = pod.volumes.unwrap_or_default().into_iter().find(|v| v.name == "keys").and_then(|v| v.secret);
+        assert_eq!(keys.and_then(|s| s.secret_name).as_deref(), Some("config-admin"), "every pod has it");
+        // ... and mounts it where node.toml's api_keys_file points (a volume alone is not read).
+        let mounts = pod.containers.into_iter().flat_map(|c| c.volume_mounts.unwrap_or_default());
+        assert!(mounts.into_iter().any(|m| m.name == "keys" && m.mount_path == "/etc/confman/keys"), "keys mounted");
+
+        // Once it exists it is never rewritten, edited or not.
+        let (c, mut seen) = running(3)?;
+        assert!(decide(&c, &seen)?.children.admin_keys.is_none(), "an existing Secret is kept");
+        seen.fresh_admin_key = Some("another".into());
+        assert!(decide(&c, &seen)?.children.admin_keys.is_none(), "observe's spare key is not used");
+        // Deleted: a new key, and the members roll to it.
+        seen.api_keys = None;
+        let p = decide(&c, &seen)?;
+        assert!(p.children.admin_keys.is_some(), "a deleted admin key Secret is generated anew");
+        let reasons: Vec<&str> = p.on_rollout.iter().map(|n| n.reason).collect();
+        assert_eq!(reasons, ["CredentialsChanged"]);
+
+        // With spec.auth the named Secret is mounted and nothing is generated.
+        let mut c = cluster(3, PayloadClass::Small);
+        c.spec.auth = Some(crate::crd::AuthSpec { api_keys_secret: Some("team-keys".into()), ..Default::default() });
+        let mut seen = new_cluster();
+        seen.api_keys = Some(Secret {
+            data: Some([(builders::KEYS_FILE.to_string(), ByteString(b"keys: []".to_vec()))].into()),
+            ..Secret::default()
+        });
+        let p = decide(&c, &seen)?;
+        assert!(p.children.admin_keys.is_none(), "spec.auth's Secret is used as it is");
+        let volumes = p.children.statefulset.spec.template.spec.and_then(|s| s.volumes).unwrap_or_default();
+        let keys = volumes.iter().find(|v| v.name == "keys").and_then(|v| v.secret.clone());
+        assert_eq!(keys.and_then(|s| s.secret_name).as_deref(), Some("team-keys"));
         Ok(())
     }
 

@@ -2,7 +2,8 @@
 //! `observe` reads the cluster and asks its nodes, `decide` works out (without I/O) the
 //! children, the membership step and the status, `act` applies and calls, and `report`
 //! writes the status and Events. An invalid or paused spec stops before anything is decided,
-//! so it changes no child; a cluster being deleted is left to the garbage collector.
+//! so it changes no child; a cluster being deleted is left to the garbage collector, but for
+//! its cluster-scoped TokenReview binding, which the operator removes.
 
 mod act;
 mod decide;
@@ -19,7 +20,7 @@ use kube::runtime::events::Recorder;
 use kube::{Resource, ResourceExt};
 use tokio::sync::Mutex;
 
-use crate::builders::BuildError;
+use crate::builders::{self, BuildError};
 use crate::capabilities::Capabilities;
 use crate::crd::ConfmanCluster;
 use crate::ledger::LedgerError;
@@ -95,8 +96,9 @@ pub enum Error {
         /// What is wrong with the value.
         reason: confman_contract::cluster_token::TokenListError,
     },
-    /// The API keys Secret named by `spec.auth.apiKeysSecret` is missing or incomplete.
-    #[error("API keys Secret {secret} (spec.auth.apiKeysSecret): {reason}")]
+    /// The API keys Secret (named by `spec.auth.apiKeysSecret`, or the generated admin key
+    /// Secret) is missing or incomplete.
+    #[error("API keys Secret {secret}: {reason}")]
     ApiKeysSecret {
         /// Secret name.
         secret: String,
@@ -133,6 +135,9 @@ pub struct Context {
     pub capabilities: Capabilities,
     /// Clusters (by uid) already told which of their settings this server does not honour.
     told_unavailable: Mutex<HashSet<String>>,
+    /// The ClusterRole (allowing `create` on tokenreviews) the members' ServiceAccount is bound
+    /// to when they accept ServiceAccount tokens.
+    pub token_review_role: String,
 }
 
 impl Context {
@@ -148,6 +153,7 @@ impl Context {
             converging: CONVERGING,
             capabilities: Capabilities::RECENT,
             told_unavailable: Mutex::default(),
+            token_review_role: builders::DEFAULT_TOKEN_REVIEW_ROLE.into(),
         }
     }
 }
@@ -171,7 +177,11 @@ async fn reconcile_inner(c: &ConfmanCluster, ctx: &Context) -> Result<Action, Er
     c.namespace().ok_or(BuildError::MissingMetadata("namespace"))?;
     if c.meta().deletion_timestamp.is_some() {
         // The garbage collector is removing the children (foreground deletion waits for it):
-        // re-applying them would fight it. Nothing is done for a cluster being deleted.
+        // re-applying them would fight it. Only the cluster-scoped TokenReview binding, which
+        // the collector cannot remove, is the operator's to delete.
+        if act::holds_token_review_finalizer(c) {
+            act::release_token_review(ctx, c).await?;
+        }
         tracing::info!(cluster = %key(c), "being deleted: nothing is applied");
         return Ok(Action::await_change());
     }
@@ -198,7 +208,8 @@ async fn reconcile_inner(c: &ConfmanCluster, ctx: &Context) -> Result<Action, Er
         seen.read_secrets(ctx, c).await?;
         let access = decide::access(c, &seen)?;
         let nodes = seen.ask_nodes(ctx, c, &access).await?;
-        let plan = decide::plan(c, &tuning, &seen, &access, &ctx.capabilities, ctx.max_learner_lag)?;
+        let plan =
+            decide::plan(c, &tuning, &seen, &access, &ctx.capabilities, ctx.max_learner_lag, &ctx.token_review_role)?;
         let done = act::carry_out(ctx, c, &plan, &nodes).await?;
         Ok::<_, Error>((plan, done))
     };

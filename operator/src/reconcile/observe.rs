@@ -27,8 +27,12 @@ pub struct Snapshot {
     /// A token generated for a cluster whose token Secret does not exist yet, so that deciding
     /// stays free of randomness (used only if the cluster has no members either).
     pub fresh_token: Option<String>,
-    /// The Secret `spec.auth.apiKeysSecret` names (not read without `spec.auth`).
+    /// The Secret with the members' keys file: the one `spec.auth.apiKeysSecret` names, else
+    /// the generated admin key Secret.
     pub api_keys: Option<Secret>,
+    /// An admin key generated for a cluster without `spec.auth` whose admin key Secret does not
+    /// exist (yet, or any more), for the same reason as `fresh_token`.
+    pub fresh_admin_key: Option<String>,
     /// The Secret `spec.tls.clientSecret` names (not read without `spec.tls`).
     pub tls: Option<Secret>,
     /// What each wanted ordinal's pod and node report; empty until [`Snapshot::ask_nodes`], and
@@ -58,8 +62,9 @@ impl Snapshot {
         if self.token.is_none() {
             self.fresh_token = Some(builders::generate_token());
         }
-        if let Some(a) = &c.spec.auth {
-            self.api_keys = secrets.get_opt(&a.api_keys_secret).await?;
+        self.api_keys = secrets.get_opt(&builders::keys_secret_name(c)).await?;
+        if builders::user_keys_secret(c).is_none() && self.api_keys.is_none() {
+            self.fresh_admin_key = Some(builders::generate_token());
         }
         if let Some(t) = &c.spec.tls {
             self.tls = secrets.get_opt(&t.client_secret).await?;

@@ -147,8 +147,16 @@ impl Scenario {
         Ok(self.clusters().create(&PostParams::default(), &c).await?)
     }
 
-    /// The example's object, not yet created.
+    /// The example's object, not yet created, with the scenario's keys Secret as `spec.auth`.
     pub fn example(&self, replicas: i32, image: &str) -> Result<ConfmanCluster, BoxError> {
+        let mut c = self.example_as_written(replicas, image)?;
+        c.spec.auth = Some(AuthSpec { api_keys_secret: Some("confman-keys".into()), ..AuthSpec::default() });
+        Ok(c)
+    }
+
+    /// The example's object as a user applies it (no `spec.auth`: the operator generates the
+    /// admin key), with the image under test and a small volume.
+    pub fn example_as_written(&self, replicas: i32, image: &str) -> Result<ConfmanCluster, BoxError> {
         let text =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/kubernetes/small-3.yaml"))?;
         let mut c: ConfmanCluster = serde_yaml_ng::from_str(&text)?;
@@ -156,7 +164,6 @@ impl Scenario {
         c.spec.replicas = replicas;
         c.spec.image = image.to_string();
         c.spec.storage.size = "1Gi".into();
-        c.spec.auth = Some(AuthSpec { api_keys_secret: "confman-keys".into() });
         Ok(c)
     }
 
@@ -190,11 +197,24 @@ impl Scenario {
 
     /// A client for the cluster's client Service (its ClusterIP, reached through kube-proxy).
     pub async fn node_client(&self, name: &str) -> Result<confman_client::Client, BoxError> {
+        self.node_client_with(name, &self.admin_key).await
+    }
+
+    /// The admin key the operator generated for cluster `name` (no `spec.auth`), read as
+    /// README tells a person to: `.data.admin-key` of the Secret `<name>-admin`.
+    pub async fn generated_admin_key(&self, name: &str) -> Result<String, BoxError> {
+        let secret = Api::<Secret>::namespaced(self.client.clone(), &self.ns).get(&format!("{name}-admin")).await?;
+        let key = secret.data.unwrap_or_default().remove("admin-key").ok_or("the admin Secret has no admin-key")?;
+        Ok(String::from_utf8(key.0)?)
+    }
+
+    /// A client for the cluster's client Service presenting `key`.
+    pub async fn node_client_with(&self, name: &str, key: &str) -> Result<confman_client::Client, BoxError> {
         let svc = Api::<Service>::namespaced(self.client.clone(), &self.ns).get(name).await?;
         let spec = svc.spec.ok_or("client Service has no spec")?;
         let ip = spec.cluster_ip.ok_or("client Service has no ClusterIP")?;
         let port = spec.ports.unwrap_or_default().first().map(|p| p.port).ok_or("client Service has no port")?;
-        Ok(confman_client::Client::builder([format!("http://{ip}:{port}")], self.admin_key.clone())
+        Ok(confman_client::Client::builder([format!("http://{ip}:{port}")], key.to_string())
             .retry_for(Duration::from_secs(30))
             .build()?)
     }
@@ -400,6 +420,22 @@ pub async fn container_task(pods: &Api<Pod>, pod: &str, args: &[&str]) -> Result
         return Err(format!("ctr tasks {verb} {pod}: {}", String::from_utf8_lossy(&out.stderr)).into());
     }
     Ok(())
+}
+
+/// Runs `cmd` in `pod`'s (first) container through containerd (`ctr tasks exec`) and returns
+/// its standard output: what a process in the pod sees (a projected token, say).
+pub async fn container_output(pods: &Api<Pod>, pod: &str, cmd: &[&str]) -> Result<String, BoxError> {
+    let (id, sock) = container_of(pods, pod).await?;
+    let exec_id = format!("e2e-{}", rand_suffix());
+    let out = tokio::process::Command::new("ctr")
+        .args(["--address", &sock, "-n", "k8s.io", "tasks", "exec", "--exec-id", &exec_id, &id])
+        .args(cmd)
+        .output()
+        .await?;
+    if !out.status.success() {
+        return Err(format!("ctr tasks exec {pod} {cmd:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// Sends `signal` (e.g. `STOP`, `CONT`) to the main process of `pod`'s container, found
