@@ -538,6 +538,8 @@ mod tests {
     thread_local! {
         /// When set, each install step records how many state keys a reader would see.
         static OBSERVED: RefCell<Option<Vec<(String, usize)>>> = const { RefCell::new(None) };
+        /// When set, the `installing` marker as the first install step finds it.
+        static MARKER: RefCell<Option<Option<Vec<u8>>>> = const { RefCell::new(None) };
     }
 
     pub(super) fn observe_step(name: &str, db: &RocksDb) {
@@ -547,6 +549,51 @@ mod tests {
                 steps.push((name.to_string(), n));
             }
         });
+        MARKER.with(|m| {
+            let mut m = m.borrow_mut();
+            if m.as_ref().is_some_and(Option::is_none) {
+                *m = Some(cf(db, CF_SM_META).ok().and_then(|c| db.get_cf(&c, KEY_INSTALLING).ok().flatten()));
+            }
+        });
+    }
+
+    /// The `installing` marker held the snapshot's full path, so a data directory reached by
+    /// another path after a crash (a volume mounted elsewhere, a moved directory) could not
+    /// finish the install. It holds the directory's name now, resolved against the store's
+    /// root: an install interrupted before its flip resumes from the moved directory.
+    #[test]
+    fn an_interrupted_install_resumes_after_the_data_directory_moved() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir()?;
+        let (db_a, db_b) = (crate::store::open(&dir.path().join("a"))?, crate::store::open(&dir.path().join("b"))?);
+        let (cf_a, cf_b) = (cf(&db_a, CF_STATE)?, cf(&db_b, CF_STATE)?);
+        db_a.put_cf(&cf_a, b"n\0old", b"x")?;
+        for k in [&b"n\0new1"[..], b"n\0new2"] {
+            db_b.put_cf(&cf_b, k, b"y")?;
+        }
+        let built = SnapshotStore::open(&dir.path().join("b-data"))?.build(&db_b)?;
+        let store_a = SnapshotStore::open(&dir.path().join("a-data"))?;
+        let adopted = store_a.adopt(&built)?;
+        MARKER.with(|m| *m.borrow_mut() = Some(None));
+        store_a.install(&db_a, &adopted)?;
+        let marker = MARKER.with(|m| m.borrow_mut().take()).flatten().unwrap_or_default();
+        let name = adopted.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        assert_eq!(String::from_utf8_lossy(&marker), name, "the marker names the snapshot, not its path");
+
+        // A power cut before the flip: the old state, the marker set. Then the data directory
+        // is found under another path.
+        let meta = cf(&db_a, CF_SM_META)?;
+        db_a.delete_range_cf(&cf_a, STATE_START, STATE_END)?;
+        db_a.put_cf(&cf_a, b"n\0old", b"x")?;
+        db_a.put_cf(&meta, KEY_INSTALLING, &marker)?;
+        drop(store_a);
+        fs::rename(dir.path().join("a-data"), dir.path().join("moved-data"))?;
+        let moved = SnapshotStore::open(&dir.path().join("moved-data"))?;
+        moved.resume_install(&db_a)?;
+        let keys: Vec<Box<[u8]>> =
+            db_a.iterator_cf(&cf_a, IteratorMode::Start).map(|kv| kv.map(|(k, _)| k)).collect::<Result<_, _>>()?;
+        assert_eq!(keys, [&b"n\0new1"[..], b"n\0new2"].map(Box::from), "the snapshot's state, only");
+        assert_eq!(db_a.get_cf(&meta, KEY_INSTALLING)?, None, "the install finished");
+        Ok(())
     }
 
     /// Installs a snapshot of a 3-key state into a node holding 2 other keys, recording what a
