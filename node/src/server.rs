@@ -375,6 +375,25 @@ impl Running {
 mod tests {
     use super::*;
 
+    /// `node-id` was written in place without a sync: a power cut on first boot could leave it
+    /// empty, and the node then refused its own directory ("not a node id"). It is written to a
+    /// temporary file, synced and renamed now, so the states a cut can leave are: nothing, or a
+    /// temporary file of any length beside no `node-id`. Each must start as a first boot.
+    #[test]
+    fn every_state_a_power_cut_on_first_boot_leaves_starts_cleanly() -> Result<(), Box<dyn std::error::Error>> {
+        for leftover in [None, Some(&b""[..]), Some(&b"1"[..]), Some(&b"12\n"[..])] {
+            let dir = tempfile::tempdir()?;
+            if let Some(partial) = leftover {
+                std::fs::write(dir.path().join(".node-id.tmp"), partial)?;
+            }
+            claim_data_dir(dir.path(), 12)?;
+            assert_eq!(std::fs::read_to_string(dir.path().join("node-id"))?, "12\n", "{leftover:?}");
+            assert!(!dir.path().join(".node-id.tmp").exists(), "{leftover:?}: the temporary file was renamed");
+            claim_data_dir(dir.path(), 12)?;
+        }
+        Ok(())
+    }
+
     #[test]
     fn a_data_dir_belongs_to_one_node_id() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
