@@ -225,6 +225,19 @@ pub async fn snapshot(ctx: Ctx, headers: HeaderMap) -> Result<Response, Problem>
     Ok(Json(serde_json::json!({ "snapshotIndex": index })).into_response())
 }
 
+/// The one running digest's permit, or 429 while another holds it.
+fn one_digest_at_a_time(running: &tokio::sync::Semaphore) -> Result<tokio::sync::SemaphorePermit<'_>, Problem> {
+    running.try_acquire().map_err(|_| {
+        Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "busy",
+            "Too many requests",
+            "a digest is already being computed on this node; retry shortly",
+        )
+        .retry_after(1)
+    })
+}
+
 /// `GET /api/v1/cluster/digest`: SHA-256 of this node's full state and the applied index it
 /// reflects; equal digests at equal indexes prove replicas identical.
 ///
@@ -233,15 +246,7 @@ pub async fn snapshot(ctx: Ctx, headers: HeaderMap) -> Result<Response, Problem>
 pub async fn digest(ctx: Ctx, headers: HeaderMap) -> Result<Response, Problem> {
     admin(&ctx, &headers).await?;
     static RUNNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
-    let Ok(one) = RUNNING.try_acquire() else {
-        return Err(Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "busy",
-            "Too many requests",
-            "a digest is already being computed on this node; retry shortly",
-        )
-        .retry_after(1));
-    };
+    let one = one_digest_at_a_time(&RUNNING)?;
     // A task of its own holds the permit until the scan ends, even if the caller goes away.
     let node = ctx.node.clone();
     let digest = tokio::spawn(async move {
@@ -250,4 +255,23 @@ pub async fn digest(ctx: Ctx, headers: HeaderMap) -> Result<Response, Problem> {
     });
     let digest = digest.await.map_err(Problem::internal)??;
     Ok(Json(digest).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A digest scans the whole state: a second one while the first runs is refused with 429
+    /// and `Retry-After`, and one may start again once the first ends.
+    #[test]
+    fn a_second_digest_while_one_runs_gets_429_with_retry_after() {
+        let running = tokio::sync::Semaphore::new(1);
+        let first = one_digest_at_a_time(&running);
+        assert!(first.is_ok());
+        let refused = one_digest_at_a_time(&running).err().map(|p| p.into_response());
+        assert_eq!(refused.as_ref().map(|r| r.status()), Some(StatusCode::TOO_MANY_REQUESTS));
+        assert!(refused.is_some_and(|r| r.headers().contains_key(axum::http::header::RETRY_AFTER)));
+        drop(first);
+        assert!(one_digest_at_a_time(&running).is_ok(), "free again once the first ends");
+    }
 }
